@@ -1,0 +1,47 @@
+"""Preallocated KV cache, written in place at positions held in a device tensor.
+
+Shapes never change while decoding, so a whole frame can be replayed as one CUDA
+graph. Positions past the current one are hidden by a boolean mask; SDPA gives
+masked keys exactly zero weight, so stale entries never leak into the output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StaticKVCache:
+    """Keys and values for every layer: two buffers of shape (L, 1, H_kv, S, D)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        shape = (num_layers, 1, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.arange(max_len, device=device)  # (S,)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.k.shape[3])
+
+    def update(
+        self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (1, H_kv, T, D) at positions `pos` (T,) and return the layer's full buffers."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
+
+    def causal_mask(self, pos: torch.Tensor) -> torch.Tensor:
+        """(1, 1, T, S) boolean mask: query at pos[t] sees keys at positions <= pos[t]."""
+        return (self.positions[None, :] <= pos[:, None])[None, None]

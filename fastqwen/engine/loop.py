@@ -1,0 +1,103 @@
+"""The generation loop: prefill, then frame steps, yielding blocks of codes.
+
+This is the only loop. Non-streaming generation collects its blocks; streaming feeds
+them to the codec as they come. The host looks at the codes only between blocks of
+`sync_every` frames (1 on CPU): EOS is found there and any overshoot past it trimmed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..params import SamplingParams
+from ..prompts import TalkerPrompt
+from .sampling import apply_penalties, sample_token, talker_tensors
+from .step import EngineModel, FrameState, prefill, talker_logits
+
+@dataclass
+class LoopStats:
+    """Filled in while the loop runs; read after it ends."""
+
+    eos_reached: bool = False
+    frames: int = 0
+    prefill_s: float = 0.0
+    block_times_s: list[float] = field(default_factory=list)  # wall time per yielded block
+    block_frames: list[int] = field(default_factory=list)
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int:
+    """Frames this call may produce; raises if prompt + frames overflow the static cache."""
+    max_frames = params.max_new_tokens - 1
+    if prompt_len + max_frames > max_seq_len:
+        raise ValueError(
+            f"prompt ({prompt_len} positions) + max_new_tokens ({params.max_new_tokens}) needs "
+            f"{prompt_len + max_frames} cache positions but max_seq_len is {max_seq_len}; "
+            f"lower max_new_tokens to {max_seq_len - prompt_len + 1} or load the engine with a larger max_seq_len"
+        )
+    return max_frames
+
+def run_frames(
+    m: EngineModel,
+    state: FrameState,
+    prompt: TalkerPrompt,
+    params: SamplingParams,
+    seed: int,
+    step: Callable[[], None],
+    *,
+    sync_every: int = 1,
+    stats: LoopStats | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield (k, 16) int64 CPU code blocks until EOS or `max_new_tokens`.
+
+    Args:
+        step: advances one frame in place (eager `frame_step` or a CUDA graph replay);
+            the sampling tensors it reads must already hold `params`.
+        seed: seeds torch right before prefill, as the reference runner does.
+    """
+    stats = stats if stats is not None else LoopStats()
+    max_frames = check_fits(prompt.prompt_len, params, m.talker_cache.max_len)
+    state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    prefill(m, state, prompt.inputs_embeds)
+    _sync(m.device)
+    stats.prefill_s = time.perf_counter() - t0
+
+    done = 0
+    while done < max_frames:
+        t_block = time.perf_counter()
+        n = min(sync_every, max_frames - done)
+        for _ in range(n):
+            step()
+        block = state.codes[done : done + n].to("cpu")  # the one host sync per block
+        is_eos = block[:, 0] == m.eos_id
+        if bool(is_eos.any()):
+            block = block[: int(is_eos.int().argmax())]
+            stats.eos_reached = True
+        stats.block_times_s.append(time.perf_counter() - t_block)
+        stats.block_frames.append(int(block.shape[0]))
+        stats.frames += int(block.shape[0])
+        done += n
+        if block.shape[0]:
+            yield block
+        if stats.eos_reached:
+            return
+    stats.eos_reached = bool(final_token_is_eos(m, state, params))
+
+def final_token_is_eos(m: EngineModel, state: FrameState, params: SamplingParams) -> bool:
+    """The reference samples one more codebook-0 token after the last full frame; do the same
+    so `eos_reached` (and the RNG stream) agree when generation ends exactly at the limit."""
+
+    s = talker_tensors(params, m.device)
+    scores = apply_penalties(
+        talker_logits(m, state.hidden), s,
+        presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,
+    )
+    return int(sample_token(scores, s, params.do_sample)) == m.eos_id

@@ -1,0 +1,97 @@
+"""Token sampling that makes the same random draws as Hugging Face `generate`.
+
+The reference applies, in order: repetition penalty, EOS suppression before
+`min_new_tokens`, the suppressed-token mask, then (sampling only) temperature, top-k,
+top-p, softmax and one `torch.multinomial` draw. We keep that order and that op, so
+the same seed gives the same codes. Every numeric parameter is a device tensor, so
+changing it needs no graph recapture; `do_sample` is structural because a greedy pick
+makes no draw, and the number of draws must match the reference.
+
+top-k and top-p are always applied: top_k=0 means the whole vocabulary and top_p=1
+removes only tokens whose probability is already exactly zero, which leaves the
+probabilities bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..params import SamplingParams
+
+
+class SamplingTensors:
+    """Device-side copies of the sampling parameters for one side (talker or sub-talker)."""
+
+    def __init__(self, device: torch.device | str):
+        self.temperature = torch.ones((), device=device)
+        self.top_k = torch.zeros((), dtype=torch.long, device=device)
+        self.top_p = torch.ones((), device=device)
+        self.repetition_penalty = torch.ones((), device=device)
+        self.min_new_tokens = torch.zeros((), dtype=torch.long, device=device)
+
+    def set(self, temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0,
+            min_new_tokens: int = 0) -> None:
+        self.temperature.fill_(temperature)
+        self.top_k.fill_(top_k)
+        self.top_p.fill_(top_p)
+        self.repetition_penalty.fill_(repetition_penalty)
+        self.min_new_tokens.fill_(min_new_tokens)
+
+
+def talker_tensors(params: SamplingParams, device) -> SamplingTensors:
+    t = SamplingTensors(device)
+    t.set(params.temperature, params.top_k, params.top_p, params.repetition_penalty, params.min_new_tokens)
+    return t
+
+
+def subtalker_tensors(params: SamplingParams, device) -> SamplingTensors:
+    t = SamplingTensors(device)
+    t.set(params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p)
+    return t
+
+
+def apply_penalties(
+    scores: torch.Tensor,
+    s: SamplingTensors,
+    *,
+    presence: torch.Tensor,
+    blocked: torch.Tensor,
+    eos_id: int,
+    step: torch.Tensor,
+) -> torch.Tensor:
+    """Logit processors of the talker, in the reference's order.
+
+    Args:
+        scores: (1, V) float32 logits.
+        presence: (1, V) bool, tokens generated so far (repetition penalty).
+        blocked: (1, V) bool, tokens that are never sampled.
+        step: () int64, number of tokens generated so far.
+    """
+    penalized = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
+    scores = torch.where(presence, penalized, scores)
+    eos_blocked = step < s.min_new_tokens
+    scores = scores.clone()
+    scores[:, eos_id] = torch.where(eos_blocked, float("-inf"), scores[:, eos_id])
+    return scores.masked_fill(blocked, float("-inf"))
+
+
+def sample_token(scores: torch.Tensor, s: SamplingTensors, do_sample: bool) -> torch.Tensor:
+    """Pick one token from processed (1, V) float32 scores; returns (1,) int64."""
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    vocab = scores.shape[-1]
+    scores = scores / s.temperature
+    # top-k: drop everything below the k-th largest score (k = 0 keeps all)
+    k = torch.where((s.top_k <= 0) | (s.top_k > vocab), vocab, s.top_k)
+    ranked = scores.sort(dim=-1, descending=True).values
+    kth = ranked.gather(-1, (k - 1).view(1, 1))
+    scores = scores.masked_fill(scores < kth, float("-inf"))
+    # top-p: drop the low tail whose total probability is <= 1 - top_p, keep the best
+    ascending, order = scores.sort(dim=-1, descending=False)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - s.top_p)
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    scores = scores.masked_fill(drop, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1).squeeze(1)

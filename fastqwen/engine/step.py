@@ -1,0 +1,170 @@
+"""One audio frame: the single function the whole engine loops over.
+
+`frame_step` takes the talker's last hidden state and, in place:
+samples codebook 0, runs the code predictor for codebooks 1..15 (one draw each),
+sums the 16 codebook embeddings plus the next trailing-text embedding, and runs the
+talker one position further. It has fixed shapes, keeps all state in preallocated
+tensors and never syncs with the host, so the CUDA path captures it as one graph and
+the CPU path runs it eagerly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..constants import NUM_CODEBOOKS
+from .cache import StaticKVCache
+from .layers import DecoderWeights, RopeTable, decoder_forward
+from .sampling import SamplingTensors, apply_penalties, sample_token
+
+
+@dataclass
+class EngineModel:
+    """Weights and caches of one loaded model (views of the qwen_tts modules)."""
+
+    talker: DecoderWeights
+    predictor: DecoderWeights
+    codec_embedding: torch.Tensor  # (3072, H) talker codebook-0 embedding
+    codec_head: torch.Tensor  # (3072, H)
+    predictor_embeddings: list[torch.Tensor]  # 15 x (2048, H), codebooks 1..15
+    predictor_heads: list[torch.Tensor]  # 15 x (2048, Hp), codebooks 1..15
+    to_predictor: torch.nn.Module  # small_to_mtp_projection: Linear(H -> Hp) or Identity
+    talker_cache: StaticKVCache
+    predictor_cache: StaticKVCache
+    talker_rope: RopeTable
+    predictor_rope: RopeTable
+    suppress_mask: torch.Tensor  # (1, 3072) bool
+    eos_id: int
+
+    @classmethod
+    def from_qwen_tts(cls, model, max_seq_len: int) -> EngineModel:
+        """Wrap a `Qwen3TTSForConditionalGeneration`; allocates the two static caches."""
+        talker = model.talker
+        cp = talker.code_predictor
+        dtype = talker.codec_head.weight.dtype
+        device = talker.codec_head.weight.device
+        tw = DecoderWeights.from_module(talker.model)
+        pw = DecoderWeights.from_module(cp.model)
+        tcfg = model.config.talker_config
+        vocab = tcfg.vocab_size
+        suppress = torch.zeros((1, vocab), dtype=torch.bool, device=device)
+        suppress[:, vocab - 1024 :] = True  # ids 2048..3071 are control codes, never audio
+        suppress[:, tcfg.codec_eos_token_id] = False
+        predictor_len = NUM_CODEBOOKS  # hidden + codebooks 0..14 are ever fed in
+        return cls(
+            talker=tw,
+            predictor=pw,
+            codec_embedding=talker.model.codec_embedding.weight.data,
+            codec_head=talker.codec_head.weight.data,
+            predictor_embeddings=[e.weight.data for e in cp.model.codec_embedding],
+            predictor_heads=[h.weight.data for h in cp.lm_head],
+            to_predictor=cp.small_to_mtp_projection,
+            talker_cache=StaticKVCache(
+                len(tw.layers), tw.num_kv_heads, tw.head_dim, max_seq_len, dtype=dtype, device=device
+            ),
+            predictor_cache=StaticKVCache(
+                len(pw.layers), pw.num_kv_heads, pw.head_dim, predictor_len, dtype=dtype, device=device
+            ),
+            talker_rope=RopeTable(tw.inv_freq, max_seq_len, dtype),
+            predictor_rope=RopeTable(pw.inv_freq, predictor_len, dtype),
+            suppress_mask=suppress,
+            eos_id=int(tcfg.codec_eos_token_id),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.codec_head.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.codec_head.dtype
+
+
+class FrameState:
+    """Everything that changes from frame to frame, preallocated once per engine."""
+
+    def __init__(self, m: EngineModel, max_frames: int):
+        dev, dt = m.device, m.dtype
+        hidden = m.codec_head.shape[1]
+        self.max_frames = max_frames
+        self.hidden = torch.zeros((1, 1, hidden), dtype=dt, device=dev)  # talker output, post-norm
+        self.pos = torch.zeros((1,), dtype=torch.long, device=dev)  # next talker position
+        self.step = torch.zeros((), dtype=torch.long, device=dev)  # frames generated so far
+        self.presence = torch.zeros((1, m.codec_head.shape[0]), dtype=torch.bool, device=dev)
+        self.codes = torch.zeros((max_frames, NUM_CODEBOOKS), dtype=torch.long, device=dev)
+        self.trailing = torch.zeros((1, max_frames, hidden), dtype=dt, device=dev)
+        self.embeds = torch.zeros((1, NUM_CODEBOOKS, hidden), dtype=dt, device=dev)
+        self.predictor_pos = torch.arange(NUM_CODEBOOKS, device=dev)
+
+    def reset(self, prompt_len: int, trailing_text: torch.Tensor, pad: torch.Tensor) -> None:
+        """Prepare for a new utterance; trailing text then tts_pad for every later frame."""
+        n = min(trailing_text.shape[1], self.max_frames)
+        self.trailing.copy_(pad.expand_as(self.trailing))
+        self.trailing[:, :n].copy_(trailing_text[:, :n])
+        self.pos.fill_(prompt_len)
+        self.step.zero_()
+        self.presence.zero_()
+        self.codes.zero_()
+
+
+def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(1, 1, H) hidden -> (1, V) float32 logits, cast after the head as HF generate does."""
+    return F.linear(hidden[:, -1], m.codec_head).float()
+
+
+def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
+    """Run the prompt through the talker and leave its last hidden state in `state`."""
+    p = inputs_embeds.shape[1]
+    pos = torch.arange(p, device=m.device)
+    out = decoder_forward(m.talker, inputs_embeds.to(m.dtype), pos, m.talker_cache, m.talker_rope)
+    state.hidden.copy_(out[:, -1:])
+
+
+def predict_codebooks(
+    m: EngineModel, hidden: torch.Tensor, cb0: torch.Tensor, sub: SamplingTensors, do_sample: bool,
+    embeds: torch.Tensor, pos: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Codebooks 1..15 from the talker hidden state and codebook 0; fills `embeds` (1, 16, H)."""
+    embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
+    x = m.to_predictor(torch.cat((hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
+    out = decoder_forward(m.predictor, x, pos[:2], m.predictor_cache, m.predictor_rope)
+    tokens = []
+    for j in range(NUM_CODEBOOKS - 1):
+        logits = F.linear(out[:, -1], m.predictor_heads[j]).float()  # (1, 2048)
+        tok = sample_token(logits, sub, do_sample)  # (1,)
+        tokens.append(tok)
+        embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
+        if j + 1 < NUM_CODEBOOKS - 1:
+            x = m.to_predictor(embeds[:, j + 1 : j + 2])
+            out = decoder_forward(m.predictor, x, pos[j + 2 : j + 3], m.predictor_cache, m.predictor_rope)
+    return tokens
+
+
+def frame_step(
+    m: EngineModel,
+    state: FrameState,
+    talker_sampling: SamplingTensors,
+    sub_sampling: SamplingTensors,
+    do_sample: bool,
+    subtalker_do_sample: bool,
+) -> None:
+    """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
+    scores = apply_penalties(
+        talker_logits(m, state.hidden), talker_sampling,
+        presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,
+    )
+    cb0 = sample_token(scores, talker_sampling, do_sample)  # (1,)
+    state.presence.scatter_(1, cb0.view(1, 1), True)
+    rest = predict_codebooks(
+        m, state.hidden, cb0, sub_sampling, subtalker_do_sample, state.embeds, state.predictor_pos
+    )
+    frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
+    state.codes.index_copy_(0, state.step.view(1), frame)
+    text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
+    x = state.embeds.sum(dim=1, keepdim=True) + text
+    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope))
+    state.pos.add_(1)
+    state.step.add_(1)

@@ -1,0 +1,58 @@
+"""Generation parameters shared by the engine and the reference runner."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Every knob of the reference's generation, with the reference defaults.
+
+    `max_new_tokens` counts talker steps as `qwen_tts` does: with no EOS, N steps
+    give N - 1 complete frames. `min_new_tokens` suppresses EOS for the first steps.
+    """
+
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 2
+    do_sample: bool = True
+    temperature: float = 0.9
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.05
+    subtalker_dosample: bool = True
+    subtalker_temperature: float = 0.9
+    subtalker_top_k: int = 50
+    subtalker_top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 2:
+            raise ValueError(f"max_new_tokens must be an integer >= 2, got {self.max_new_tokens!r}")
+        if not isinstance(self.min_new_tokens, int) or self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
+        for name in ("temperature", "subtalker_temperature"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}; use do_sample=False for greedy decoding")
+        for name in ("top_k", "subtalker_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 disables it), got {value!r}")
+        for name in ("top_p", "subtalker_top_p"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> SamplingParams:
+        """Build from keyword arguments, ignoring None values and naming unknown ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown generation parameter(s) {unknown}; choose from: {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,155 @@
+"""Talker prompts, built by the official `qwen_tts` code itself.
+
+The prompt (role tokens, codec prefix, speaker vector, ICL reference, trailing text)
+is where static and dynamic runs could silently disagree, so we do not rebuild it.
+We call the reference wrapper's own `generate_*` method with the talker's `generate`
+swapped for a function that records its inputs and stops. Both our engine and the
+reference runner then start from the very same tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MODES = ("custom_voice", "voice_clone", "voice_design")
+METHOD_KIND = {"custom_voice": "custom_voice", "voice_clone": "base", "voice_design": "voice_design"}
+
+
+@dataclass
+class VoiceRequest:
+    """What to say and in which voice; mirrors the arguments of `Qwen3TTSModel.generate_*`."""
+
+    mode: str
+    text: str
+    language: str = "auto"
+    speaker: str | None = None
+    instruct: str | None = None
+    voice_clone_prompt: list | None = None  # list[qwen_tts VoiceClonePromptItem], voice_clone only
+    non_streaming_mode: bool | None = None  # None: the reference default for the mode
+
+    def resolved_non_streaming_mode(self) -> bool:
+        if self.non_streaming_mode is not None:
+            return bool(self.non_streaming_mode)
+        return self.mode != "voice_clone"
+
+
+@dataclass
+class TalkerPrompt:
+    """Inputs of the talker's generation loop, exactly as `qwen_tts` prepares them."""
+
+    inputs_embeds: torch.Tensor  # (1, P, H) prompt embeddings
+    trailing_text: torch.Tensor  # (1, T, H) added to the input of generated frame i while i < T
+    tts_pad_embed: torch.Tensor  # (1, 1, H) added once the trailing text runs out
+    suppress_tokens: list[int]  # codebook-0 ids never sampled (2048..3071 except EOS)
+    eos_token_id: int
+    ref_codes: torch.Tensor | None = None  # (R, 16) ICL reference codes, prepended before decoding
+    talker_kwargs: dict[str, Any] = field(default_factory=dict)  # the rest, as recorded
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.inputs_embeds.shape[1])
+
+
+class _Captured(Exception):
+    def __init__(self, kwargs: dict[str, Any]):
+        super().__init__("talker prompt captured")
+        self.kwargs = kwargs
+
+
+def _record_and_stop(*args: Any, **kwargs: Any) -> None:
+    raise _Captured(kwargs)
+
+
+def validate_request(tts, request: VoiceRequest) -> None:
+    """Raise a ValueError naming the bad value and the choices, before any model code runs."""
+    if request.mode not in MODES:
+        raise ValueError(f"unknown mode {request.mode!r}; choose one of: {', '.join(MODES)}")
+    kind = tts.model.tts_model_type
+    needed = METHOD_KIND[request.mode]
+    if kind != needed:
+        raise ValueError(
+            f"{request.mode} needs a {needed!r} model, but this model is {kind!r}; "
+            f"load a *-{_KIND_SUFFIX[needed]} checkpoint (or random:<size>-{needed})"
+        )
+    if not isinstance(request.text, str) or not request.text.strip():
+        raise ValueError(f"text must be a non-empty string, got {request.text!r}")
+    languages = sorted(str(x).lower() for x in tts.model.get_supported_languages())
+    if request.language is None or str(request.language).lower() not in languages:
+        raise ValueError(f"unknown language {request.language!r}; choose one of: {', '.join(languages)}")
+    if request.mode == "custom_voice":
+        speakers = sorted(str(x).lower() for x in tts.model.get_supported_speakers())
+        if not request.speaker or str(request.speaker).lower() not in speakers:
+            raise ValueError(f"unknown speaker {request.speaker!r}; choose one of: {', '.join(speakers)}")
+    if request.mode == "voice_clone":
+        items = request.voice_clone_prompt
+        if not items or len(items) != 1:
+            raise ValueError("voice_clone needs exactly one voice clone prompt item (see create_voice_clone_prompt)")
+        item = items[0]
+        if item.icl_mode and not (item.ref_text or "").strip():
+            raise ValueError("ref_text is required for ICL voice cloning; pass ref_text or x_vector_only_mode=True")
+
+
+_KIND_SUFFIX = {"custom_voice": "CustomVoice", "base": "Base", "voice_design": "VoiceDesign"}
+
+
+def build_talker_prompt(tts, request: VoiceRequest) -> TalkerPrompt:
+    """Run the reference wrapper up to the talker's generate and return its inputs.
+
+    Args:
+        tts: a loaded `qwen_tts.Qwen3TTSModel`.
+        request: the voice request; validated here first.
+    """
+    validate_request(tts, request)
+    talker = tts.model.talker
+    nsm = request.resolved_non_streaming_mode()
+    talker.generate = _record_and_stop  # instance attribute shadows the bound method
+    try:
+        if request.mode == "custom_voice":
+            tts.generate_custom_voice(
+                text=request.text,
+                speaker=request.speaker,
+                language=request.language,
+                instruct=request.instruct,
+                non_streaming_mode=nsm,
+            )
+        elif request.mode == "voice_design":
+            tts.generate_voice_design(
+                text=request.text,
+                instruct=request.instruct or "",
+                language=request.language,
+                non_streaming_mode=nsm,
+            )
+        else:
+            tts.generate_voice_clone(
+                text=request.text,
+                language=request.language,
+                voice_clone_prompt=request.voice_clone_prompt,
+                non_streaming_mode=nsm,
+            )
+    except _Captured as captured:
+        kwargs = captured.kwargs
+    else:  # pragma: no cover - only if qwen_tts stops calling talker.generate
+        raise RuntimeError("qwen_tts did not reach the talker's generate; unsupported qwen_tts version?")
+    finally:
+        del talker.generate
+
+    mask = kwargs.pop("attention_mask")
+    if not bool(mask.all()):
+        raise RuntimeError("padded prompts are not supported; generate one text at a time")
+    ref_codes = None
+    if request.mode == "voice_clone":
+        item = request.voice_clone_prompt[0]
+        if item.icl_mode and item.ref_code is not None:
+            ref_codes = item.ref_code
+    return TalkerPrompt(
+        inputs_embeds=kwargs.pop("inputs_embeds"),
+        trailing_text=kwargs.pop("trailing_text_hidden"),
+        tts_pad_embed=kwargs.pop("tts_pad_embed"),
+        suppress_tokens=list(kwargs.pop("suppress_tokens")),
+        eos_token_id=int(kwargs.pop("eos_token_id")),
+        ref_codes=ref_codes,
+        talker_kwargs=kwargs,
+    )

@@ -1,0 +1,114 @@
+"""The dynamic side: the official `qwen_tts` generation, with every parameter honoured.
+
+`Qwen3TTSModel.generate_*` fixes `min_new_tokens` at 2 and drops unknown kwargs, so we
+go one level deeper: the prompt comes from the wrapper itself (`prompts.build_talker_prompt`),
+then we call the talker's own Hugging Face `generate` (DynamicCache, HF sampling) with
+all of `SamplingParams`, and post-process exactly as `Qwen3TTSForConditionalGeneration.generate`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .params import SamplingParams
+from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
+from .results import GenerationResult
+
+
+def decode_utterance(speech_tokenizer, codes: torch.Tensor, ref_codes: torch.Tensor | None):
+    """Decode generated codes as `generate_voice_clone` does: ICL reference codes are
+    prepended for context, and the waveform is cut at ref_len / total_len."""
+    if ref_codes is None:
+        wavs, sr = speech_tokenizer.decode([{"audio_codes": codes}])
+        return wavs[0], sr
+    full = torch.cat([ref_codes.to(codes.device), codes], dim=0)
+    wavs, sr = speech_tokenizer.decode([{"audio_codes": full}])
+    cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wavs[0].shape[0])
+    return wavs[0][cut:], sr
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the generators the reference draws from (CPU and, if present, CUDA)."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    torch.manual_seed(seed)
+
+
+def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
+    """The reference generation loop for one prompt; returns (codes (T, 16), eos_reached)."""
+    talker = tts.model.talker
+    embeds = prompt.inputs_embeds
+    kwargs = dict(prompt.talker_kwargs)
+    kwargs.update(
+        max_new_tokens=params.max_new_tokens,
+        min_new_tokens=params.min_new_tokens,
+        do_sample=params.do_sample,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        temperature=params.temperature,
+        repetition_penalty=params.repetition_penalty,
+        subtalker_dosample=params.subtalker_dosample,
+        subtalker_top_k=params.subtalker_top_k,
+        subtalker_top_p=params.subtalker_top_p,
+        subtalker_temperature=params.subtalker_temperature,
+        eos_token_id=prompt.eos_token_id,
+        suppress_tokens=prompt.suppress_tokens,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+    )
+    out = talker.generate(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+        trailing_text_hidden=prompt.trailing_text,
+        tts_pad_embed=prompt.tts_pad_embed,
+        **kwargs,
+    )
+    # Same post-processing as Qwen3TTSForConditionalGeneration.generate (batch of one).
+    steps = [hid[-1] for hid in out.hidden_states if hid[-1] is not None]
+    if steps:
+        codes = torch.stack(steps, dim=1)[0]  # (T, 16)
+    else:
+        codes = torch.zeros((0, 16), dtype=torch.long, device=embeds.device)
+    is_eos = codes[:, 0] == prompt.eos_token_id
+    if bool(is_eos.any()):
+        codes = codes[: int(torch.argmax(is_eos.int()))]
+    eos_reached = bool(out.sequences[0, -1] == prompt.eos_token_id)
+    return codes, eos_reached
+
+
+@torch.no_grad()
+def run_reference(tts, request: VoiceRequest, params: SamplingParams, seed: int) -> GenerationResult:
+    """Generate one utterance with `qwen_tts` (dynamic cache), seeded right before the loop.
+
+    Args:
+        tts: a loaded `qwen_tts.Qwen3TTSModel`.
+        request: text, voice and mode.
+        params: all generation parameters; each one takes effect.
+        seed: RNG seed, applied immediately before the first draw, as the engine does.
+    """
+    prompt = build_talker_prompt(tts, request)
+    device = prompt.inputs_embeds.device
+    seed_everything(seed)
+    _sync(device)
+    t0 = time.perf_counter()
+    codes, eos_reached = talker_generate(tts, prompt, params)
+    _sync(device)
+    t1 = time.perf_counter()
+    audio, sr = decode_utterance(tts.model.speech_tokenizer, codes, prompt.ref_codes)
+    t2 = time.perf_counter()
+    return GenerationResult(
+        audio=audio,
+        sample_rate=sr,
+        codes=codes.detach().to("cpu", torch.long),
+        eos_reached=eos_reached,
+        engine="dynamic",
+        wall_s=t2 - t0,
+        generate_s=t1 - t0,
+    )
