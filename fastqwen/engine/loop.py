@@ -64,7 +64,8 @@ def run_frames(
     stats = stats if stats is not None else LoopStats()
     max_frames = check_fits(prompt.prompt_len, params, m.talker_cache.max_len)
     state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     t0 = time.perf_counter()
     prefill(m, state, prompt.inputs_embeds)
     _sync(m.device)

@@ -10,6 +10,7 @@ the CPU path runs it eagerly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,23 +125,36 @@ def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> N
 
 
 def predict_codebooks(
-    m: EngineModel, hidden: torch.Tensor, cb0: torch.Tensor, sub: SamplingTensors, do_sample: bool,
-    embeds: torch.Tensor, pos: torch.Tensor,
+    m: EngineModel, state: FrameState, cb0: torch.Tensor, pick: Callable[[int, torch.Tensor], torch.Tensor]
 ) -> list[torch.Tensor]:
-    """Codebooks 1..15 from the talker hidden state and codebook 0; fills `embeds` (1, 16, H)."""
+    """Codebooks 1..15 from the talker hidden state and codebook 0; fills `state.embeds`.
+
+    `pick(j, logits)` chooses codebook j + 1 from its (1, 2048) float32 logits: sampling
+    in `frame_step`, the given codes in teacher-forced parity checks.
+    """
+    embeds, pos = state.embeds, state.predictor_pos
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
-    x = m.to_predictor(torch.cat((hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
+    x = m.to_predictor(torch.cat((state.hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
     out = decoder_forward(m.predictor, x, pos[:2], m.predictor_cache, m.predictor_rope)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         logits = F.linear(out[:, -1], m.predictor_heads[j]).float()  # (1, 2048)
-        tok = sample_token(logits, sub, do_sample)  # (1,)
+        tok = pick(j, logits)  # (1,)
         tokens.append(tok)
         embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
         if j + 1 < NUM_CODEBOOKS - 1:
             x = m.to_predictor(embeds[:, j + 1 : j + 2])
             out = decoder_forward(m.predictor, x, pos[j + 2 : j + 3], m.predictor_cache, m.predictor_rope)
     return tokens
+
+
+def advance_talker(m: EngineModel, state: FrameState) -> None:
+    """Feed the frame's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
+    text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
+    x = state.embeds.sum(dim=1, keepdim=True) + text
+    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope))
+    state.pos.add_(1)
+    state.step.add_(1)
 
 
 def frame_step(
@@ -158,13 +172,7 @@ def frame_step(
     )
     cb0 = sample_token(scores, talker_sampling, do_sample)  # (1,)
     state.presence.scatter_(1, cb0.view(1, 1), True)
-    rest = predict_codebooks(
-        m, state.hidden, cb0, sub_sampling, subtalker_do_sample, state.embeds, state.predictor_pos
-    )
+    rest = predict_codebooks(m, state, cb0, lambda j, logits: sample_token(logits, sub_sampling, subtalker_do_sample))
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
     state.codes.index_copy_(0, state.step.view(1), frame)
-    text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
-    x = state.embeds.sum(dim=1, keepdim=True) + text
-    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope))
-    state.pos.add_(1)
-    state.step.add_(1)
+    advance_talker(m, state)

@@ -1,0 +1,218 @@
+"""`FastQwen3TTS`: the static-cache engine behind the `qwen_tts.Qwen3TTSModel` API.
+
+Switching is one import: the `generate_*` methods take the same arguments and return
+`(wavs, sample_rate)`. `generate(request, ...)` returns the richer `GenerationResult`
+(codes, EOS, prefill and per-frame times), and `stream(...)` yields audio chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .audio import load_reference_audio
+from .codec import StreamingDecoder
+from .engine.loop import LoopStats, run_frames
+from .engine.sampling import subtalker_tensors, talker_tensors
+from .engine.step import EngineModel, FrameState, frame_step
+from .params import SamplingParams
+from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
+from .reference import decode_utterance
+from .results import GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine allocates and runs.
+
+    max_seq_len: talker cache positions (prompt + frames); the default covers a long
+        prompt plus 2048 frames.
+    sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
+    """
+
+    max_seq_len: int = 2048 + 512
+    sync_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 16:
+            raise ValueError(f"max_seq_len must be >= 16, got {self.max_seq_len}")
+        if self.sync_every is not None and self.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
+
+
+@dataclass
+class AudioChunk:
+    """One piece of streamed audio."""
+
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    elapsed_s: float  # since the call started
+
+
+class FastQwen3TTS:
+    """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`."""
+
+    def __init__(self, tts, config: EngineConfig | None = None, source=None):
+        self.tts = tts
+        self.config = config or EngineConfig()
+        self.source = source
+        self.engine = EngineModel.from_qwen_tts(tts.model, self.config.max_seq_len)
+        self.state = FrameState(self.engine, self.config.max_seq_len)
+        self.last_results: list[GenerationResult] = []
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str, device: str = "cpu", dtype: str | torch.dtype | None = None,
+        config: EngineConfig | None = None,
+    ) -> FastQwen3TTS:
+        """Load a model string (HF id, directory, `random:<size>-<kind>`, `auto:<HF id>`).
+
+        dtype defaults to float32 on CPU and bfloat16 on CUDA.
+        """
+        from .sources import load_model
+
+        if dtype is None:
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        loaded = load_model(model, device=device, dtype=dtype)
+        return cls(loaded.tts, config=config, source=loaded.source)
+
+    # ---- properties mirroring the reference -------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def model_kind(self) -> str:
+        return self.tts.model.tts_model_type
+
+    def get_supported_speakers(self) -> list[str] | None:
+        return self.tts.get_supported_speakers()
+
+    def get_supported_languages(self) -> list[str] | None:
+        return self.tts.get_supported_languages()
+
+    # ---- the rich API --------------------------------------------------------------
+    def _sync_every(self) -> int:
+        if self.config.sync_every is not None:
+            return self.config.sync_every
+        return 8 if self.device.type == "cuda" else 1
+
+    def _frames(self, prompt: TalkerPrompt, params: SamplingParams, seed: int | None,
+                stats: LoopStats) -> Iterator[torch.Tensor]:
+        talker_s = talker_tensors(params, self.device)
+        sub_s = subtalker_tensors(params, self.device)
+
+        def step() -> None:
+            frame_step(self.engine, self.state, talker_s, sub_s, params.do_sample, params.subtalker_dosample)
+
+        return run_frames(
+            self.engine, self.state, prompt, params, seed, step, sync_every=self._sync_every(), stats=stats
+        )
+
+    @torch.inference_mode()
+    def generate(self, request: VoiceRequest, params: SamplingParams | None = None,
+                 seed: int | None = None) -> GenerationResult:
+        """Generate one utterance; same request, params and seed as the reference give the same codes."""
+        params = params or SamplingParams()
+        prompt = build_talker_prompt(self.tts, request)
+        stats = LoopStats()
+        t0 = time.perf_counter()
+        blocks = list(self._frames(prompt, params, seed, stats))
+        t1 = time.perf_counter()
+        codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
+        audio, sr = decode_utterance(self.tts.model.speech_tokenizer, codes.to(self.device), prompt.ref_codes)
+        t2 = time.perf_counter()
+        return GenerationResult(
+            audio=audio, sample_rate=sr, codes=codes, eos_reached=stats.eos_reached, engine="static",
+            wall_s=t2 - t0, generate_s=t1 - t0, prefill_s=stats.prefill_s,
+            frame_times_s=_per_frame_times(stats),
+        )
+
+    @torch.inference_mode()
+    def stream(self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None,
+               *, first_chunk_frames: int = 2, chunk_frames: int = 12) -> Iterator[AudioChunk]:
+        """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
+
+        The codec decodes each chunk with left context, so the concatenated chunks equal
+        the non-streamed audio (up to float rounding).
+        """
+        params = params or SamplingParams()
+        prompt = build_talker_prompt(self.tts, request)
+        if prompt.ref_codes is not None:
+            raise NotImplementedError("streaming ICL voice clone is not supported yet; use generate()")
+        decoder = StreamingDecoder(
+            self.tts.model.speech_tokenizer, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+        )
+        sr = int(self.tts.model.speech_tokenizer.get_output_sample_rate())
+        stats = LoopStats()
+        t0 = time.perf_counter()
+        for block in self._frames(prompt, params, seed, stats):
+            audio = decoder.push(block.to(self.device))
+            if audio is not None and len(audio):
+                yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=time.perf_counter() - t0)
+        tail = decoder.flush()
+        if tail is not None and len(tail):
+            yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=time.perf_counter() - t0)
+
+    # ---- qwen_tts-compatible API -----------------------------------------------------
+    def create_voice_clone_prompt(self, ref_audio, ref_text: str | None = None,
+                                  x_vector_only_mode: bool = False) -> list:
+        """Reusable voice-clone prompt: reference audio is checked, mixed to mono and resampled first."""
+        if self.model_kind != "base":
+            raise ValueError(
+                f"voice cloning needs a 'base' model, but this model is {self.model_kind!r}; "
+                "load a *-Base checkpoint (or random:<size>-base)"
+            )
+        if not x_vector_only_mode and not (ref_text or "").strip():
+            raise ValueError("ref_text is required for ICL voice cloning; pass ref_text or x_vector_only_mode=True")
+        wav, sr = load_reference_audio(ref_audio)
+        return self.tts.create_voice_clone_prompt(
+            ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
+        )
+
+    def _run_many(self, texts, make_request, params: SamplingParams, seed: int | None):
+        texts = texts if isinstance(texts, list) else [texts]
+        self.last_results = [self.generate(make_request(t), params, seed) for t in texts]
+        return [r.audio for r in self.last_results], self.last_results[0].sample_rate
+
+    def generate_custom_voice(self, text, speaker: str, language: str | None = None,
+                              instruct: str | None = None, non_streaming_mode: bool | None = None,
+                              seed: int | None = None, **gen):
+        params = SamplingParams.from_kwargs(**gen)
+        return self._run_many(text, lambda t: VoiceRequest(
+            "custom_voice", t, language or "auto", speaker=speaker, instruct=instruct,
+            non_streaming_mode=non_streaming_mode), params, seed)
+
+    def generate_voice_design(self, text, instruct: str, language: str | None = None,
+                              non_streaming_mode: bool | None = None, seed: int | None = None, **gen):
+        params = SamplingParams.from_kwargs(**gen)
+        return self._run_many(text, lambda t: VoiceRequest(
+            "voice_design", t, language or "auto", instruct=instruct,
+            non_streaming_mode=non_streaming_mode), params, seed)
+
+    def generate_voice_clone(self, text, language: str | None = None, ref_audio=None,
+                             ref_text: str | None = None, x_vector_only_mode: bool = False,
+                             voice_clone_prompt: list | None = None, non_streaming_mode: bool | None = None,
+                             seed: int | None = None, **gen):
+        params = SamplingParams.from_kwargs(**gen)
+        if voice_clone_prompt is None:
+            if ref_audio is None:
+                raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
+            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
+        return self._run_many(text, lambda t: VoiceRequest(
+            "voice_clone", t, language or "auto", voice_clone_prompt=voice_clone_prompt,
+            non_streaming_mode=non_streaming_mode), params, seed)
+
+
+def _per_frame_times(stats: LoopStats) -> list[float]:
+    out: list[float] = []
+    for t, n in zip(stats.block_times_s, stats.block_frames):
+        out.extend([t / n] * n if n else [])
+    return out

@@ -1,0 +1,198 @@
+"""Parity between the static engine and the `qwen_tts` reference.
+
+Two views:
+- free-running: both sides generate with the same request, parameters and seed;
+  we compare their codes (first divergent frame, fraction equal, EOS on each side);
+- teacher-forced: the reference's codes are fed through both implementations and we
+  compare the logits each predicts at every frame (max |diff|, KL, argmax agreement),
+  for codebook 0 (talker) and codebooks 1..15 (code predictor). This separates
+  numerical drift from sampling: a small KL with divergent codes means bf16 drift,
+  a large KL means a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .constants import NUM_CODEBOOKS
+from .engine.step import advance_talker, predict_codebooks, prefill, talker_logits
+from .params import SamplingParams
+from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
+from .reference import run_reference
+from .results import GenerationResult
+
+
+@dataclass
+class CodeParity:
+    static_frames: int
+    dynamic_frames: int
+    static_eos: bool
+    dynamic_eos: bool
+    first_divergent_frame: int | None  # None: identical codes and length
+    first_divergent_codebook: int | None
+    equal_fraction: float  # over the frames both sides have, all 16 codebooks
+
+    @property
+    def identical(self) -> bool:
+        return self.first_divergent_frame is None
+
+    def describe(self) -> str:
+        if self.identical:
+            return f"identical: {self.static_frames} frames, eos {self.static_eos}"
+        return (
+            f"first difference at frame {self.first_divergent_frame}, codebook {self.first_divergent_codebook}; "
+            f"frames static {self.static_frames} / dynamic {self.dynamic_frames}; "
+            f"{100 * self.equal_fraction:.1f}% of codes equal"
+        )
+
+
+def compare_codes(static: GenerationResult, dynamic: GenerationResult) -> CodeParity:
+    a, b = static.codes, dynamic.codes
+    n = min(a.shape[0], b.shape[0])
+    diff = (a[:n] != b[:n]).nonzero()
+    if diff.shape[0]:
+        frame, codebook = int(diff[0, 0]), int(diff[0, 1])
+    elif a.shape[0] != b.shape[0]:
+        frame, codebook = n, None
+    else:
+        frame, codebook = None, None
+    equal = float((a[:n] == b[:n]).float().mean()) if n else float(a.shape[0] == b.shape[0])
+    return CodeParity(
+        static_frames=int(a.shape[0]), dynamic_frames=int(b.shape[0]),
+        static_eos=static.eos_reached, dynamic_eos=dynamic.eos_reached,
+        first_divergent_frame=frame, first_divergent_codebook=codebook, equal_fraction=equal,
+    )
+
+
+@dataclass
+class TeacherForced:
+    """Per-frame logit agreement; each list has one entry per frame."""
+
+    cb0_max_abs: list[float]
+    cb0_kl: list[float]
+    cb0_argmax_equal: list[bool]
+    sub_max_abs: list[float]  # max over codebooks 1..15
+    sub_kl: list[float]  # mean over codebooks 1..15
+    sub_argmax_equal: list[float]  # fraction of codebooks 1..15
+
+    @property
+    def max_abs(self) -> float:
+        return max(self.cb0_max_abs + self.sub_max_abs, default=0.0)
+
+    def summary(self) -> dict:
+        def stats(xs):
+            return (float(np.mean(xs)), float(np.max(xs))) if xs else (0.0, 0.0)
+
+        kl_mean, kl_max = stats(self.cb0_kl)
+        sub_mean, sub_max = stats(self.sub_kl)
+        return {
+            "frames": len(self.cb0_kl),
+            "max_abs_logit_diff": self.max_abs,
+            "cb0_kl_mean": kl_mean, "cb0_kl_max": kl_max,
+            "cb0_argmax_agree": float(np.mean(self.cb0_argmax_equal)) if self.cb0_argmax_equal else 1.0,
+            "sub_kl_mean": sub_mean, "sub_kl_max": sub_max,
+            "sub_argmax_agree": float(np.mean(self.sub_argmax_equal)) if self.sub_argmax_equal else 1.0,
+        }
+
+
+def _kl(ref: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """KL(ref || test) per row of float32 logits."""
+    lp, lq = F.log_softmax(ref.float(), -1), F.log_softmax(test.float(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+@torch.inference_mode()
+def reference_logits(tts, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the `qwen_tts` modules for given codes, with no cache at all (full forwards).
+
+    Returns cb0 logits (T, 3072) and sub-talker logits (T, 15, 2048), float32.
+    """
+    talker = tts.model.talker
+    cp = talker.code_predictor
+    dev = prompt.inputs_embeds.device
+    codes = codes.to(dev)
+    T = codes.shape[0]
+    embeds = [talker.get_input_embeddings()(codes[:, :1])]  # (T, 1, H)
+    embeds += [cp.get_input_embeddings()[j](codes[:, j + 1 : j + 2]) for j in range(NUM_CODEBOOKS - 1)]
+    embeds = torch.cat(embeds, dim=1)  # (T, 16, H)
+    trailing = prompt.trailing_text[0]
+    text = torch.cat([trailing[:T], prompt.tts_pad_embed[0].expand(max(T - trailing.shape[0], 0), -1)])[:T]
+    frame_inputs = embeds.sum(1) + text  # (T, H)
+    seq = torch.cat([prompt.inputs_embeds, frame_inputs[None, : T - 1]], dim=1)  # last frame's input not needed
+    hidden = talker.model(inputs_embeds=seq, use_cache=False).last_hidden_state  # (1, P + T - 1, H)
+    h = hidden[0, prompt.prompt_len - 1 :]  # (T, H): the state that predicts frame i
+    cb0 = talker.codec_head(h).float()
+    sub_in = torch.cat([h[:, None], embeds[:, : NUM_CODEBOOKS - 1]], dim=1)  # (T, 16, H)
+    sub_h = cp.model(inputs_embeds=cp.small_to_mtp_projection(sub_in), use_cache=False).last_hidden_state
+    sub = torch.stack([cp.lm_head[j](sub_h[:, j + 1]) for j in range(NUM_CODEBOOKS - 1)], dim=1).float()
+    return cb0, sub
+
+
+@torch.inference_mode()
+def engine_logits(engine, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the static engine for given codes, running its own prefill and frame path."""
+    m, state = engine.engine, engine.state
+    dev = m.device
+    codes = codes.to(dev)
+    state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
+    prefill(m, state, prompt.inputs_embeds)
+    cb0_rows, sub_rows = [], []
+    for i in range(codes.shape[0]):
+        cb0_rows.append(talker_logits(m, state.hidden)[0])
+        sub_logits = []
+
+        def forced(j: int, logits: torch.Tensor, row=codes[i]) -> torch.Tensor:
+            sub_logits.append(logits[0])
+            return row[j + 1 : j + 2]
+
+        predict_codebooks(m, state, codes[i, :1], forced)
+        sub_rows.append(torch.stack(sub_logits))
+        if i + 1 < codes.shape[0]:
+            advance_talker(m, state)
+    if not cb0_rows:
+        return torch.zeros((0, 3072)), torch.zeros((0, NUM_CODEBOOKS - 1, 2048))
+    return torch.stack(cb0_rows), torch.stack(sub_rows)
+
+
+def teacher_forced(engine, tts, request: VoiceRequest, codes: torch.Tensor) -> TeacherForced:
+    """Compare both implementations' logits on the same codes (usually the reference's)."""
+    prompt = build_talker_prompt(tts, request)
+    ref0, ref_sub = reference_logits(tts, prompt, codes)
+    eng0, eng_sub = engine_logits(engine, prompt, codes)
+    ref0, ref_sub, eng0, eng_sub = (t.cpu() for t in (ref0, ref_sub, eng0, eng_sub))
+    return TeacherForced(
+        cb0_max_abs=(ref0 - eng0).abs().amax(-1).tolist(),
+        cb0_kl=_kl(ref0, eng0).tolist(),
+        cb0_argmax_equal=(ref0.argmax(-1) == eng0.argmax(-1)).tolist(),
+        sub_max_abs=(ref_sub - eng_sub).abs().amax(dim=(-1, -2)).tolist(),
+        sub_kl=_kl(ref_sub, eng_sub).mean(-1).tolist(),
+        sub_argmax_equal=(ref_sub.argmax(-1) == eng_sub.argmax(-1)).float().mean(-1).tolist(),
+    )
+
+
+@dataclass
+class ParityReport:
+    static: GenerationResult
+    dynamic: GenerationResult
+    codes: CodeParity
+    forced: TeacherForced | None
+
+    def summary(self) -> dict:
+        out = {"codes": asdict(self.codes), "static": self.static.summary(), "dynamic": self.dynamic.summary()}
+        out["duration_diff_s"] = round(self.static.audio_seconds - self.dynamic.audio_seconds, 4)
+        if self.forced is not None:
+            out["teacher_forced"] = self.forced.summary()
+        return out
+
+
+def run_parity(engine, request: VoiceRequest, params: SamplingParams, seed: int,
+               *, with_teacher_forcing: bool = True) -> ParityReport:
+    """Run engine and reference on the same inputs and seed, then compare."""
+    static = engine.generate(request, params, seed)
+    dynamic = run_reference(engine.tts, request, params, seed)
+    forced = teacher_forced(engine, engine.tts, request, dynamic.codes) if with_teacher_forcing else None
+    return ParityReport(static=static, dynamic=dynamic, codes=compare_codes(static, dynamic), forced=forced)
