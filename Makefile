@@ -1,0 +1,74 @@
+# fastqwen: `make help` lists the targets. Everything runs inside .venv/, made by `make setup`.
+
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+# Touched after a successful install; it depends on pyproject.toml, so the package is
+# reinstalled only when the dependencies change, not on every `make test`.
+STAMP := $(VENV)/.installed
+EXTRAS := notebooks,test
+
+# The interpreter that creates .venv: the first of these that is Python 3.10-3.12
+# (torch 2.11 and qwen-tts 0.1.1 support these). Override: `make setup PYTHON=/path/python3.11`.
+PYTHON_CANDIDATES := python3 python3.12 python3.11 python3.10
+PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \
+	$(p) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
+	>/dev/null 2>&1 && echo $(p))))
+
+# Notebooks executed by `make test` through nbmake, once they exist.
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+PYTEST_ARGS ?=
+REPORT_NOTEBOOK := notebooks/customvoice_parity.ipynb
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# HF_HUB_OFFLINE is deliberately not set here: users with hub access may download real
+# checkpoints. Set it in your shell to forbid downloads.
+
+.PHONY: help setup test report lint clean
+
+help: ## Show this help
+	@echo "Usage: make <target>"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+	@echo "Variables: PYTHON=$(if $(PYTHON),$(PYTHON),<none found>)" \
+		"NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>) PYTEST_ARGS=..."
+
+setup: $(STAMP) ## Create .venv and install fastqwen (editable) with notebook and test extras
+
+$(VENV_PY):
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "make setup: no Python 3.10-3.12 found (tried $(PYTHON_CANDIDATES));" \
+			"pass PYTHON=/path/to/python3.11" >&2; \
+		exit 1; \
+	fi
+	@echo "Creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_PY)
+	$(VENV_PY) -m pip install -e '.[$(EXTRAS)]'
+	@touch $@
+
+test: setup ## Run the test suite (tests/ and, once they exist, notebooks/*.ipynb via nbmake)
+	$(VENV_PY) -m pytest tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS)) $(PYTEST_ARGS)
+
+report: setup ## Run the parity notebooks and build the report under reports/
+	@if [ ! -f $(REPORT_NOTEBOOK) ]; then \
+		echo "make report: notebooks not built yet ($(REPORT_NOTEBOOK) is missing)" >&2; \
+		exit 1; \
+	fi
+	$(VENV_PY) -m fastqwen.report
+
+lint: ## Check formatting and lint with ruff (skipped if ruff is not installed)
+	@ruff=$$(command -v $(VENV)/bin/ruff || command -v ruff || true); \
+	if [ -z "$$ruff" ]; then \
+		echo "ruff is not installed; lint skipped. Install: $(VENV_PY) -m pip install ruff"; \
+	else \
+		"$$ruff" format --check . && "$$ruff" check .; \
+	fi
+
+clean: ## Remove caches and build output (keeps .venv; `rm -rf .venv` to drop it)
+	rm -rf build dist .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
