@@ -14,9 +14,9 @@ EXTRAS := notebooks,test
 # The interpreter that creates .venv: the first of these that is Python 3.10-3.12
 # (torch 2.11 and qwen-tts 0.1.1 support these). Override: `make setup PYTHON=/path/python3.11`.
 PYTHON_CANDIDATES := python3 python3.12 python3.11 python3.10
-PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \
-	$(p) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
-	>/dev/null 2>&1 && echo $(p))))
+PYTHON ?= $(shell for p in $(PYTHON_CANDIDATES); do \
+	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
+	>/dev/null 2>&1 && { echo $$p; break; }; done)
 
 # Notebooks executed by `make test` through nbmake, once they exist.
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
@@ -33,8 +33,8 @@ help: ## Show this help
 	@echo "Usage: make <target>"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
-	@echo "Variables: PYTHON=$(if $(PYTHON),$(PYTHON),<none found>)" \
-		"NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>) PYTEST_ARGS=..."
+	@echo "Variables: PYTHON=... (default: first Python 3.10-3.12 of $(PYTHON_CANDIDATES))," \
+		"PYTEST_ARGS=..., NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>)"
 
 setup: $(STAMP) ## Create .venv and install fastqwen (editable) with notebook and test extras
 
