@@ -27,7 +27,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # HF_HUB_OFFLINE is deliberately not set here: users with hub access may download real
 # checkpoints. Set it in your shell to forbid downloads.
 
-.PHONY: help setup test report lint clean
+.PHONY: help setup test report require-notebooks lint clean
 
 help: ## Show this help
 	@echo "Usage: make <target>"
@@ -54,12 +54,15 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 test: setup ## Run the test suite (tests/ and, once they exist, notebooks/*.ipynb via nbmake)
 	$(VENV_PY) -m pytest tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS)) $(PYTEST_ARGS)
 
-report: setup ## Run the parity notebooks and build the report under reports/
+report: require-notebooks setup ## Run the parity notebooks and build the report under reports/
+	$(VENV_PY) -m fastqwen.report
+
+# Checked before `setup`, so a missing notebook fails in a second, not after a 3 GB install.
+require-notebooks:
 	@if [ ! -f $(REPORT_NOTEBOOK) ]; then \
 		echo "make report: notebooks not built yet ($(REPORT_NOTEBOOK) is missing)" >&2; \
 		exit 1; \
 	fi
-	$(VENV_PY) -m fastqwen.report
 
 lint: ## Check formatting and lint with ruff (skipped if ruff is not installed)
 	@ruff=$$(command -v $(VENV)/bin/ruff || command -v ruff || true); \
