@@ -1,0 +1,7 @@
+"""`python -m fastqwen`: see fastqwen.cli."""
+
+import sys
+
+from fastqwen.cli import main
+
+sys.exit(main())
