@@ -18,7 +18,8 @@ import torch
 from .audio import load_reference_audio
 from .codec import StreamingDecoder
 from .engine.loop import LoopStats, run_frames
-from .engine.sampling import subtalker_tensors, talker_tensors
+from .engine.graph import GraphedFrameStep
+from .engine.sampling import SamplingTensors
 from .engine.step import EngineModel, FrameState, frame_step
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
@@ -35,10 +36,14 @@ class EngineConfig:
     max_seq_len: talker cache positions (prompt + frames); the default covers a long
         prompt plus 2048 frames.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
+    cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
+    compile: torch.compile the frame step before capture (fewer, fused kernels).
     """
 
     max_seq_len: int = 2048 + 512
     sync_every: int | None = None
+    cuda_graph: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 16:
@@ -65,6 +70,13 @@ class FastQwen3TTS:
         self.source = source
         self.engine = EngineModel.from_qwen_tts(tts.model, self.config.max_seq_len)
         self.state = FrameState(self.engine, self.config.max_seq_len)
+        self.talker_sampling = SamplingTensors(self.device)
+        self.sub_sampling = SamplingTensors(self.device)
+        self.graphed: GraphedFrameStep | None = None
+        if self.device.type == "cuda" and self.config.cuda_graph:
+            self.graphed = GraphedFrameStep(
+                self.engine, self.state, self.talker_sampling, self.sub_sampling, compile=self.config.compile
+            )
         self.last_results: list[GenerationResult] = []
 
     @classmethod
@@ -105,15 +117,19 @@ class FastQwen3TTS:
         return 8 if self.device.type == "cuda" else 1
 
     def _frames(self, prompt: TalkerPrompt, params: SamplingParams, seed: int | None,
-                stats: LoopStats) -> Iterator[torch.Tensor]:
-        talker_s = talker_tensors(params, self.device)
-        sub_s = subtalker_tensors(params, self.device)
-
-        def step() -> None:
-            frame_step(self.engine, self.state, talker_s, sub_s, params.do_sample, params.subtalker_dosample)
+                stats: LoopStats, first_block: int | None = None) -> Iterator[torch.Tensor]:
+        self.talker_sampling.load_talker(params)
+        self.sub_sampling.load_subtalker(params)
+        if self.graphed is not None:
+            step = self.graphed.prepare(params.do_sample, params.subtalker_dosample)
+        else:
+            def step() -> None:
+                frame_step(self.engine, self.state, self.talker_sampling, self.sub_sampling,
+                           params.do_sample, params.subtalker_dosample)
 
         return run_frames(
-            self.engine, self.state, prompt, params, seed, step, sync_every=self._sync_every(), stats=stats
+            self.engine, self.state, prompt, params, seed, step,
+            sync_every=self._sync_every(), first_block=first_block, stats=stats,
         )
 
     @torch.inference_mode()
@@ -153,7 +169,7 @@ class FastQwen3TTS:
         sr = int(self.tts.model.speech_tokenizer.get_output_sample_rate())
         stats = LoopStats()
         t0 = time.perf_counter()
-        for block in self._frames(prompt, params, seed, stats):
+        for block in self._frames(prompt, params, seed, stats, first_block=first_chunk_frames):
             audio = decoder.push(block.to(self.device))
             if audio is not None and len(audio):
                 yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=time.perf_counter() - t0)

@@ -123,7 +123,8 @@ def decoder_forward(
     T = x.shape[1]
     hq, hkv, d = w.num_heads, w.num_kv_heads, w.head_dim
     cos, sin = rope.at(pos)  # (T, D)
-    mask = cache.causal_mask(pos)  # (1, 1, T, S)
+    rep = hq // hkv
+    mask = cache.causal_mask(pos).repeat(1, 1, rep, 1)  # (1, 1, rep * T, S)
     for i, lw in enumerate(w.layers):
         h = rms_norm(x, lw.input_norm, w.eps)
         q, k, v = F.linear(h, lw.qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
@@ -133,9 +134,11 @@ def decoder_forward(
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k_all, v_all = cache.update(i, pos, k, v)  # (1, Hkv, S, D)
+        # GQA without copying the cache: the query heads sharing a KV head become extra
+        # query rows of that head, (1, Hkv, rep * T, D); every SDPA backend accepts this.
         a = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, scale=d**-0.5, enable_gqa=hq != hkv
-        )  # (1, Hq, T, D)
+            q.reshape(1, hkv, rep * T, d), k_all, v_all, attn_mask=mask, scale=d**-0.5
+        ).view(1, hq, T, d)
         x = x + F.linear(a.transpose(1, 2).reshape(1, T, hq * d), lw.o)
         h = rms_norm(x, lw.post_norm, w.eps)
         gate, up = F.linear(h, lw.gate_up).chunk(2, dim=-1)

@@ -15,7 +15,7 @@ import torch
 
 from ..params import SamplingParams
 from ..prompts import TalkerPrompt
-from .sampling import apply_penalties, sample_token, talker_tensors
+from .sampling import SamplingTensors, apply_penalties, sample_token
 from .step import EngineModel, FrameState, prefill, talker_logits
 
 @dataclass
@@ -52,6 +52,7 @@ def run_frames(
     step: Callable[[], None],
     *,
     sync_every: int = 1,
+    first_block: int | None = None,
     stats: LoopStats | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield (k, 16) int64 CPU code blocks until EOS or `max_new_tokens`.
@@ -59,6 +60,8 @@ def run_frames(
     Args:
         step: advances one frame in place (eager `frame_step` or a CUDA graph replay);
             the sampling tensors it reads must already hold `params`.
+        sync_every: frames per block, i.e. between host looks at the codes.
+        first_block: size of the first block (streaming wants its first audio early).
         seed: seeds torch right before prefill, as the reference runner does.
     """
     stats = stats if stats is not None else LoopStats()
@@ -74,7 +77,7 @@ def run_frames(
     done = 0
     while done < max_frames:
         t_block = time.perf_counter()
-        n = min(sync_every, max_frames - done)
+        n = min(first_block if (done == 0 and first_block) else sync_every, max_frames - done)
         for _ in range(n):
             step()
         block = state.codes[done : done + n].to("cpu")  # the one host sync per block
@@ -96,7 +99,7 @@ def final_token_is_eos(m: EngineModel, state: FrameState, params: SamplingParams
     """The reference samples one more codebook-0 token after the last full frame; do the same
     so `eos_reached` (and the RNG stream) agree when generation ends exactly at the limit."""
 
-    s = talker_tensors(params, m.device)
+    s = SamplingTensors(m.device).load_talker(params)
     scores = apply_penalties(
         talker_logits(m, state.hidden), s,
         presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,

@@ -29,25 +29,23 @@ class SamplingTensors:
         self.repetition_penalty = torch.ones((), device=device)
         self.min_new_tokens = torch.zeros((), dtype=torch.long, device=device)
 
-    def set(self, temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0,
-            min_new_tokens: int = 0) -> None:
+    def load_talker(self, p: SamplingParams) -> SamplingTensors:
+        """Codebook-0 sampling: all of the talker's parameters."""
+        self._fill(p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.min_new_tokens)
+        return self
+
+    def load_subtalker(self, p: SamplingParams) -> SamplingTensors:
+        """Codebooks 1..15: the reference's code predictor has no penalty and no EOS."""
+        self._fill(p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0)
+        return self
+
+    def _fill(self, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
+              min_new_tokens: int) -> None:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k)
         self.top_p.fill_(top_p)
         self.repetition_penalty.fill_(repetition_penalty)
         self.min_new_tokens.fill_(min_new_tokens)
-
-
-def talker_tensors(params: SamplingParams, device) -> SamplingTensors:
-    t = SamplingTensors(device)
-    t.set(params.temperature, params.top_k, params.top_p, params.repetition_penalty, params.min_new_tokens)
-    return t
-
-
-def subtalker_tensors(params: SamplingParams, device) -> SamplingTensors:
-    t = SamplingTensors(device)
-    t.set(params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p)
-    return t
 
 
 def apply_penalties(

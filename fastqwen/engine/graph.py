@@ -1,0 +1,78 @@
+"""The CUDA path: `frame_step`, optionally compiled, captured as one CUDA graph per frame.
+
+Lifecycle (once per engine and sampling mode): warm up on a side stream, capture,
+then every frame is a single `graph.replay()`. Capture happens before a generation's
+prefill, so the garbage the warm-up writes into the caches and state is overwritten.
+Sampling parameters are read from device tensors at replay time, so changing them
+needs no recapture; only `do_sample` / `subtalker_dosample` select another graph,
+because a greedy pick makes no random draw.
+
+Random draws inside the graph use the CUDA generator's graph-safe Philox offsets, so a
+replayed frame draws the same numbers as the same frame run eagerly after the same seed.
+With `compile=True`, torch.compile (Inductor) fuses the many small elementwise kernels
+first; `fallback_random` keeps `torch.multinomial` as the eager op, so draws are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from .sampling import SamplingTensors
+from .step import EngineModel, FrameState, frame_step
+
+log = logging.getLogger(__name__)
+
+
+def capture_graph(fn: Callable[[], None], warmup: int = 2) -> torch.cuda.CUDAGraph:
+    """Warm `fn` up on a side stream, then record it into a CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+class GraphedFrameStep:
+    """Replays one captured frame per call; captures lazily per sampling mode."""
+
+    def __init__(
+        self,
+        m: EngineModel,
+        state: FrameState,
+        talker_sampling: SamplingTensors,
+        sub_sampling: SamplingTensors,
+        *,
+        compile: bool = False,
+    ):
+        if m.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA model, got device {m.device}; use the eager step on CPU")
+        self.m, self.state = m, state
+        self.talker_sampling, self.sub_sampling = talker_sampling, sub_sampling
+        self.compile = compile
+        self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph] = {}
+        self._step_fn = frame_step
+        if compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fallback_random = True  # same RNG ops as eager: same draws
+            self._step_fn = torch.compile(frame_step, dynamic=False, fullgraph=False)
+
+    def prepare(self, do_sample: bool, subtalker_do_sample: bool) -> Callable[[], None]:
+        """Capture (first time only) and return the replay function for this sampling mode."""
+        key = (bool(do_sample), bool(subtalker_do_sample))
+        if key not in self.graphs:
+            log.info("capturing frame graph for do_sample=%s subtalker_dosample=%s (compile=%s)", *key, self.compile)
+
+            def run() -> None:
+                self._step_fn(self.m, self.state, self.talker_sampling, self.sub_sampling, *key)
+
+            self.graphs[key] = capture_graph(run, warmup=3 if self.compile else 2)
+        return self.graphs[key].replay
