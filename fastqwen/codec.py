@@ -165,8 +165,9 @@ class StreamingDecoder:
             pass, but the audio is then approximate wherever the full history
             would have been longer. The decoder sees up to
             `receptive_field(...).total_frames` (580) frames back.
-            The conv stage always runs on just 10 frames of context, so this
-            setting changes only the cheap part of the work.
+            The conv stage never gets more than 10 frames of context, so this
+            setting changes only the cheap part of the work. On CPU, at full size,
+            exact decoding costs about what 25 frames decoded in full would.
     """
 
     def __init__(

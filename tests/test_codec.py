@@ -276,3 +276,25 @@ def test_frames_to_samples():
     assert frames_to_samples(25) == 25 * SAMPLES_PER_FRAME == 48_000
     with pytest.raises(ValueError, match="-1"):
         frames_to_samples(-1)
+
+
+def test_stream_matches_full_decode_on_the_shared_tiny_checkpoint(request):
+    try:
+        tiny_model = request.getfixturevalue("tiny_model")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no tiny_model fixture")
+    speech_tokenizer = tiny_model("custom_voice").tts.model.speech_tokenizer
+    codes = _codes(50, seed=9)
+    full = decode_codes(speech_tokenizer, codes)
+    assert full.std() > 1e-3, "the tiny codec is silent: nothing would be compared"
+    # This codec's random vocoder amplifies rounding (its audio is mostly clipped), so
+    # the bar is the reference's own noise: decoding a prefix vs. the start of the whole.
+    own_noise = max(
+        np.abs(decode_codes(speech_tokenizer, codes[:n]) - full[: frames_to_samples(n)]).max()
+        for n in (14, 37)
+    )
+    print(f"tiny checkpoint: reference prefix-vs-whole noise {own_noise:.2e}")
+    chunks = _stream(StreamingDecoder(speech_tokenizer), codes, push_frames=1)
+    assert len(chunks[0]) == frames_to_samples(2)
+    streamed = np.concatenate(chunks)
+    assert _max_diff("tiny checkpoint", streamed, full) <= max(TOLERANCE, 4 * own_noise)
