@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated fastqwen cache and tiny random-weight models.
+
+Every test session gets its own `FASTQWEN_CACHE` (a pytest temp dir), so tests never read
+or write the user's `~/.cache/fastqwen`. `tiny_model(kind)` loads `random:tiny-<kind>`
+through `fastqwen.sources.load_model` once per session and kind; tests share the loaded
+model, so they must not change its weights (deep-copy it first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The tiny models are far too small to gain from intra-op threads, and on a busy
+    # 2-core machine OpenMP spin-waiting made SDPA ~100x slower with 2 threads than with 1.
+    torch.set_num_threads(int(os.environ.get("FASTQWEN_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fastqwen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide `FASTQWEN_CACHE` in pytest's temp dir."""
+    path = tmp_path_factory.mktemp("fastqwen-cache")
+    old = os.environ.get("FASTQWEN_CACHE")
+    os.environ["FASTQWEN_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FASTQWEN_CACHE", None)
+    else:
+        os.environ["FASTQWEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_model(fastqwen_cache: Path) -> Callable[..., object]:
+    """`tiny_model(kind="custom_voice") -> fastqwen.sources.LoadedModel`, float32 on CPU.
+
+    kind: "custom_voice", "base" or "voice_design". Built and loaded once per session.
+    """
+    from fastqwen.sources import load_model
+
+    loaded: dict[str, object] = {}
+
+    def get(kind: str = "custom_voice"):
+        if kind not in loaded:
+            loaded[kind] = load_model(f"random:tiny-{kind}", device="cpu", dtype="float32")
+        return loaded[kind]
+
+    return get
