@@ -16,14 +16,13 @@ import numpy as np
 import torch
 
 from .audio import load_reference_audio
-from .codec import StreamingDecoder
+from .codec import StreamingDecoder, decode_utterance
 from .engine.loop import LoopStats, run_frames
 from .engine.graph import GraphedFrameStep
 from .engine.sampling import SamplingTensors
 from .engine.step import EngineModel, FrameState, frame_step
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
-from .reference import decode_utterance
 from .results import GenerationResult
 
 log = logging.getLogger(__name__)
@@ -161,11 +160,14 @@ class FastQwen3TTS:
         """
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
-        if prompt.ref_codes is not None:
-            raise NotImplementedError("streaming ICL voice clone is not supported yet; use generate()")
         decoder = StreamingDecoder(
             self.tts.model.speech_tokenizer, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
         )
+        if prompt.ref_codes is not None:
+            # ICL: the reference codes are decoding context only. The reference cuts its
+            # waveform at int(ref / total * samples), which can fall one sample early;
+            # streaming cuts exactly at the frame boundary.
+            decoder.prime(prompt.ref_codes.to(self.device))
         sr = int(self.tts.model.speech_tokenizer.get_output_sample_rate())
         stats = LoopStats()
         t0 = time.perf_counter()

@@ -146,6 +146,20 @@ def decode_codes(speech_tokenizer, codes: torch.Tensor) -> np.ndarray:
     return wavs[0]
 
 
+def decode_utterance(
+    speech_tokenizer, codes: torch.Tensor, ref_codes: torch.Tensor | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode generated codes as `generate_voice_clone` does: ICL reference codes are
+    prepended for context, and the waveform is cut at ref_len / total_len."""
+    if ref_codes is None:
+        wavs, sr = speech_tokenizer.decode([{"audio_codes": codes}])
+        return wavs[0], sr
+    full = torch.cat([ref_codes.to(codes.device), codes], dim=0)
+    wavs, sr = speech_tokenizer.decode([{"audio_codes": full}])
+    cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wavs[0].shape[0])
+    return wavs[0][cut:], sr
+
+
 class StreamingDecoder:
     """Turn frames pushed one or a few at a time into audio chunks.
 

@@ -12,21 +12,10 @@ import time
 
 import torch
 
+from .codec import decode_utterance
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
 from .results import GenerationResult
-
-
-def decode_utterance(speech_tokenizer, codes: torch.Tensor, ref_codes: torch.Tensor | None):
-    """Decode generated codes as `generate_voice_clone` does: ICL reference codes are
-    prepended for context, and the waveform is cut at ref_len / total_len."""
-    if ref_codes is None:
-        wavs, sr = speech_tokenizer.decode([{"audio_codes": codes}])
-        return wavs[0], sr
-    full = torch.cat([ref_codes.to(codes.device), codes], dim=0)
-    wavs, sr = speech_tokenizer.decode([{"audio_codes": full}])
-    cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wavs[0].shape[0])
-    return wavs[0][cut:], sr
 
 
 def _sync(device: torch.device) -> None:

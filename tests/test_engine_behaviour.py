@@ -1,0 +1,168 @@
+"""Engine behaviour beyond plain parity: EOS, min_new_tokens, streaming, limits, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fastqwen.api import EngineConfig, FastQwen3TTS
+from fastqwen.codec import frames_to_samples
+from fastqwen.params import SamplingParams
+from fastqwen.parity import compare_codes
+from fastqwen.prompts import VoiceRequest
+from fastqwen.reference import run_reference
+from fastqwen.sources import load_model
+
+TEXT = "On Tuesday morning I missed the bus, so I walked home through the park."
+
+
+def eos_favouring(scale: float) -> FastQwen3TTS:
+    """A fresh tiny CustomVoice model whose codec head leans towards EOS (2150).
+
+    The EOS row is set along the sign pattern of the final norm weight, so its logit
+    grows with the hidden state's alignment: early stops happen for real, at
+    different frames for different seeds.
+    """
+    tts = load_model("random:tiny-custom_voice", device="cpu", dtype="float32").tts
+    head = tts.model.talker.codec_head.weight.data
+    direction = torch.ones(head.shape[1]) * tts.model.talker.model.norm.weight.data.sign()
+    head[2150] = direction * head[:2048].std() * scale
+    return FastQwen3TTS(tts)
+
+
+@pytest.fixture(scope="module")
+def custom(tiny_model):
+    return FastQwen3TTS(tiny_model("custom_voice").tts)
+
+
+@pytest.fixture(scope="module")
+def eos_engine():
+    return eos_favouring(3.0)
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("seed", [2, 3])
+def test_early_eos_matches_reference(eos_engine, do_sample, seed):
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="vivian")
+    params = SamplingParams(max_new_tokens=80, do_sample=do_sample)
+    static = eos_engine.generate(request, params, seed)
+    dynamic = run_reference(eos_engine.tts, request, params, seed)
+    parity = compare_codes(static, dynamic)
+    assert parity.identical, parity.describe()
+    assert static.eos_reached and dynamic.eos_reached
+    assert 2 <= static.frames < 79
+    assert len(static.audio) == frames_to_samples(static.frames)
+
+
+def test_min_new_tokens_holds_back_eos():
+    engine = eos_favouring(40.0)  # greedy stops after a handful of frames
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    frames = {}
+    for min_new_tokens in (0, 2, 9, 15):
+        params = SamplingParams(max_new_tokens=40, min_new_tokens=min_new_tokens, do_sample=False)
+        static = engine.generate(request, params, 0)
+        dynamic = run_reference(engine.tts, request, params, 0)
+        assert torch.equal(static.codes, dynamic.codes), compare_codes(static, dynamic).describe()
+        assert static.eos_reached and dynamic.eos_reached
+        assert static.frames >= min_new_tokens
+        frames[min_new_tokens] = static.frames
+    natural = frames[0]
+    assert natural < 9, f"fixture should stop early, stopped after {natural} frames"
+    assert frames[9] >= 9 > natural and frames[15] >= 15  # the setting really held EOS back
+
+
+def test_max_new_tokens_gives_n_minus_one_frames(custom):
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    result = custom.generate(request, SamplingParams(max_new_tokens=9), 1)
+    assert result.frames == 8 and not result.eos_reached
+
+
+@pytest.mark.parametrize("first,chunk", [(2, 12), (1, 5), (4, 7)])
+def test_streaming_equals_non_streaming(custom, first, chunk):
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="serena")
+    params = SamplingParams(max_new_tokens=41)
+    whole = custom.generate(request, params, seed=9)
+    chunks = list(custom.stream(request, params, seed=9, first_chunk_frames=first, chunk_frames=chunk))
+    assert len(chunks[0].audio) == frames_to_samples(first)
+    assert all(len(c.audio) == frames_to_samples(chunk) for c in chunks[1:-1])
+    streamed = np.concatenate([c.audio for c in chunks])
+    assert streamed.shape == whole.audio.shape
+    diff = float(np.abs(streamed - whole.audio).max())
+    assert diff < 2e-3, f"streamed audio differs by {diff}"
+
+
+def test_streaming_voice_clone_icl(tiny_model, tmp_path):
+    engine = FastQwen3TTS(tiny_model("base").tts)
+    sr = 24000
+    wav = 0.2 * np.sin(2 * np.pi * 180 * np.arange(2 * sr) / sr).astype(np.float32)
+    sf.write(tmp_path / "ref.wav", wav, sr)
+    items = engine.create_voice_clone_prompt(str(tmp_path / "ref.wav"), "Reference words here.")
+    request = VoiceRequest("voice_clone", TEXT, "english", voice_clone_prompt=items)
+    params = SamplingParams(max_new_tokens=25)
+    whole = engine.generate(request, params, seed=4)
+    streamed = np.concatenate([c.audio for c in engine.stream(request, params, seed=4)])
+    # the reference's ICL cut int(ref / total * n) may fall one sample before the frame boundary
+    assert abs(len(streamed) - len(whole.audio)) <= 1
+    n = min(len(streamed), len(whole.audio))
+    assert np.abs(streamed[-n + 1 :] - whole.audio[-n + 1 :]).max() < 2e-3
+
+
+def test_cache_limit_names_the_setting(tiny_model):
+    engine = FastQwen3TTS(tiny_model("custom_voice").tts, EngineConfig(max_seq_len=64))
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    with pytest.raises(ValueError, match="max_seq_len is 64.*lower max_new_tokens"):
+        engine.generate(request, SamplingParams(max_new_tokens=100), 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(text="", speaker="aiden"), "text must be a non-empty string"),
+        (dict(text="   ", speaker="aiden"), "text must be a non-empty string"),
+        (dict(text="hi", speaker="bob"), "unknown speaker 'bob'; choose one of: aiden, dylan"),
+        (dict(text="hi", speaker="aiden", language="klingon"), "unknown language 'klingon'; choose one of: auto"),
+    ],
+)
+def test_bad_custom_voice_input(custom, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        custom.generate_custom_voice(**kwargs, max_new_tokens=5)
+
+
+def test_wrong_model_kind(custom):
+    with pytest.raises(ValueError, match="voice_design needs a 'voice_design' model, but this model is 'custom_voice'"):
+        custom.generate_voice_design("hi", instruct="calm", max_new_tokens=5)
+    with pytest.raises(ValueError, match="needs a 'base' model"):
+        custom.generate_voice_clone("hi", ref_audio="x.wav", ref_text="x")
+
+
+def test_voice_clone_input_errors(tiny_model, tmp_path):
+    engine = FastQwen3TTS(tiny_model("base").tts)
+    with pytest.raises(ValueError, match="ref_text is required"):
+        engine.generate_voice_clone("hi", ref_audio=str(tmp_path / "x.wav"))
+    with pytest.raises(FileNotFoundError, match="x.wav"):
+        engine.generate_voice_clone("hi", ref_audio=str(tmp_path / "x.wav"), ref_text="words")
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match="bad.wav"):
+        engine.generate_voice_clone("hi", ref_audio=str(tmp_path / "bad.wav"), ref_text="words")
+    sf.write(tmp_path / "short.wav", np.zeros(2400, dtype=np.float32), 24000)
+    with pytest.raises(ValueError, match="short"):
+        engine.generate_voice_clone("hi", ref_audio=str(tmp_path / "short.wav"), ref_text="words")
+
+
+def test_stereo_and_other_rates_are_accepted(tiny_model, tmp_path):
+    engine = FastQwen3TTS(tiny_model("base").tts)
+    sr = 44100
+    t = np.arange(int(1.5 * sr)) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 300 * t)], axis=1) * 0.2
+    sf.write(tmp_path / "stereo.wav", stereo.astype(np.float32), sr)
+    wavs, out_sr = engine.generate_voice_clone(
+        "hi", ref_audio=str(tmp_path / "stereo.wav"), x_vector_only_mode=True, max_new_tokens=4, seed=0
+    )
+    assert out_sr == 24000 and wavs[0].ndim == 1 and len(wavs[0]) == frames_to_samples(3)
+
+
+def test_unknown_generation_parameter(custom):
+    with pytest.raises(ValueError, match="unknown generation parameter.*top_q"):
+        custom.generate_custom_voice("hi", speaker="aiden", top_q=0.5)
