@@ -23,11 +23,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastqwen import constants as C
 from fastqwen.checkpoints import BUILDER_VERSION, build_random_checkpoint, read_marker
+
+if TYPE_CHECKING:  # importing qwen_tts takes seconds: only where it is used
+    from qwen_tts import Qwen3TTSModel
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ class ModelSource:
 class LoadedModel:
     """A loaded `qwen_tts.Qwen3TTSModel` with the source it came from."""
 
-    tts: object  # qwen_tts.Qwen3TTSModel (not imported at module level: slow import)
+    tts: Qwen3TTSModel
     source: ModelSource
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32

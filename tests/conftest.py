@@ -15,11 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastqwen.sources import LoadedModel, load_model
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The tiny models are far too small to gain from intra-op threads, and on a busy
     # 2-core machine OpenMP spin-waiting made SDPA ~100x slower with 2 threads than with 1.
     torch.set_num_threads(int(os.environ.get("FASTQWEN_TEST_THREADS", "1")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` where there is no CUDA (their real run is a device result)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,16 +48,14 @@ def fastqwen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(fastqwen_cache: Path) -> Callable[..., object]:
+def tiny_model(fastqwen_cache: Path) -> Callable[[str], LoadedModel]:
     """`tiny_model(kind="custom_voice") -> fastqwen.sources.LoadedModel`, float32 on CPU.
 
     kind: "custom_voice", "base" or "voice_design". Built and loaded once per session.
     """
-    from fastqwen.sources import load_model
+    loaded: dict[str, LoadedModel] = {}
 
-    loaded: dict[str, object] = {}
-
-    def get(kind: str = "custom_voice"):
+    def get(kind: str = "custom_voice") -> LoadedModel:
         if kind not in loaded:
             loaded[kind] = load_model(f"random:tiny-{kind}", device="cpu", dtype="float32")
         return loaded[kind]
