@@ -1,0 +1,451 @@
+"""faster-qwen3-tts 0.5.4 ("the anchor") on the checkpoint and prompt that fastqwen.bench uses.
+
+Run it in its own process, never beside qwen-tts 0.1.1 (the anchor's qwen-tts-hf has the
+same import name, `qwen_tts`, and needs transformers 5):
+
+    PYTHONPATH=$ANCHOR_PYTHONPATH python3 bench/anchor_bench.py --model-dir DIR \
+        --model-name random:1.7b-custom_voice --out anchor-1.7b.json
+
+For that reason it imports nothing from fastqwen. The few helpers it shares in spirit with
+fastqwen/bench.py (versions, median and spread, profiler counts, byte counts) are restated
+here, small, and its record has the same keys as fastqwen.bench.FIELDS.
+
+What is timed, to match fastqwen.bench:
+- ms_per_frame: the anchor's own generation time (prefill + decode loop, CUDA-synced, from
+  the timing dict of `faster_qwen3_tts.generate.fast_generate`, which we wrap to read it)
+  over its frames. Like fastqwen's `generate_s`, it leaves out prompt building and codec
+  decode. wall_s is the whole `generate_custom_voice` call.
+- time to first audio: `generate_custom_voice_streaming(chunk_size=12)` (its default), from
+  the call to its first yielded audio chunk.
+- Graph capture happens inside the first call; it is part of warmup_s.
+
+On any failure the script still prints (and writes) one record whose `error` says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+log = logging.getLogger("anchor_bench")
+
+SCHEMA = "fastqwen-bench/1"
+FRAME_RATE_HZ = 12.5
+SAMPLES_PER_FRAME = 1920
+PROMPT_1 = (
+    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
+    "the lights were warm, and the time passed quickly. We stayed a bit longer."
+)
+PROFILE_TOKENS = (8, 24)
+_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+_GRAPH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
+_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+# The same keys, in the same order, as fastqwen.bench.FIELDS (tests/test_bench.py checks).
+FIELDS = (
+    "schema engine model model_path size kind random_weights dtype device device_name "
+    "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
+    "text speaker language seed max_new_tokens runs engine_config load_s warmup_s warmup_frames "
+    "frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min ms_per_frame_max "
+    "ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min ttfa_ms_max "
+    "ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes talker_weight_bytes "
+    "kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame "
+    "gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame syncs_per_frame "
+    "profile_frames profile_error error"
+).split()
+_REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def spread(values: list[float], digits: int = 3) -> tuple[float, ...]:
+    """(median, min, max), rounded."""
+    return tuple(round(f(values), digits) for f in (statistics.median, min, max))
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages (tied or shared weights count once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def module_tensors(*modules) -> list:
+    import torch
+
+    out = []
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            out += [p.data for p in m.parameters()] + list(m.buffers())
+    return out
+
+
+def cache_tensors(cache) -> list:
+    """Key and value tensors of a transformers StaticCache (5.x `layers`, or 4.x lists)."""
+    import torch
+
+    out = []
+    for layer in getattr(cache, "layers", None) or []:
+        out += [getattr(layer, name, None) for name in ("keys", "values")]
+    for name in ("key_cache", "value_cache"):
+        out += list(getattr(cache, name, None) or [])
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def environment(device: str) -> dict:
+    import torch
+    import transformers
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "device_name": torch.cuda.get_device_name(device) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "package": f"faster-qwen3-tts {_version('faster-qwen3-tts')} "
+        f"(qwen-tts-hf {_version('qwen-tts-hf')})",
+        "python": platform.python_version(),
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("FASTQWEN_GIT_COMMIT"),
+        "git_dirty": None if status is None else bool(status),
+        # This script's own hash: the anchor code itself is the pinned wheel.
+        "source_hash": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12],
+        "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def read_marker(model_dir: Path) -> dict:
+    """fastqwen's random-checkpoint marker (size, seed), if the directory has one."""
+    path = model_dir / "fastqwen_random.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------- the anchor
+
+
+class Anchor:
+    """A loaded FasterQwen3TTS plus the timing of its last `fast_generate` call."""
+
+    def __init__(self, model_dir: str, device: str, dtype: str, max_seq_len: int):
+        import faster_qwen3_tts.generate as anchor_generate
+        import torch
+        from faster_qwen3_tts import FasterQwen3TTS
+
+        self.last: dict = {}
+        original = anchor_generate.fast_generate
+
+        def recording(*args, **kwargs):
+            codes, timing = original(*args, **kwargs)
+            self.last = {"timing": timing, "frames": 0 if codes is None else int(codes.shape[0])}
+            return codes, timing
+
+        # generate_custom_voice imports fast_generate from this module at each call.
+        anchor_generate.fast_generate = recording
+        self.device = device
+        self.model = FasterQwen3TTS.from_pretrained(
+            model_dir, device=device, dtype=getattr(torch, dtype), max_seq_len=max_seq_len
+        )
+
+    def sync(self) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+
+    def generate(self, args, max_new_tokens: int) -> dict:
+        """One non-streamed utterance; returns frames and times like a GenerationResult."""
+        import torch
+
+        self.last = {}
+        torch.manual_seed(args.seed)
+        self.sync()
+        t0 = time.perf_counter()
+        wavs, sr = self.model.generate_custom_voice(
+            text=args.text,
+            speaker=args.speaker,
+            language=args.language,
+            max_new_tokens=max_new_tokens,
+        )
+        self.sync()
+        wall_s = time.perf_counter() - t0
+        if not self.last:
+            raise RuntimeError(
+                "faster_qwen3_tts.generate.fast_generate was not called: "
+                "the wrapper could not read the anchor's timing (API changed?)"
+            )
+        timing, frames = self.last["timing"], self.last["frames"]
+        generate_s = timing["prefill_ms"] / 1000 + timing["decode_s"]
+        return {
+            "frames": frames,
+            "generate_s": generate_s,
+            "prefill_ms": timing["prefill_ms"],
+            "wall_s": wall_s,
+            "ms_per_frame": 1000 * generate_s / max(frames, 1),
+            "audio_s": len(wavs[0]) / sr,
+            # The anchor does not say; with no EOS it makes exactly max_new_tokens frames.
+            "eos_reached": frames < max_new_tokens,
+        }
+
+    def time_to_first_audio(self, args) -> float:
+        """ms from the streaming call to its first audio chunk; the rest is dropped."""
+        import torch
+
+        torch.manual_seed(args.seed)
+        self.sync()
+        t0 = time.perf_counter()
+        chunks = self.model.generate_custom_voice_streaming(
+            text=args.text,
+            speaker=args.speaker,
+            language=args.language,
+            max_new_tokens=args.max_new_tokens,
+            chunk_size=args.chunk_size,
+        )
+        try:
+            next(chunks)
+            return 1000 * (time.perf_counter() - t0)
+        finally:
+            chunks.close()
+
+
+def profile_counts(generate, tokens: tuple[int, int]) -> dict:
+    """Kernels, GPU-busy ms and host calls per frame: the difference of two profiled runs."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    runs = []
+    for n in tokens:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            frames = generate(n)
+            torch.cuda.synchronize()
+        kernels, memops, busy_ns, calls = 0, 0, 0, Counter()
+        for e in prof.profiler.kineto_results.events():
+            name = e.name()
+            if e.device_type() == DeviceType.CUDA:
+                if name.startswith(("Memcpy", "Memset")):
+                    memops += 1
+                else:
+                    kernels += 1
+                    busy_ns += e.duration_ns()
+            else:
+                calls[name] += 1
+        runs.append((frames, kernels, memops, busy_ns, calls))
+        del prof
+    (f0, k0, m0, b0, c0), (f1, k1, m1, b1, c1) = runs
+    if f1 <= f0:
+        raise RuntimeError(f"profile runs gave {f0} and {f1} frames; need the second longer")
+    df = f1 - f0
+
+    def per_frame(names: tuple[str, ...]) -> float:
+        return round(sum(c1[n] - c0[n] for n in names) / df, 2)
+
+    return {
+        "kernels_per_frame": round((k1 - k0) / df, 1),
+        "memops_per_frame": round((m1 - m0) / df, 2),
+        "gpu_busy_ms_per_frame": round((b1 - b0) / df / 1e6, 3),
+        "launches_per_frame": per_frame(_LAUNCH_CALLS),
+        "graph_launches_per_frame": per_frame(_GRAPH_CALLS),
+        "syncs_per_frame": per_frame(_SYNC_CALLS),
+        "profile_frames": [f0, f1],
+    }
+
+
+def run(args: argparse.Namespace, rec: dict) -> None:
+    """Fill `rec` in place, so a failure part-way still leaves what was measured."""
+    import torch
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} found; faster-qwen3-tts 0.5.4 needs 5.x. "
+            "Run with PYTHONPATH=$ANCHOR_PYTHONPATH (see .gpu-wheels/on-device.sh)."
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError("faster-qwen3-tts needs CUDA (it captures CUDA graphs); none found")
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: build it first with fastqwen")
+    config = json.loads((model_dir / "config.json").read_text())
+    marker = read_marker(model_dir)
+    rec.update(
+        model_path=str(model_dir.resolve()),
+        size=marker.get("size") or config.get("tts_model_size"),
+        kind=config.get("tts_model_type"),
+        random_weights=bool(marker),
+        engine_config={
+            "backend": "torch",
+            "attn_implementation": "sdpa",
+            "max_seq_len": args.max_seq_len,
+        },
+    )
+    torch.cuda.reset_peak_memory_stats(args.device)
+
+    t0 = time.perf_counter()
+    anchor = Anchor(args.model_dir, args.device, args.dtype, args.max_seq_len)
+    rec["load_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    warm = anchor.generate(args, args.warmup_max_new_tokens or args.max_new_tokens)
+    rec.update(warmup_s=round(time.perf_counter() - t0, 3), warmup_frames=warm["frames"])
+    results = []
+    for i in range(args.runs):
+        results.append(anchor.generate(args, args.max_new_tokens))
+        log.info("anchor run %d: %s", i, results[-1])
+    ms, ms_min, ms_max = spread([r["ms_per_frame"] for r in results])
+    last = results[-1]
+    rec.update(
+        frames=last["frames"],
+        frames_all_runs=sorted({r["frames"] for r in results}),
+        eos_reached=last["eos_reached"],
+        audio_s=round(last["audio_s"], 3),
+        ms_per_frame=ms,
+        ms_per_frame_min=ms_min,
+        ms_per_frame_max=ms_max,
+        ms_per_frame_runs=[round(r["ms_per_frame"], 3) for r in results],
+        rtf=round(1000.0 / FRAME_RATE_HZ / ms, 3),
+        generate_s=spread([r["generate_s"] for r in results], 4)[0],
+        wall_s=spread([r["wall_s"] for r in results], 4)[0],
+        prefill_ms=spread([r["prefill_ms"] for r in results])[0],
+    )
+
+    ttfa = [anchor.time_to_first_audio(args) for _ in range(args.runs + 1)]
+    med, lo, hi = spread(ttfa[1:])
+    rec.update(
+        ttfa_ms=med,
+        ttfa_ms_min=lo,
+        ttfa_ms_max=hi,
+        ttfa_warmup_ms=round(ttfa[0], 3),
+        ttfa_first_chunk_frames=args.chunk_size,
+        chunk_frames=args.chunk_size,
+    )
+
+    base = anchor.model.model.model  # FasterQwen3TTS -> Qwen3TTSModel -> the nn.Module
+    codec = getattr(getattr(base, "speech_tokenizer", None), "model", None)
+    weights = tensor_bytes(module_tensors(base, codec))
+    caches = (anchor.model.talker_graph.static_cache, anchor.model.predictor_graph.static_cache)
+    kv = tensor_bytes(t for c in caches for t in cache_tensors(c)) or None
+    peak = int(torch.cuda.max_memory_allocated(args.device))
+    rec.update(
+        weight_bytes=weights,
+        talker_weight_bytes=tensor_bytes(module_tensors(base.talker)),
+        kv_cache_bytes=kv,
+        peak_gpu_bytes=peak,
+        peak_over_weights_kv=round(peak / max(weights + (kv or 0), 1), 3),
+    )
+
+    if args.profile:
+        if args.out:  # the timings survive a process that dies in the profiler
+            write(args.out, {**rec, "profile_error": "the process ended while profiling"})
+        try:
+            tokens = tuple(args.profile_tokens)
+            rec.update(profile_counts(lambda n: anchor.generate(args, n)["frames"], tokens))
+        except Exception as exc:  # profiling is optional: keep the timings
+            log.warning("profiling failed: %r", exc)
+            rec["profile_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model-dir", required=True, help="checkpoint directory (built by fastqwen)")
+    p.add_argument("--model-name", default=None, help="label for the record (default: the dir)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--runs", type=int, default=3, help="timed warm runs after one warm-up")
+    p.add_argument("--max-new-tokens", type=int, default=168)
+    p.add_argument("--warmup-max-new-tokens", type=int, default=None)
+    p.add_argument("--text", default=PROMPT_1)
+    p.add_argument("--speaker", default="aiden")
+    p.add_argument("--language", default="english")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--chunk-size", type=int, default=12, help="streaming chunk (the anchor's default)"
+    )
+    p.add_argument(
+        "--max-seq-len", type=int, default=2048, help="the anchor's static cache (its default)"
+    )
+    p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--profile-tokens", type=int, nargs=2, default=list(PROFILE_TOKENS))
+    p.add_argument("--out", default=None, help="also write the record to this JSON file")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error(f"--runs must be >= 1, got {args.runs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "qwen_tts", "faster_qwen3_tts"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rec = dict.fromkeys(FIELDS)
+    rec.update(
+        schema=SCHEMA,
+        engine="anchor",
+        model=args.model_name or args.model_dir,
+        dtype=args.dtype,
+        device=args.device,
+        text=args.text,
+        speaker=args.speaker,
+        language=args.language,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        runs=args.runs,
+    )
+    status = 0
+    try:
+        rec.update(environment(args.device))
+        run(args, rec)
+    except Exception as exc:  # a record must come out whatever failed
+        log.exception("anchor benchmark failed")
+        rec.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        status = 1
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+    if args.out:
+        write(args.out, rec)
+    return status
+
+
+def write(out: str, record: dict) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,609 @@
+"""Benchmark one engine on one model: warm-up, then several timed runs, one JSON record.
+
+Engines:
+- `static`: ours (`FastQwen3TTS`), timed non-streamed and streamed (time to first audio);
+- `dynamic`: the qwen-tts 0.1.1 reference (`run_reference`: HF generate, DynamicCache).
+
+The third engine of the comparison, faster-qwen3-tts ("anchor"), needs transformers 5 and
+runs in its own process (`bench/anchor_bench.py`); it writes records of the same shape.
+
+What is measured, per record (bench/README.md describes every field):
+- speed: ms per frame (generation incl. prefill, excl. codec decode) as median, min and max
+  over `runs` warm runs, after one warm-up run that is reported on its own;
+- static only: prefill time, and time to first audio of `stream()` (call to first chunk);
+- CUDA only: kernels, GPU-busy time and host launches per frame from torch.profiler,
+  taken as the difference of two short generations so prefill and codec decode cancel;
+- CUDA only: peak allocated memory against weights + KV cache.
+
+Run one process per (engine, model) when peak memory matters: the peak is process-wide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import gc
+import hashlib
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .constants import FRAME_RATE_HZ
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "fastqwen-bench/1"
+ENGINES = ("static", "dynamic")
+# The seed's prompt 1 (shared/anchors.md measured the anchor on it).
+PROMPT_1 = (
+    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
+    "the lights were warm, and the time passed quickly. We stayed a bit longer."
+)
+PROFILE_TOKENS = (8, 24)  # two short generations; their difference gives per-frame counts
+# Every record has these keys, in this order (bench/README.md says what each one means);
+# the anchor script writes the same. A field an engine cannot measure is null.
+FIELDS = (
+    "schema engine model model_path size kind random_weights dtype device device_name "
+    "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
+    "text speaker language seed max_new_tokens runs engine_config load_s warmup_s warmup_frames "
+    "frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min ms_per_frame_max "
+    "ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min ttfa_ms_max "
+    "ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes talker_weight_bytes "
+    "kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame "
+    "gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame syncs_per_frame "
+    "profile_frames profile_error error"
+).split()
+# CUDA runtime/driver calls worth counting per frame (host side of the profile).
+_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+_GRAPH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
+_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_hash() -> str:
+    """sha256 (12 hex) over fastqwen/**/*.py: names the code measured even without git."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for path in sorted(pkg.rglob("*.py")):
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """Machine, library versions and code identity for a record."""
+    import os
+
+    import transformers
+
+    cpu = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        # On the device machine the tree travels without .git: the caller may pass the commit.
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("FASTQWEN_GIT_COMMIT"),
+        "git_dirty": None if status is None else bool(status),
+        "source_hash": source_hash(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def spread(values: list[float], digits: int = 3) -> tuple[float, ...]:
+    """(median, min, max), rounded."""
+    return tuple(round(f(values), digits) for f in (statistics.median, min, max))
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of distinct storages (tied or shared weights count once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t is None or t.device.type == "meta":
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.untyped_storage().nbytes()
+    return total
+
+
+def module_tensors(*modules) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            out += [p.data for p in m.parameters()] + list(m.buffers())
+    return out
+
+
+def qwen_tts_weight_bytes(tts) -> tuple[int, int]:
+    """(all model weights incl. the codec, talker incl. code predictor) of a Qwen3TTSModel."""
+    model = tts.model
+    codec = getattr(getattr(model, "speech_tokenizer", None), "model", None)
+    return tensor_bytes(module_tensors(model, codec)), tensor_bytes(module_tensors(model.talker))
+
+
+def profile_counts(
+    generate: Callable[[int], int], device: torch.device, tokens: tuple[int, int] = PROFILE_TOKENS
+) -> dict:
+    """Kernels, GPU-busy ms and host calls per frame, from two profiled generations.
+
+    `generate(max_new_tokens)` runs one generation and returns its frame count. Counting
+    the difference between a short and a longer run cancels prefill, codec decode and
+    per-call setup, leaving the steady-state cost of one frame.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    runs = []
+    for n in tokens:
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            frames = generate(n)
+            _sync(device)
+        kernels, memops, busy_ns, calls = 0, 0, 0, Counter()
+        # The raw kineto events: building FunctionEvent trees for ~1e5 events is far slower.
+        for e in prof.profiler.kineto_results.events():
+            name = e.name()
+            if e.device_type() == DeviceType.CUDA:
+                if name.startswith(("Memcpy", "Memset")):
+                    memops += 1
+                else:
+                    kernels += 1
+                    busy_ns += e.duration_ns()
+            else:
+                calls[name] += 1
+        runs.append((frames, kernels, memops, busy_ns, calls))
+        del prof
+    (f0, k0, m0, b0, c0), (f1, k1, m1, b1, c1) = runs
+    if f1 <= f0:
+        raise RuntimeError(
+            f"profile runs gave {f0} and {f1} frames; need the second longer (EOS too early?)"
+        )
+    df = f1 - f0
+
+    def per_frame(names: tuple[str, ...]) -> float:
+        return round(sum(c1[n] - c0[n] for n in names) / df, 2)
+
+    return {
+        "kernels_per_frame": round((k1 - k0) / df, 1),
+        "memops_per_frame": round((m1 - m0) / df, 2),
+        "gpu_busy_ms_per_frame": round((b1 - b0) / df / 1e6, 3),
+        "launches_per_frame": per_frame(_LAUNCH_CALLS),
+        "graph_launches_per_frame": per_frame(_GRAPH_CALLS),
+        "syncs_per_frame": per_frame(_SYNC_CALLS),
+        "profile_frames": [f0, f1],
+    }
+
+
+def memory_fields(device: torch.device, weights: int, talker: int, kv: int | None) -> dict:
+    """Weight, KV and peak bytes; the peak counts from the last reset_peak_memory_stats."""
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    ratio = None if peak is None else round(peak / max(weights + (kv or 0), 1), 3)
+    return dict(
+        weight_bytes=weights,
+        talker_weight_bytes=talker,
+        kv_cache_bytes=kv,
+        peak_gpu_bytes=peak,
+        peak_over_weights_kv=ratio,
+    )
+
+
+# ---------------------------------------------------------------- the engines
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What each engine is asked to do; the CLI has one option per field."""
+
+    runs: int = 3  # timed warm runs, after one warm-up run
+    max_new_tokens: int = 168  # talker steps: 167 frames when no EOS comes
+    warmup_max_new_tokens: int | None = None  # a shorter warm-up (default: max_new_tokens)
+    text: str = PROMPT_1  # the seed's prompt 1
+    speaker: str = "aiden"
+    language: str = "english"
+    seed: int = 1337  # the same seed for every run: every run makes the same frames
+    first_chunk_frames: int = 2  # streaming (static): frames in the first audio chunk
+    chunk_frames: int = 12  # streaming (static): frames in each later chunk
+    profile: bool = True  # kernels per frame from torch.profiler (CUDA only)
+    profile_tokens: tuple[int, int] = PROFILE_TOKENS  # max_new_tokens of the 2 profiled runs
+
+    def __post_init__(self) -> None:
+        if self.runs < 1:
+            raise ValueError(f"runs must be >= 1, got {self.runs}")
+        short, long = self.profile_tokens
+        if not 2 <= short < long:
+            raise ValueError(f"profile_tokens must be 2 <= short < long, got {self.profile_tokens}")
+
+
+@dataclasses.dataclass
+class _Engine:
+    """One engine ready to run: `generate(params) -> GenerationResult` plus what it wraps."""
+
+    generate: Callable
+    tts: object  # the qwen_tts.Qwen3TTSModel
+    source: object  # fastqwen.sources.ModelSource
+    fast: object | None = None  # the FastQwen3TTS (static only)
+
+
+def _load(
+    engine: str, model: str, device: str, dtype: str, request, seed: int, options: dict | None
+) -> _Engine:
+    if engine == "static":
+        from .api import EngineConfig, FastQwen3TTS
+
+        config = EngineConfig(**(options or {}))
+        fast = FastQwen3TTS.from_pretrained(model, device=device, dtype=dtype, config=config)
+        return _Engine(lambda p: fast.generate(request, p, seed), fast.tts, fast.source, fast)
+    from .reference import run_reference
+    from .sources import load_model
+
+    if options:
+        raise ValueError(f"engine options {options} apply to the static engine only")
+    loaded = load_model(model, device=device, dtype=dtype)
+    return _Engine(lambda p: run_reference(loaded.tts, request, p, seed), loaded.tts, loaded.source)
+
+
+def _static_kv_bytes(fast) -> int | None:
+    caches = [getattr(fast.engine, name, None) for name in ("talker_cache", "predictor_cache")]
+    if any(c is None for c in caches):
+        log.warning("engine has no talker_cache/predictor_cache: KV bytes not reported")
+        return None
+    return tensor_bytes(t for c in caches for t in (c.k, c.v))
+
+
+def _time_to_first_audio(fast, request, params, cfg: BenchConfig, device: torch.device) -> float:
+    """ms from calling stream() to its first audio chunk; the rest of the stream is dropped."""
+    _sync(device)
+    t0 = time.perf_counter()
+    chunks = fast.stream(
+        request,
+        params,
+        cfg.seed,
+        first_chunk_frames=cfg.first_chunk_frames,
+        chunk_frames=cfg.chunk_frames,
+    )
+    try:
+        next(chunks)
+        return 1000 * (time.perf_counter() - t0)
+    finally:
+        chunks.close()
+
+
+def timing_fields(results: list) -> dict:
+    """Median and spread over the timed runs (GenerationResults)."""
+    ms, ms_min, ms_max = spread([r.ms_per_frame for r in results])
+    prefills = [1000 * r.prefill_s for r in results if r.prefill_s is not None]
+    last = results[-1]
+    return {
+        "frames": last.frames,
+        "frames_all_runs": sorted({r.frames for r in results}),
+        "eos_reached": last.eos_reached,
+        "audio_s": round(last.audio_seconds, 3),
+        "ms_per_frame": ms,
+        "ms_per_frame_min": ms_min,
+        "ms_per_frame_max": ms_max,
+        "ms_per_frame_runs": [round(r.ms_per_frame, 3) for r in results],
+        "rtf": round(1000.0 / FRAME_RATE_HZ / ms, 3),  # x real time at the median speed
+        "generate_s": spread([r.generate_s for r in results], 4)[0],
+        "wall_s": spread([r.wall_s for r in results], 4)[0],
+        "prefill_ms": spread(prefills)[0] if prefills else None,
+    }
+
+
+def run_bench(
+    engine: str,
+    model: str,
+    *,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    engine_options: dict | None = None,
+    on_partial: Callable[[dict], None] | None = None,
+    **settings,
+) -> list[dict]:
+    """Benchmark `engine` on `model`; returns one record (a list: main() prints each one).
+
+    Args:
+        engine: "static" (ours) or "dynamic" (the qwen-tts reference).
+        model: any model string `fastqwen.sources` accepts (`random:1.7b-custom_voice`, a dir).
+        device, dtype: where and in what precision to load it.
+        engine_options: `EngineConfig` fields (static only), e.g. {"cuda_graph": False}.
+        on_partial: called with the record before profiling, so the timings survive a
+            process that dies in the profiler (attaching CUPTI after graph capture is
+            not safe on every CUDA stack).
+        **settings: `BenchConfig` fields (runs, max_new_tokens, text, speaker, profile, ...).
+    """
+    from .params import SamplingParams
+    from .prompts import VoiceRequest
+
+    cfg = BenchConfig(**settings)
+    if engine not in ENGINES:
+        raise ValueError(
+            f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
+            "(the anchor runs from bench/anchor_bench.py, in its own process)"
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but CUDA is not available; use --device cpu")
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)  # the peak of this engine alone
+
+    request = VoiceRequest("custom_voice", cfg.text, cfg.language, speaker=cfg.speaker)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    rec = dict.fromkeys(FIELDS)
+    rec.update(
+        schema=SCHEMA,
+        engine=engine,
+        model=model,
+        dtype=dtype,
+        device=str(dev),
+        **environment(dev),
+        text=cfg.text,
+        speaker=cfg.speaker,
+        language=cfg.language,
+        seed=cfg.seed,
+        max_new_tokens=cfg.max_new_tokens,
+        runs=cfg.runs,
+    )
+
+    t0 = time.perf_counter()
+    eng = _load(engine, model, device, dtype, request, cfg.seed, engine_options)
+    _sync(dev)
+    src = eng.source
+    rec.update(
+        load_s=round(time.perf_counter() - t0, 3),
+        model_path=src.path,
+        size=src.size,
+        kind=src.kind,
+        random_weights=src.is_random,
+        package=f"qwen-tts {_version('qwen-tts')}",
+        engine_config=dataclasses.asdict(eng.fast.config) if eng.fast else None,
+    )
+
+    t0 = time.perf_counter()
+    warm = eng.generate(
+        SamplingParams(max_new_tokens=cfg.warmup_max_new_tokens or cfg.max_new_tokens)
+    )
+    _sync(dev)
+    rec.update(warmup_s=round(time.perf_counter() - t0, 3), warmup_frames=warm.frames)
+    log.info("%s warm-up: %s", engine, warm.summary())
+    results = []
+    for i in range(cfg.runs):
+        results.append(eng.generate(params))
+        log.info("%s run %d: %s", engine, i, results[-1].summary())
+    rec.update(timing_fields(results))
+
+    if eng.fast is not None:  # streaming: the first call is its warm-up
+        ttfa = [
+            _time_to_first_audio(eng.fast, request, params, cfg, dev) for _ in range(cfg.runs + 1)
+        ]
+        med, lo, hi = spread(ttfa[1:])
+        rec.update(
+            ttfa_ms=med,
+            ttfa_ms_min=lo,
+            ttfa_ms_max=hi,
+            ttfa_warmup_ms=round(ttfa[0], 3),
+            ttfa_first_chunk_frames=cfg.first_chunk_frames,
+            chunk_frames=cfg.chunk_frames,
+        )
+
+    weights, talker = qwen_tts_weight_bytes(eng.tts)
+    kv = _static_kv_bytes(eng.fast) if eng.fast is not None else None
+    rec.update(memory_fields(dev, weights, talker, kv))
+
+    def frames_of(n: int) -> int:
+        return eng.generate(SamplingParams(max_new_tokens=n)).frames
+
+    if cfg.profile and dev.type == "cuda":
+        if on_partial is not None:
+            on_partial({**rec, "profile_error": "the process ended while profiling"})
+        try:
+            rec.update(profile_counts(frames_of, dev, cfg.profile_tokens))
+        except Exception as exc:  # profiling is optional: keep the timings
+            log.warning("profiling failed: %r", exc)
+            rec["profile_error"] = f"{type(exc).__name__}: {exc}"
+    return [rec]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def error_record(engine: str, model: str, exc: BaseException, **extra) -> dict:
+    """A record for a run that failed: the same keys, nulls, and the error."""
+    rec = dict.fromkeys(FIELDS)
+    rec.update(
+        schema=SCHEMA,
+        engine=engine,
+        model=model,
+        **extra,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=traceback.format_exc(),
+    )
+    return rec
+
+
+def output_path(out: str, record: dict) -> Path:
+    """`out` itself if it ends in .json, else a unique file name inside the directory `out`."""
+    path = Path(out)
+    if path.suffix == ".json":
+        return path
+    on_gpu = str(record.get("device") or "").startswith("cuda")
+    gpu = (record.get("device_name") or "gpu").replace("NVIDIA ", "") if on_gpu else "cpu"
+    stamp = (record.get("timestamp") or "").replace("-", "").replace(":", "")
+    parts = [stamp, record["engine"], record.get("size") or "model", record.get("dtype"), gpu]
+    name = "_".join(str(p) for p in parts if p).lower()
+    return path / ("".join(c if c.isalnum() or c in "._" else "-" for c in name) + ".json")
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--engine-option needs KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The CLI options: engine, model, device, output, and one per BenchConfig field."""
+    p.add_argument(
+        "--engine",
+        nargs="+",
+        choices=ENGINES,
+        default=["static"],
+        help="engines to run, one after another (default: static)",
+    )
+    p.add_argument(
+        "--model",
+        default="random:1.7b-custom_voice",
+        help="HF id, checkpoint dir or random:<size>-<kind> (default: %(default)s)",
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an EngineConfig field of the static engine, e.g. cuda_graph=false",
+    )
+    p.add_argument("--out", help="write each record as JSON: a *.json file or a directory")
+    for f in dataclasses.fields(BenchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "profile":
+            p.add_argument(
+                "--no-profile",
+                dest="profile",
+                action="store_false",
+                help="skip the torch.profiler counts",
+            )
+        elif f.name == "profile_tokens":
+            p.add_argument(
+                flag,
+                type=int,
+                nargs=2,
+                default=list(f.default),
+                metavar=("SHORT", "LONG"),
+                help="max_new_tokens of the two profiled runs (default: %(default)s)",
+            )
+        else:
+            kind = int if f.type in ("int", "int | None") else str
+            p.add_argument(flag, type=kind, default=f.default, help="default: %(default)s")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run what `args` asks; one JSON line per record on stdout. Returns the exit code."""
+    dtype = args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
+    settings["profile_tokens"] = tuple(settings["profile_tokens"])
+    status = 0
+    for engine in args.engine:
+        try:
+            records = run_bench(
+                engine,
+                args.model,
+                device=args.device,
+                dtype=dtype,
+                engine_options=_parse_options(args.engine_option),
+                on_partial=(lambda r: _write(args.out, r)) if args.out else None,
+                **settings,
+            )
+        except Exception as exc:  # one failed engine must not lose the others
+            log.exception("%s on %s failed", engine, args.model)
+            records = [error_record(engine, args.model, exc, dtype=dtype, device=args.device)]
+            status = 1
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+            if args.out:
+                log.info("wrote %s", _write(args.out, record))
+    return status
+
+
+def _write(out: str, record: dict) -> Path:
+    path = output_path(out, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `fastqwen bench` to the CLI (fastqwen.cli imports this module as a plugin)."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the static engine and the qwen-tts reference",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fastqwen.bench ...`, the same as `python -m fastqwen bench ...`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastqwen.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("qwen_tts", "transformers"):  # they log every config default at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
