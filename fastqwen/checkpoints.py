@@ -35,7 +35,7 @@ from fastqwen import constants as C
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "fastqwen_random.json"  # written last: its presence means "complete"
-BUILDER_VERSION = 1  # bump when a change here alters the files, so caches rebuild
+BUILDER_VERSION = 2  # bump when a change here alters the files, so caches rebuild
 TEXT_VOCAB_SIZE = 151_936
 ASSISTANT_TOKEN_ID = 77091  # "assistant" in the Qwen2 vocabulary (real config)
 
@@ -137,10 +137,11 @@ def _check(size: str, kind: str) -> None:
 
 
 def _mrope_section(head_dim: int) -> list[int]:
-    """[24, 20, 20] scaled to sum to head_dim/2 (the real head_dim is 128)."""
-    half = head_dim // 2
-    sec = [round(24 * half / 64), round(20 * half / 64), round(20 * half / 64)]
-    sec[0] += half - sum(sec)
+    """[24, 20, 20] scaled to sum to head_dim/2 (real head_dim 128), by largest remainder."""
+    exact = [x * (head_dim // 2) / 64 for x in (24, 20, 20)]
+    sec = [int(x) for x in exact]
+    for i in sorted(range(3), key=lambda i: sec[i] - exact[i])[: head_dim // 2 - sum(sec)]:
+        sec[i] += 1
     return sec
 
 
@@ -214,8 +215,7 @@ def _fill_(model: nn.Module, seed: int, output_heads: tuple[str, ...] = ()) -> N
     custom modules (RMSNorm, SnakeBeta, LayerScale...) already hold the constants their
     constructors set (ones/zeros/full), which are the values we want.
     """
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev)
+    gen = torch.Generator(device=next(model.parameters()).device)
 
     def normal_(name: str, t: torch.Tensor, std: float) -> None:
         gen.manual_seed(_tensor_seed(seed, name))
