@@ -1,0 +1,283 @@
+"""`python -m fastqwen.report` (`make report`): run the notebooks, convert them, index them.
+
+Each notebook (the two parity notebooks, and `notebooks/benchmark.ipynb` when it exists) is
+executed by papermill into `reports/<name>.ipynb` with `interactive=False`, then converted
+to `reports/<name>.html` with the code hidden. A failing notebook keeps papermill's error
+notebook (and its HTML, which shows the error); the others still run, and the exit status
+is 1.
+
+The HTML is self-contained and opens offline: audio players and figures are embedded as
+data URIs, tables are plain HTML, and the template's CDN scripts (require.js, MathJax,
+mermaid, the widget manager) are left out, since no content needs them. Text streams
+(progress bars, warnings, import chatter) stay in the `.ipynb` and out of the HTML.
+`reports/index.html` links every report with the run date, git commit and models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastqwen import artifacts as A
+from fastqwen.samplesets import NOTEBOOKS, PROJECT_ROOT, SETS, rel, resolve_settings
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_NOTEBOOK = "benchmark.ipynb"
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+SET_OF_NOTEBOOK = {Path(nb).stem: name for name, nb in NOTEBOOKS.items()}
+# An nbconvert template: the lab template without its CDN scripts (require.js, MathJax,
+# mermaid and the widget manager); content here never needs them.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+def default_notebooks() -> list[Path]:
+    """The parity notebooks, plus the benchmark notebook when it exists."""
+    paths = [NOTEBOOK_DIR / NOTEBOOKS[name] for name in SETS]
+    bench = NOTEBOOK_DIR / BENCHMARK_NOTEBOOK
+    return paths + ([bench] if bench.is_file() else [])
+
+
+def parse_value(text: str):
+    """A `-p` value as papermill's CLI reads it: JSON (numbers, lists, true/null) or a string."""
+    aliases = {"True": True, "False": False, "None": None}
+    if text in aliases:
+        return aliases[text]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names in a notebook's `parameters` cell, as papermill infers them."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def notebook_parameters(notebook: Path, given: dict) -> dict:
+    """The given parameters this notebook declares, plus `interactive=False` when it has it."""
+    declared = declared_parameters(notebook)
+    params = {k: v for k, v in given.items() if k in declared}
+    if "interactive" in declared:
+        params["interactive"] = False
+    return params
+
+
+# ------------------------------------------------------------------ HTML
+
+
+def _strip_streams(nb) -> None:
+    """Drop stdout/stderr text from every cell; rich outputs and errors stay."""
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", []) if o.output_type != "stream"]
+
+
+def notebook_html(ipynb: Path) -> str:
+    """An executed notebook as self-contained HTML with the code inputs hidden."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    nb.metadata.pop("widgets", None)  # widget state would pull the widget manager from a CDN
+    _strip_streams(nb)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({"fastqwen_offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="fastqwen_offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+# ------------------------------------------------------------------ running
+
+
+@dataclass
+class NotebookRun:
+    notebook: Path
+    ipynb: Path
+    html: Path
+    parameters: dict
+    ok: bool = False
+    error: str | None = None
+    wall_s: float = 0.0
+    models: list[str] = field(default_factory=list)
+    pairs: str = ""
+
+
+def run_notebook(notebook: Path, reports_dir: Path, params: dict, kernel: str) -> NotebookRun:
+    """papermill, then HTML (also for a failed run, from papermill's error notebook)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    name = notebook.stem
+    run = NotebookRun(notebook, reports_dir / f"{name}.ipynb", reports_dir / f"{name}.html", params)
+    log.info("running %s with %s", rel(notebook), params)
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(run.ipynb),
+            parameters=params,
+            kernel_name=kernel,
+            cwd=str(notebook.parent),
+            stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
+            progress_bar=False,
+        )
+        run.ok = True
+    except PapermillExecutionError as exc:
+        run.error = f"{exc.ename}: {exc.evalue}"
+        log.error("%s failed: %s (see %s)", name, run.error, rel(run.ipynb))
+    run.wall_s = time.perf_counter() - t0
+    if run.ipynb.is_file():
+        A.atomic_write_text(run.html, notebook_html(run.ipynb))
+    return run
+
+
+def _set_info(run: NotebookRun, given: dict, started: str) -> None:
+    """Model names and pair counts from summary.json, for a parity notebook run now."""
+    set_name = SET_OF_NOTEBOOK.get(run.notebook.stem)
+    if set_name is None:
+        return
+    try:
+        settings = resolve_settings(set_name, run.parameters)
+    except ValueError:
+        return
+    section = A.read_summary(settings.output_dir)["sets"].get(set_name)
+    if not section or section["run"]["started"] < started:
+        return  # not written by this run
+    model = section["model"]
+    line = model["requested"]
+    if model["resolved"] != model["requested"]:
+        line += f" → {model['resolved']}"
+    if model["is_random"]:
+        line += " (random weights)"
+    run.models.append(line)
+    ok = sum(r["status"] == "ok" for r in section["rows"])
+    run.pairs = f"{ok}/{len(section['rows'])}"
+
+
+def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str:
+    """`reports/index.html`: one row per report."""
+    rows = []
+    for r in runs:
+        status = "ok" if r.ok else f"FAILED: {html.escape(r.error or 'no output')}"
+        link = (
+            f'<a href="{r.html.name}">{r.notebook.stem}</a>'
+            if r.html.is_file()
+            else r.notebook.stem
+        )
+        rows.append(
+            f"<tr><td>{link}</td><td>{status}</td><td>{r.pairs}</td>"
+            f"<td>{'<br>'.join(html.escape(m) for m in r.models)}</td>"
+            f'<td>{r.wall_s:.0f} s</td><td><a href="{r.ipynb.name}">{r.ipynb.name}</a></td></tr>'
+        )
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>fastqwen reports</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left;
+border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
+<h1>fastqwen parity reports</h1>
+<p>Run {html.escape(started)} &middot; git commit <code>{html.escape(commit or "unknown")}</code>
+&middot; <code>python -m fastqwen.report</code></p>
+<table><tr><th>report</th><th>status</th><th>pairs ok</th><th>models</th><th>time</th>
+<th>notebook</th></tr>
+{"".join(rows)}
+</table>
+<p>Sample files and their README: <code>samples/parity/</code> (or the chosen
+<code>output_dir</code>).</p>
+</body></html>
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastqwen.report",
+        description="Run the parity notebooks with papermill and build HTML reports.",
+    )
+    p.add_argument(
+        "--notebooks",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="notebooks to run (default: the parity notebooks, and "
+        "notebooks/benchmark.ipynb when it exists)",
+    )
+    p.add_argument(
+        "--reports-dir",
+        type=Path,
+        default=PROJECT_ROOT / "reports",
+        help="where <name>.ipynb, <name>.html and index.html go (default: reports/)",
+    )
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter, passed to each notebook that declares it "
+        "(value: JSON or a string), e.g. -p max_new_tokens 64 -p speakers aiden",
+    )
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    notebooks = [n.resolve() for n in (args.notebooks or default_notebooks())]
+    missing = [str(n) for n in notebooks if not n.is_file()]
+    if missing:
+        print(f"error: notebook(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    given = {name: parse_value(value) for name, value in args.parameter}
+    declared = set().union(*(declared_parameters(n) for n in notebooks))
+    unknown = sorted(set(given) - declared)
+    if unknown:
+        print(
+            f"error: no notebook has parameter(s) {unknown}; known: {', '.join(sorted(declared))}",
+            file=sys.stderr,
+        )
+        return 2
+    reports = args.reports_dir.resolve()
+    reports.mkdir(parents=True, exist_ok=True)
+    started, commit = A.utc_now(), A.git_commit()
+    runs = []
+    for nb in notebooks:
+        run = run_notebook(nb, reports, notebook_parameters(nb, given), args.kernel)
+        _set_info(run, given, started)
+        runs.append(run)
+    A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
+    for r in runs:
+        log.info(
+            "%s: %s in %.0f s -> %s",
+            r.notebook.stem,
+            "ok" if r.ok else "FAILED",
+            r.wall_s,
+            rel(r.html),
+        )
+    log.info("index: %s", rel(reports / "index.html"))
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Generate one parity sample set: static and dynamic audio for every (voice, prompt) pair.
+
+`run_sample_set(settings)` loads the model once, then for each pair runs, with the same
+seed: the static engine's non-streaming `generate`, the `qwen_tts` reference (both through
+`fastqwen.parity.run_parity`, teacher-forced logits included), and one streaming run of the
+static engine for its time to first audio. One warm-up run per side comes first, so the
+first pair's timings are not compile or allocation times.
+
+A failing pair becomes an "error" row; the others still run. Inputs that make the whole
+set meaningless stop it early with an error naming the file or variable: a missing
+reference recording, an unknown speaker, an unusable transcript.
+
+On a CPU with the `tiny` random checkpoint we run torch with one thread: the tiny layers are
+far too small to gain from intra-op parallelism, and on a 2-core machine OpenMP contention
+made two threads several times slower than one (the test suite does the same).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fastqwen import __version__
+from fastqwen import artifacts as A
+from fastqwen.parity import ParityReport, run_parity
+from fastqwen.prompts import VoiceRequest
+from fastqwen.samplesets import (
+    ASR_METHODS,
+    REF_SUFFIXES,
+    SetSettings,
+    pair_id,
+    rel,
+    set_wav_pattern,
+    wav_name,
+)
+
+log = logging.getLogger(__name__)
+GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
+
+
+@dataclass
+class Reference:
+    """An ICL reference recording and the text used for it."""
+
+    path: Path
+    text: str
+    text_source: str  # "parameter ref_texts[i]", "PARITY_REF_TEXT_2", or "transcribed: <method>"
+    known_text: str | None = None  # from a ref_texts.json next to the recording
+    word_error_rate: float | None = None  # of a transcript against known_text
+    prompt: list | None = None  # qwen_tts voice clone prompt items
+
+    def to_json(self) -> dict:
+        return {
+            "file": rel(self.path),
+            "text": self.text,
+            "text_source": self.text_source,
+            "known_text": self.known_text,
+            "word_error_rate": self.word_error_rate,
+        }
+
+
+@dataclass
+class StreamCheck:
+    """The static engine's streaming run of a pair."""
+
+    ttfa_s: float  # time to first audio chunk
+    chunks: int
+    max_abs_diff: float  # streamed vs non-streamed audio, over their common length
+    same_length: bool
+
+    def to_json(self) -> dict:
+        return {
+            "ttfa_ms": round(1000 * self.ttfa_s, 3),
+            "chunks": self.chunks,
+            "max_abs_diff_vs_generate": float(self.max_abs_diff),
+            "same_length": self.same_length,
+        }
+
+
+@dataclass
+class PairOutcome:
+    """One (voice, prompt) pair: the parity report and files, or the error."""
+
+    set_name: str
+    voice: str
+    k: int
+    prompt: str
+    files: dict[str, Path] = field(default_factory=dict)  # side -> WAV path
+    report: ParityReport | None = None
+    stream: StreamCheck | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def pair(self) -> str:
+        return pair_id(self.set_name, self.voice, self.k)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def row(self) -> dict:
+        """The pair's row in summary.json."""
+        out = {
+            "pair": self.pair,
+            "voice": rel(self.voice) if self.set_name == "icl" else self.voice,
+            "prompt_index": self.k,
+            "status": "ok" if self.ok else "error",
+            "error": self.error,
+            "files": {side: p.name for side, p in self.files.items()},
+        }
+        if self.report is not None:
+            out.update(self.report.summary())
+            out["codes_sha256"] = {
+                "static": A.codes_digest(self.report.static.codes),
+                "dynamic": A.codes_digest(self.report.dynamic.codes),
+            }
+        if self.stream is not None:
+            out["stream"] = self.stream.to_json()
+            out["static"]["ttfa_ms"] = out["stream"]["ttfa_ms"]
+        return out
+
+
+@dataclass
+class SetRun:
+    """Everything a notebook shows about one generated set."""
+
+    settings: SetSettings
+    source: object  # fastqwen.sources.ModelSource
+    engine: object | None  # fastqwen.api.FastQwen3TTS, reused by the listening panel
+    outcomes: list[PairOutcome]
+    references: list[Reference]
+    section: dict  # this set's section of summary.json
+    threads: int
+
+    @property
+    def banner(self) -> str:
+        return banner_text(self.source, self.settings.device)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.settings.output_dir
+
+
+def banner_text(source, device: str) -> str:
+    """The report's warning for random weights; empty for real ones."""
+    if not source.is_random:
+        return ""
+    text = "Random weights: the audio is noise; timings and parity are still real."
+    if source.fell_back:
+        text += f" The real model is not available ({source.note})"
+        if source.size == "tiny" and not str(device).startswith("cuda"):
+            text += f"; {GPU_FREE_NOTE}"
+        text += "."
+    return text
+
+
+def configure_threads(source, device: str) -> int:
+    """One torch thread for the tiny model on CPU (see the module docstring)."""
+    if source.size == "tiny" and not str(device).startswith("cuda"):
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------ references
+
+
+def asr_method(backend: str) -> tuple[str, str]:
+    """(backend name, description) that `fastqwen.transcribe.transcribe(backend)` will use."""
+    from fastqwen.transcribe import available_backends
+
+    if backend == "auto":
+        installed = available_backends()
+        backend = installed[0] if installed else "faster-whisper"
+    return backend, ASR_METHODS.get(backend, backend)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance over the reference length (case and punctuation ignored)."""
+    ref, hyp = (re.findall(r"[a-z0-9']+", t.lower()) for t in (reference, hypothesis))
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(len(ref), 1)
+
+
+def _known_text(path: Path) -> str | None:
+    table = path.parent / "ref_texts.json"
+    try:
+        return json.loads(table.read_text()).get(path.name)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def check_references(settings: SetSettings) -> None:
+    """Stop before loading anything when a reference recording is missing."""
+    for i, audio in enumerate(settings.voices if settings.set_name == "icl" else ()):
+        if not Path(audio).is_file():
+            var = f"PARITY_REF_AUDIO{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
+            origin = settings.origins.get(f"ref_audios[{i}]", settings.origins.get("ref_audios"))
+            fix = f"set {var} or ref_audios[{i}]" if var else f"fix ref_audios[{i}]"
+            raise FileNotFoundError(
+                f"reference audio {audio} not found (ref_audios[{i}], from {origin}); {fix} "
+                "to an existing recording"
+            )
+
+
+def prepare_references(
+    settings: SetSettings, transcriber: Callable[[Path, str], str] | None = None
+) -> list[Reference]:
+    """Reference texts: the given ones, else transcripts (which must contain words)."""
+    if transcriber is None:
+        from fastqwen.transcribe import transcribe as transcriber
+    backend, method = asr_method(settings.asr_backend)
+    refs = []
+    for i, (audio, text) in enumerate(zip(settings.voices, settings.ref_texts, strict=True)):
+        path = Path(audio)
+        known = _known_text(path)
+        if text is not None:
+            source = settings.origins.get(f"ref_texts[{i}]", "parameter")
+            refs.append(Reference(path, text, source, known))
+            continue
+        heard = transcriber(path, backend)
+        if not re.search(r"[^\W_]", heard or ""):
+            var = f"PARITY_REF_TEXT{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
+            fix = f"set {var} or ref_texts[{i}]" if var else f"set ref_texts[{i}]"
+            raise ValueError(
+                f"the transcript of {rel(path)} is unusable ({heard!r}, from {method}); "
+                f"{fix} to the words spoken in the recording"
+            )
+        wer = None if known is None else round(word_error_rate(known, heard), 4)
+        refs.append(Reference(path, heard, f"transcribed: {method}", known, wer))
+    return refs
+
+
+# ------------------------------------------------------------------ one pair
+
+
+def make_request(
+    settings: SetSettings, voice: str, text: str, references: list[Reference]
+) -> VoiceRequest:
+    """The request for one pair: a speaker, or the voice clone prompt of a recording."""
+    if settings.set_name == "customvoice":
+        return VoiceRequest("custom_voice", text, settings.language, speaker=voice)
+    ref = next(r for r in references if str(r.path) == str(voice))
+    return VoiceRequest("voice_clone", text, settings.language, voice_clone_prompt=ref.prompt)
+
+
+def stream_check(engine, request: VoiceRequest, params, seed: int, static_audio) -> StreamCheck:
+    """Stream the static engine once: time to first audio, and the audio against `generate`."""
+    chunks = list(engine.stream(request, params, seed))
+    audio = np.concatenate([c.audio for c in chunks]) if chunks else np.zeros(0, np.float32)
+    n = min(len(audio), len(static_audio))
+    diff = float(np.abs(audio[:n] - static_audio[:n]).max()) if n else 0.0
+    return StreamCheck(
+        ttfa_s=chunks[0].elapsed_s if chunks else float("nan"),
+        chunks=len(chunks),
+        max_abs_diff=diff,
+        same_length=len(audio) == len(static_audio),
+    )
+
+
+def run_pair(
+    engine, request: VoiceRequest, params, seed: int, *, teacher_forcing: bool = True
+) -> tuple[ParityReport, StreamCheck]:
+    """Static, dynamic (and teacher-forced) with one seed, then the streaming run."""
+    report = run_parity(engine, request, params, seed, with_teacher_forcing=teacher_forcing)
+    return report, stream_check(engine, request, params, seed, report.static.audio)
+
+
+def warm_up(engine, request: VoiceRequest, settings: SetSettings) -> None:
+    """Two-step runs of both sides, so the first timed pair is not a cold start."""
+    params = settings.sampling_params(max_new_tokens=2, min_new_tokens=0)
+    run_parity(engine, request, params, settings.seed, with_teacher_forcing=False)
+    list(engine.stream(request, params, settings.seed))
+
+
+# ------------------------------------------------------------------ the set
+
+
+def resolve_source(settings: SetSettings):
+    """The `ModelSource` of `settings.model` (an `auto:` string may fall back to random weights)."""
+    from fastqwen.sources import resolve_model
+
+    return resolve_model(settings.model)
+
+
+def _load(settings: SetSettings, source, loader):
+    from fastqwen.api import FastQwen3TTS
+    from fastqwen.sources import load_model
+
+    source = source if source is not None else resolve_source(settings)
+    loaded = (loader or load_model)(source, device=settings.device, dtype=settings.dtype)
+    return FastQwen3TTS(loaded.tts, source=loaded.source), loaded.source
+
+
+def _check_speakers(settings: SetSettings, engine) -> None:
+    if settings.set_name != "customvoice":
+        return
+    supported = [str(s).lower() for s in engine.get_supported_speakers() or []]
+    bad = [v for v in settings.voices if v not in supported]
+    if bad:
+        raise ValueError(
+            f"unknown speaker(s) {bad} (speakers, from {settings.origins.get('voices')}); "
+            f"this model has: {', '.join(supported)}"
+        )
+
+
+def run_sample_set(
+    settings: SetSettings,
+    *,
+    source=None,
+    loader: Callable | None = None,
+    transcriber: Callable[[Path, str], str] | None = None,
+    progress: bool = True,
+) -> SetRun:
+    """Generate the set described by `settings` and write its files.
+
+    Args:
+        settings: from `fastqwen.samplesets.resolve_settings` or `notebook_settings`.
+        source: an already resolved `ModelSource` (default: resolve `settings.model`).
+        loader: `fastqwen.sources.load_model` or a stand-in with its signature.
+        transcriber: `(path, backend) -> text`, default `fastqwen.transcribe.transcribe`.
+        progress: a tqdm bar over the pairs, on stderr.
+
+    Writes to `settings.output_dir`: the WAVs, this set's section of `summary.json`,
+    `icl_transcripts.txt` (ICL), and `README.md`; removes this set's WAVs that the run did
+    not produce (left from other settings), so the folder matches the summary.
+    """
+    started, t0 = A.utc_now(), time.perf_counter()
+    check_references(settings)
+    engine, source = _load(settings, source, loader)
+    threads = configure_threads(source, settings.device)
+    _check_speakers(settings, engine)
+    references: list[Reference] = []
+    if settings.set_name == "icl":
+        references = prepare_references(settings, transcriber)
+        for ref in references:
+            ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
+    params = settings.sampling_params()
+    out = settings.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes, warmed = [], False
+    bar = tqdm(
+        settings.pairs(),
+        desc=settings.set_name,
+        unit="pair",
+        file=sys.stderr,
+        disable=not progress,
+        ascii=True,
+    )
+    for voice, k, text in bar:
+        outcome = PairOutcome(settings.set_name, voice, k, text)
+        bar.set_postfix_str(outcome.pair)
+        try:
+            request = make_request(settings, voice, text, references)
+            if not warmed:
+                warm_up(engine, request, settings)
+                warmed = True
+            outcome.report, outcome.stream = run_pair(engine, request, params, settings.seed)
+            for side in ("static", "dynamic"):
+                result = getattr(outcome.report, side)
+                path = out / wav_name(settings.set_name, voice, k, side)
+                A.atomic_write_bytes(path, A.wav_bytes(result.audio, result.sample_rate))
+                outcome.files[side] = path
+        except Exception as exc:  # one bad pair must not lose the others
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            outcome.traceback = traceback.format_exc()
+            log.error("%s failed: %s", outcome.pair, outcome.error)
+        outcomes.append(outcome)
+    bar.close()
+
+    _prune_stale(settings, outcomes)
+    section = {
+        "settings": settings.to_json(),
+        "origins": dict(settings.origins),
+        "model": {
+            "requested": settings.model,
+            "resolved": f"random:{source.size}-{source.kind}" if source.is_random else source.path,
+            "kind": source.kind,
+            "size": source.size,
+            "is_random": source.is_random,
+            "fell_back": source.fell_back,
+            "note": source.note,
+            "banner": banner_text(source, settings.device),
+        },
+        "run": {
+            "started": started,
+            "finished": A.utc_now(),
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "git_commit": A.git_commit(),
+            "fastqwen": __version__,
+            "torch": torch.__version__,
+            "qwen_tts": _version("qwen-tts"),
+            "torch_threads": threads,
+            "warm_up": "one 2-step run per side before the first pair",
+        },
+        "references": [r.to_json() for r in references],
+        "transcription": asr_method(settings.asr_backend)[1]
+        if any(r.text_source.startswith("transcribed") for r in references)
+        else None,
+        "files": [p.name for o in outcomes for p in o.files.values()],
+        "rows": [o.row() for o in outcomes],
+    }
+    if settings.set_name == "icl":
+        A.atomic_write_text(out / A.TRANSCRIPTS_FILE, transcripts_text(references))
+    summary = A.update_summary(out, section)
+    from fastqwen.sampleset_readme import render_readme
+
+    A.atomic_write_text(out / A.README_FILE, render_readme(summary))
+    return SetRun(settings, source, engine, outcomes, references, section, threads)
+
+
+def _prune_stale(settings: SetSettings, outcomes: list[PairOutcome]) -> None:
+    written = {p.name for o in outcomes for p in o.files.values()}
+    pattern = set_wav_pattern(settings.set_name)
+    for path in settings.output_dir.iterdir():
+        if pattern.match(path.name) and path.name not in written:
+            log.info("removing %s (not part of this run)", path)
+            path.unlink()
+
+
+def transcripts_text(references: list[Reference]) -> str:
+    """`icl_transcripts.txt`: the text used for each recording and where it came from."""
+    lines = ["# Reference texts of the ICL (voice clone) parity set", ""]
+    for ref in references:
+        lines += [ref.path.name, f"  source: {ref.text_source}", f"  text: {ref.text}"]
+        if ref.known_text is not None:
+            lines.append(f"  recorded text (ref_texts.json): {ref.known_text}")
+        if ref.word_error_rate is not None:
+            lines.append(f"  word error rate of the transcript: {100 * ref.word_error_rate:.1f}%")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+__all__ = [
+    "PairOutcome",
+    "Reference",
+    "SetRun",
+    "StreamCheck",
+    "banner_text",
+    "make_request",
+    "resolve_source",
+    "run_pair",
+    "run_sample_set",
+    "word_error_rate",
+]

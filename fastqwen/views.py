@@ -1,0 +1,311 @@
+"""What the parity notebooks show: banner, audio players, timing, parity and summary tables.
+
+Builders return HTML strings, pandas DataFrames or PNG bytes, so they are tested without a
+kernel; the `show_*` functions display them. Audio players embed the WAV files' own bytes
+as base64 data URIs: the report plays exactly the samples on disk, never rescaled (what
+`IPython.display.Audio(..., normalize=False)` does for arrays), and works offline. Each
+player carries `data-wav="<file name>"` (or `data-ref=` for reference recordings), so a
+test can match players to files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+from fastqwen import plots
+from fastqwen.sampleset_run import PairOutcome, SetRun, banner_text
+from fastqwen.samplesets import SetSettings, rel
+
+SIDE_LABELS = {"static": "static (fastqwen engine)", "dynamic": "dynamic (qwen-tts reference)"}
+_BOX = "padding:0.6em 1em;margin:0.5em 0;border-radius:4px;border:2px solid {c};background:{b}"
+
+
+def banner_html(text: str) -> str:
+    """A red box for random weights; empty when there is nothing to warn about."""
+    if not text:
+        return ""
+    style = _BOX.format(c="#c0392b", b="#fdecea")
+    return f'<div class="fq-banner" style="{style}"><b>{html.escape(text)}</b></div>'
+
+
+def audio_tag(path: Path, *, attr: str = "data-wav") -> str:
+    """An `<audio>` player holding the file's bytes; `attr` names the file for tests."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f'<audio controls preload="metadata" {attr}="{html.escape(Path(path).name)}" '
+        f'src="data:audio/wav;base64,{data}"></audio>'
+    )
+
+
+def _eos_text(result) -> str:
+    return "EOS" if result.eos_reached else "cut at max_new_tokens"
+
+
+def players_html(outcome: PairOutcome) -> str:
+    """Static and dynamic players side by side, with file name, length and EOS."""
+    heads, cells, notes = [], [], []
+    for side in ("static", "dynamic"):
+        result = getattr(outcome.report, side)
+        heads.append(f"<th>{SIDE_LABELS[side]}</th>")
+        cells.append(f"<td>{audio_tag(outcome.files[side])}</td>")
+        notes.append(
+            f"<td><code>{outcome.files[side].name}</code> &middot; "
+            f"{result.audio_seconds:.2f} s &middot; {_eos_text(result)}</td>"
+        )
+    rows = "".join(f"<tr>{''.join(r)}</tr>" for r in (heads, cells, notes))
+    return f'<table class="fq-players">{rows}</table>'
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def timing_table(outcome: PairOutcome):
+    """DataFrame, one row per side: frames, audio, wall and generation time, speed, TTFA."""
+    import pandas as pd
+
+    rows = {}
+    for side in ("static", "dynamic"):
+        r = getattr(outcome.report, side)
+        ttfa = outcome.stream.ttfa_s * 1000 if side == "static" and outcome.stream else None
+        rows[SIDE_LABELS[side]] = {
+            "frames": r.frames,
+            "audio s": _num(r.audio_seconds),
+            "wall s": _num(r.wall_s, 3),
+            "generate s": _num(r.generate_s, 3),
+            "ms/frame": _num(r.ms_per_frame, 1),
+            "RTF (audio s per s)": _num(r.rtf, 2),
+            "prefill ms": _num(None if r.prefill_s is None else r.prefill_s * 1000, 1),
+            "time to first audio ms (streaming)": _num(ttfa, 1),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _pair(a: float, b: float) -> str:
+    return f"{_sci(a)} / {_sci(b)}"
+
+
+def _yes_cut(side: dict) -> str:
+    return "yes" if side["eos_reached"] else "cut"
+
+
+def parity_table(outcome: PairOutcome):
+    """DataFrame of measures: EOS per side, duration difference, divergence, teacher-forced KL."""
+    import pandas as pd
+
+    rep, codes = outcome.report, outcome.report.codes
+    first = codes.first_divergent_frame
+    duration_diff = rep.static.audio_seconds - rep.dynamic.audio_seconds
+    rows = {
+        "static: end": f"{_eos_text(rep.static)} ({rep.static.frames} frames)",
+        "dynamic: end": f"{_eos_text(rep.dynamic)} ({rep.dynamic.frames} frames)",
+        "duration static - dynamic (s)": f"{duration_diff:+.3f}",
+        "first divergent frame": "none (identical codes)"
+        if first is None
+        else (f"{first} (codebook {codes.first_divergent_codebook})"),
+        "codes equal (common frames)": f"{100 * codes.equal_fraction:.1f}%",
+    }
+    if rep.forced is not None:
+        tf = rep.forced.summary()
+        rows.update(
+            {
+                "teacher-forced KL cb0: mean / max": _pair(tf["cb0_kl_mean"], tf["cb0_kl_max"]),
+                "teacher-forced KL cb1-15: mean / max": _pair(tf["sub_kl_mean"], tf["sub_kl_max"]),
+                "max |logit difference|": _sci(tf["max_abs_logit_diff"]),
+                "argmax agreement cb0 / cb1-15": (
+                    f"{100 * tf['cb0_argmax_agree']:.1f}% / {100 * tf['sub_argmax_agree']:.1f}%"
+                ),
+            }
+        )
+    if outcome.stream is not None:
+        rows["streaming vs non-streaming audio: max |diff|"] = _sci(outcome.stream.max_abs_diff)
+    return pd.DataFrame({"value": rows})
+
+
+def summary_table(run: SetRun):
+    """DataFrame, one row per pair, from the summary.json rows."""
+    import pandas as pd
+
+    records = []
+    for row in run.section["rows"]:
+        rec = {"pair": row["pair"], "status": row["status"]}
+        if row["status"] == "ok":
+            s, d, c = row["static"], row["dynamic"], row["codes"]
+            tf = row.get("teacher_forced", {})
+            first = c["first_divergent_frame"]
+            rec.update(
+                {
+                    "frames s/d": f"{s['frames']}/{d['frames']}",
+                    "EOS s/d": f"{_yes_cut(s)}/{_yes_cut(d)}",
+                    "duration diff s": row["duration_diff_s"],
+                    "first divergent frame": "identical" if first is None else first,
+                    "codes equal %": round(100 * c["equal_fraction"], 1),
+                    "KL cb0 mean": _sci(tf.get("cb0_kl_mean")),
+                    "KL cb0 max": _sci(tf.get("cb0_kl_max")),
+                    "ms/frame s/d": f"{s['ms_per_frame']:.1f}/{d['ms_per_frame']:.1f}",
+                    "RTF s/d": f"{s['rtf']:.2f}/{d['rtf']:.2f}",
+                    "TTFA ms": s.get("ttfa_ms"),
+                }
+            )
+        else:
+            rec["error"] = row["error"]
+        records.append(rec)
+    return pd.DataFrame.from_records(records).set_index("pair").fillna("")
+
+
+def settings_table(settings: SetSettings):
+    """DataFrame: each setting, its value and where it came from."""
+    import pandas as pd
+
+    values = settings.to_json()
+    values.pop("set")
+    values["prompts"] = " | ".join(f"{k}. {p}" for k, p in enumerate(settings.prompts, start=1))
+    values["voices"] = ", ".join(values["voices"])
+    origin = dict(settings.origins)
+    return pd.DataFrame(
+        {
+            "value": values,
+            "from": {
+                k: origin.get(k, origin.get("speakers" if k == "voices" else k, "default"))
+                for k in values
+            },
+        }
+    )
+
+
+def references_html(run: SetRun) -> str:
+    """ICL references: player, text used, where it came from, error against the known text."""
+    rows = ["<tr><th>recording</th><th>player</th><th>text used</th><th>source</th></tr>"]
+    for ref in run.references:
+        source = ref.text_source
+        if ref.word_error_rate is not None:
+            source += f" ({100 * ref.word_error_rate:.1f}% word error against ref_texts.json)"
+        rows.append(
+            f"<tr><td><code>{html.escape(rel(ref.path))}</code></td>"
+            f"<td>{audio_tag(ref.path, attr='data-ref')}</td>"
+            f"<td>{html.escape(ref.text)}</td><td>{html.escape(source)}</td></tr>"
+        )
+    return f'<table class="fq-refs">{"".join(rows)}</table>'
+
+
+def error_html(outcome: PairOutcome) -> str:
+    style = _BOX.format(c="#c0392b", b="#fdecea")
+    detail = html.escape(outcome.traceback or "")
+    return (
+        f'<div class="fq-error" style="{style}"><b>{html.escape(outcome.pair)} failed:</b> '
+        f"{html.escape(outcome.error or '')}<details><summary>traceback</summary>"
+        f"<pre>{detail}</pre></details></div>"
+    )
+
+
+# ------------------------------------------------------------------ display
+
+
+def _display(*objs) -> None:
+    from IPython.display import display
+
+    display(*objs)
+
+
+def show_header(settings: SetSettings, source) -> None:
+    """The banner (random weights) and the settings table, at the top of a notebook."""
+    from IPython.display import HTML
+
+    banner = banner_text(source, settings.device)
+    if banner:
+        _display(HTML(banner_html(banner)))
+    _display(settings_table(settings))
+
+
+def show_run(run: SetRun) -> None:
+    """One line on what was written, plus the ICL references table."""
+    from IPython.display import HTML, Markdown
+
+    ok = sum(o.ok for o in run.outcomes)
+    info = run.section["run"]
+    _display(
+        Markdown(
+            f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s into "
+            f"`{rel(run.output_dir)}` (torch threads: {run.threads}; "
+            f"{info['warm_up']}). Files are listed in `{rel(run.output_dir)}/README.md`."
+        )
+    )
+    if run.references:
+        _display(HTML(references_html(run)))
+
+
+def show_pair(outcome: PairOutcome) -> None:
+    """Heading, players, timing and parity tables, audio and divergence plots of one pair."""
+    from IPython.display import HTML, Image, Markdown
+
+    voice = rel(outcome.voice) if outcome.set_name == "icl" else outcome.voice
+    _display(
+        Markdown(f"### {outcome.pair}\n\nVoice `{voice}`, prompt {outcome.k}: *{outcome.prompt}*")
+    )
+    if not outcome.ok:
+        _display(HTML(error_html(outcome)))
+        return
+    rep = outcome.report
+    _display(
+        HTML(players_html(outcome)),
+        Markdown("**Timing**"),
+        timing_table(outcome),
+        Markdown("**Parity**"),
+        parity_table(outcome),
+    )
+    _display(
+        Image(
+            data=plots.audio_figure(
+                rep.static.audio,
+                rep.dynamic.audio,
+                rep.static.sample_rate,
+                f"{outcome.pair}: static (top) and dynamic (bottom)",
+            ),
+            format="png",
+        )
+    )
+    if rep.forced is not None:
+        _display(
+            Image(
+                data=plots.divergence_figure(
+                    rep.forced.cb0_kl,
+                    rep.forced.sub_kl,
+                    rep.codes.first_divergent_frame,
+                    f"{outcome.pair}: teacher-forced KL(reference || static) per frame",
+                ),
+                format="png",
+            )
+        )
+
+
+def show_summary(run: SetRun) -> None:
+    """The closing table (also in summary.json)."""
+    from IPython.display import Markdown
+
+    where = f"`{rel(run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
+    _display(summary_table(run), Markdown(f"Also written to {where}."))
+
+
+__all__ = [
+    "audio_tag",
+    "banner_html",
+    "parity_table",
+    "players_html",
+    "references_html",
+    "settings_table",
+    "show_header",
+    "show_pair",
+    "show_run",
+    "show_summary",
+    "summary_table",
+    "timing_table",
+]
