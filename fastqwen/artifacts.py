@@ -71,20 +71,19 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (POSIX); without fcntl, no lock."""
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on its descriptor: no lock file left behind)."""
     try:
         import fcntl
-    except ImportError:  # Windows: sets run one after another there
+    except ImportError:  # Windows: no flock; sets there run one after another
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def read_summary(output_dir: Path) -> dict:
@@ -99,7 +98,8 @@ def read_summary(output_dir: Path) -> dict:
 
 def update_summary(output_dir: Path, section: dict) -> dict:
     """Replace one set's section of `summary.json` (atomically, under a lock); return all."""
-    with _locked(Path(output_dir) / ".summary.lock"):
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with _locked(Path(output_dir)):
         data = read_summary(output_dir)
         data["sets"][section["settings"]["set"]] = section
         data["sets"] = {k: data["sets"][k] for k in SETS if k in data["sets"]}

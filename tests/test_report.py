@@ -1,0 +1,199 @@
+"""The report: `python -m fastqwen.report` arguments, offline HTML, the index, and what the
+notebooks display (players, tables, plots, listening panel) on a tiny generated set.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fastqwen import listen, plots, report, views
+from fastqwen import sampleset_run as R
+from fastqwen.samplesets import PROJECT_ROOT, resolve_settings
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    """A two-pair CustomVoice set on the tiny checkpoint, 5 talker steps per sample."""
+    settings = resolve_settings(
+        "customvoice",
+        {
+            "model": "random:tiny-custom_voice",
+            "speakers": "aiden",
+            "max_new_tokens": 5,
+            "output_dir": str(tmp_path_factory.mktemp("parity")),
+            "interactive": False,
+        },
+        env={},
+    )
+    return R.run_sample_set(
+        settings, loader=lambda source, device, dtype: tiny_model("custom_voice"), progress=False
+    )
+
+
+# ------------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("6", 6),
+        ("0.5", 0.5),
+        ("aiden", "aiden"),
+        ("aiden,serena", "aiden,serena"),
+        ('["a", "b"]', ["a", "b"]),
+        ("False", False),
+        ("true", True),
+        ("None", None),
+    ],
+)
+def test_parse_value(text, value):
+    assert report.parse_value(text) == value
+
+
+def test_parameters_go_only_to_notebooks_that_declare_them():
+    given = {"speakers": "aiden", "max_new_tokens": 6, "ref_texts": ["a", None, None]}
+    cv = report.notebook_parameters(NOTEBOOKS / "customvoice_parity.ipynb", given)
+    icl = report.notebook_parameters(NOTEBOOKS / "icl_parity.ipynb", given)
+    assert cv == {"speakers": "aiden", "max_new_tokens": 6, "interactive": False}
+    assert icl == {"max_new_tokens": 6, "ref_texts": ["a", None, None], "interactive": False}
+
+
+def test_default_notebooks():
+    names = [p.name for p in report.default_notebooks()]
+    assert names[:2] == ["customvoice_parity.ipynb", "icl_parity.ipynb"]
+    assert ("benchmark.ipynb" in names) == (NOTEBOOKS / "benchmark.ipynb").is_file()
+
+
+def test_bad_arguments_fail_before_running_anything(tmp_path, capsys):
+    assert report.main(["--reports-dir", str(tmp_path), "-p", "speker", "aiden"]) == 2
+    assert "no notebook has parameter(s) ['speker']" in capsys.readouterr().err
+    assert report.main(["--notebooks", str(tmp_path / "nope.ipynb")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_html_is_offline_without_code_or_streams(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    cell = nbformat.v4.new_code_cell("secret_code_line = 1")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="progress 50%"),
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "text/html": '<audio controls data-wav="a.wav" src="data:audio/wav;base64,AAAA">'
+                "</audio>",
+                "text/plain": "<audio>",
+            },
+        ),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    text = report.notebook_html(path)
+    assert "Title" in text and 'data-wav="a.wav"' in text
+    assert "secret_code_line" not in text and "progress 50%" not in text
+    assert not re.search(r"""(src|href)=["']https?:""", text)
+    assert "cdnjs" not in text and "unpkg" not in text and "require.js" not in text
+
+
+def test_index_links_reports_with_date_commit_and_models(tmp_path):
+    run = report.NotebookRun(
+        Path("notebooks/customvoice_parity.ipynb"),
+        tmp_path / "customvoice_parity.ipynb",
+        tmp_path / "customvoice_parity.html",
+        {},
+        ok=True,
+        wall_s=12.3,
+        models=["auto:X → random:tiny-custom_voice (random weights)"],
+        pairs="4/4",
+    )
+    run.html.write_text("x")
+    failed = report.NotebookRun(
+        Path("notebooks/icl_parity.ipynb"),
+        tmp_path / "icl_parity.ipynb",
+        tmp_path / "icl_parity.html",
+        {},
+        ok=False,
+        error="ValueError: y",
+    )
+    text = report.index_html([run, failed], "2026-01-01 10:00:00 UTC", "abc123-dirty")
+    assert '<a href="customvoice_parity.html">' in text
+    assert "2026-01-01 10:00:00 UTC" in text and "abc123-dirty" in text
+    assert "random:tiny-custom_voice" in text and "4/4" in text
+    assert "FAILED: ValueError: y" in text
+
+
+# ------------------------------------------------------------------ what the notebooks show
+
+
+def test_players_embed_the_wav_files(tiny_run):
+    outcome = tiny_run.outcomes[0]
+    page = views.players_html(outcome)
+    assert page.count("<audio") == 2
+    for side in ("static", "dynamic"):
+        path = outcome.files[side]
+        assert f'data-wav="{path.name}"' in page
+        assert base64.b64encode(path.read_bytes()).decode() in page  # the file's own bytes
+
+
+def test_tables(tiny_run):
+    outcome = tiny_run.outcomes[0]
+    timing = views.timing_table(outcome)
+    assert len(timing) == 2 and "time to first audio ms (streaming)" in timing.columns
+    assert timing.iloc[0]["frames"] == outcome.report.static.frames
+    assert timing.iloc[1]["time to first audio ms (streaming)"] == "-"  # reference: no streaming
+    parity = views.parity_table(outcome)["value"]
+    assert parity["first divergent frame"] == "none (identical codes)"
+    assert parity["static: end"].startswith("cut at max_new_tokens")
+    assert "teacher-forced KL cb0: mean / max" in parity.index
+    summary = views.summary_table(tiny_run)
+    assert list(summary.index) == ["custom_aiden_gen1", "custom_aiden_gen2"]
+    assert set(summary["status"]) == {"ok"}
+    settings = views.settings_table(tiny_run.settings)
+    assert settings.loc["max_new_tokens", "value"] == 5
+    assert settings.loc["max_new_tokens", "from"] == "parameter"
+
+
+def test_banner_and_error_box(tiny_run):
+    assert "audio is noise" in views.banner_html(tiny_run.banner)
+    assert views.banner_html("") == ""
+    failed = R.PairOutcome(
+        "customvoice", "aiden", 1, "text", error="RuntimeError: x", traceback="Traceback ..."
+    )
+    box = views.error_html(failed)
+    assert "custom_aiden_gen1 failed" in box and "RuntimeError: x" in box
+
+
+def test_plots_are_png(tiny_run):
+    rep = tiny_run.outcomes[0].report
+    png = plots.audio_figure(rep.static.audio, rep.dynamic.audio, rep.static.sample_rate, "t")
+    assert png.startswith(b"\x89PNG")
+    curve = plots.divergence_figure(rep.forced.cb0_kl, rep.forced.sub_kl, 2, "t")
+    assert curve.startswith(b"\x89PNG")
+    assert plots.audio_figure(rep.static.audio[:10], rep.dynamic.audio[:0], 24000, "short")
+
+
+def test_listening_panel_reuses_the_set(tiny_run):
+    assert listen.show_panel(tiny_run) is None  # interactive=False: nothing shown
+    panel = listen.build_panel(tiny_run)
+    assert panel.children  # builds without a frontend
+    first = tiny_run.outcomes[0]
+    again = listen.generate_once(
+        tiny_run, "aiden", first.prompt, tiny_run.settings.seed, max_new_tokens=5
+    )
+    assert again.report.codes.identical
+    assert again.report.static.codes.equal(first.report.static.codes)
+    assert listen.players_from_arrays(again.report).count("<audio") == 2

@@ -1,0 +1,374 @@
+"""Sample sets: settings precedence and environment variables, file names, atomic files,
+the generated README, and the runner on the tiny random checkpoints (failures, reruns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from fastqwen import artifacts as A
+from fastqwen import sampleset_run as R
+from fastqwen.sampleset_readme import render_readme
+from fastqwen.samplesets import (
+    PARAMS,
+    PROJECT_ROOT,
+    SEED_PROMPTS,
+    env_var_table,
+    notebook_settings,
+    pair_id,
+    resolve_settings,
+    set_wav_pattern,
+    voice_tag,
+    wav_name,
+)
+
+REFS = [PROJECT_ROOT / f"samples/ref_audio{s}.wav" for s in ("", "_2", "_3")]
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_defaults_are_the_issue_defaults():
+    cv = resolve_settings("customvoice", {}, env={})
+    assert cv.model == "auto:Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"
+    assert cv.voices == ("aiden", "serena")
+    assert cv.prompts == SEED_PROMPTS and len(cv.prompts) == 2
+    assert (cv.language, cv.max_new_tokens, cv.min_new_tokens) == ("English", 168, 2)
+    assert (cv.temperature, cv.top_k, cv.top_p, cv.repetition_penalty) == (0.9, 50, 1.0, 1.05)
+    assert cv.seed == 1337
+    assert cv.output_dir == PROJECT_ROOT / "samples" / "parity"
+    assert cv.interactive is True
+    assert set(cv.origins.values()) == {"default"}
+    icl = resolve_settings("icl", {}, env={})
+    assert icl.model == "auto:Qwen/Qwen3-TTS-12Hz-1.7B-Base"
+    assert icl.voices == tuple(str(p) for p in REFS)
+    assert icl.ref_texts == (None, None, None)  # transcribed unless given
+    assert len(cv.pairs()) == 4 and len(icl.pairs()) == 6
+
+
+def test_device_and_dtype_defaults(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    s = resolve_settings("customvoice", {}, env={})
+    assert (s.device, s.dtype) == ("cpu", "float32")
+    s = resolve_settings("customvoice", {"device": "cuda"}, env={})
+    assert (s.device, s.dtype) == ("cuda", "bfloat16")
+    s = resolve_settings("customvoice", {}, env={"PARITY_DEVICE": "cuda:1", "PARITY_DTYPE": "fp32"})
+    assert (s.device, s.dtype) == ("cuda:1", "fp32")
+
+
+def test_environment_overrides_defaults():
+    env = {
+        "QWEN_TTS_CUSTOM_MODEL": "random:tiny-custom_voice",
+        "QWEN_TTS_MODEL": "random:tiny-base",
+        "PARITY_SPEAKERS": " Aiden , ryan ",
+        "PARITY_MAX_NEW_TOKENS": "6",
+        "PARITY_MIN_NEW_TOKENS": "3",
+        "PARITY_SEED": "7",
+        "PARITY_OUTPUT_DIR": "/tmp/somewhere",
+        "PARITY_PROMPT_LIMIT": "1",
+        "PARITY_INTERACTIVE": "0",
+    }
+    cv = resolve_settings("customvoice", {}, env=env)
+    assert cv.model == "random:tiny-custom_voice"
+    assert cv.voices == ("aiden", "ryan")
+    assert (cv.max_new_tokens, cv.min_new_tokens, cv.seed) == (6, 3, 7)
+    assert cv.output_dir == Path("/tmp/somewhere")
+    assert cv.prompts == SEED_PROMPTS[:1]
+    assert cv.interactive is False
+    assert cv.origins["max_new_tokens"] == "PARITY_MAX_NEW_TOKENS"
+    assert resolve_settings("icl", {}, env=env).model == "random:tiny-base"
+
+
+def test_parameter_beats_environment_and_empty_env_is_unset():
+    env = {"PARITY_MAX_NEW_TOKENS": "6", "PARITY_SPEAKERS": "", "PARITY_SEED": "  "}
+    s = resolve_settings("customvoice", {"max_new_tokens": 10, "seed": None}, env=env)
+    assert s.max_new_tokens == 10 and s.origins["max_new_tokens"] == "parameter"
+    assert s.voices == ("aiden", "serena") and s.seed == 1337
+    # papermill -p passes strings and lists as given
+    s = resolve_settings("customvoice", {"speakers": "serena", "max_new_tokens": "12"}, env={})
+    assert s.voices == ("serena",) and s.max_new_tokens == 12
+    s = resolve_settings("customvoice", {"speakers": ["ryan", "vivian"]}, env={})
+    assert s.voices == ("ryan", "vivian")
+
+
+@pytest.mark.parametrize(
+    ("params", "env", "names"),
+    [
+        ({}, {"PARITY_MAX_NEW_TOKENS": "lots"}, "PARITY_MAX_NEW_TOKENS"),
+        ({}, {"PARITY_INTERACTIVE": "maybe"}, "PARITY_INTERACTIVE"),
+        ({"top_k": 2.5}, {}, "top_k"),
+        ({"speakers": ","}, {}, "speakers"),
+        ({"prompt_limit": 0}, {}, "prompt_limit"),
+        ({"prompts": ["", " "]}, {}, "prompts"),
+        ({"speakers": "aiden,aiden"}, {}, "duplicate"),
+    ],
+)
+def test_bad_values_name_the_parameter_or_variable(params, env, names):
+    with pytest.raises(ValueError, match=names):
+        resolve_settings("customvoice", params, env=env)
+
+
+def test_unknown_parameters_are_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"\['speker'\].*valid names:.*speakers"):
+        resolve_settings("customvoice", {"speker": "aiden"}, env={})
+    with pytest.raises(ValueError, match="ref_audios"):
+        resolve_settings("customvoice", {"ref_audios": ["a.wav"]}, env={})
+    with pytest.raises(ValueError, match="unknown sample set"):
+        resolve_settings("voicedesign", {}, env={})
+
+
+def test_notebook_settings_checks_new_globals(monkeypatch):
+    for var in ("PARITY_SPEAKERS", "PARITY_MAX_NEW_TOKENS", "PARITY_PROMPT_LIMIT"):
+        monkeypatch.delenv(var, raising=False)
+    before = {"In", "Out", "get_ipython", "notebook_settings", "views"}
+    ns = {n: None for n in before} | {p.name: None for p in PARAMS["customvoice"]}
+    ns |= {"speakers": ["aiden"], "_i3": "history is ignored"}
+    assert notebook_settings("customvoice", ns, before).voices == ("aiden",)
+    with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) \['max_tokens'\]"):
+        notebook_settings("customvoice", ns | {"max_tokens": 6}, before)
+
+
+def test_reference_slots_read_their_own_variables(tmp_path):
+    env = {
+        "PARITY_REF_AUDIO_2": str(tmp_path / "mine.wav"),
+        "PARITY_REF_TEXT_3": "third text",
+        "PARITY_REF_TEXT": "",
+    }
+    s = resolve_settings("icl", {}, env=env)
+    assert s.voices == (str(REFS[0]), str(tmp_path / "mine.wav"), str(REFS[2]))
+    assert s.ref_texts == (None, None, "third text")
+    assert s.origins["ref_audios[1]"] == "PARITY_REF_AUDIO_2"
+    assert s.origins["ref_texts[2]"] == "PARITY_REF_TEXT_3"
+    s = resolve_settings("icl", {"ref_texts": ["one", None, ""]}, env=env)
+    assert s.ref_texts == ("one", None, "third text")
+    with pytest.raises(ValueError, match="ref_texts has 1 entries but ref_audios has 3"):
+        resolve_settings("icl", {"ref_texts": ["one"]}, env={})
+    names = [row[0] for row in env_var_table("icl")]
+    assert {"QWEN_TTS_MODEL", "PARITY_REF_AUDIO_3", "PARITY_REF_TEXT_2"} <= set(names)
+
+
+# ------------------------------------------------------------------ names and files
+
+
+def test_file_names():
+    assert wav_name("customvoice", "aiden", 1, "static") == "custom_aiden_gen1_static.wav"
+    ref = str(REFS[1])
+    assert wav_name("icl", ref, 2, "dynamic") == "icl_ref_audio_2_gen2_dynamic.wav"
+    assert pair_id("icl", str(REFS[0]), 1) == "icl_ref_audio_gen1"
+    assert voice_tag("/x/My Voice (take 2).flac") == "my_voice_take_2"
+    with pytest.raises(ValueError, match="side"):
+        wav_name("customvoice", "aiden", 1, "fast")
+    pattern = set_wav_pattern("customvoice")
+    assert pattern.match("custom_aiden_gen12_dynamic.wav")
+    assert not pattern.match("icl_ref_audio_gen1_static.wav")
+    assert not pattern.match("custom_aiden_gen1_static.wav.tmp")
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "x.wav"
+    A.atomic_write_bytes(path, b"old")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        A.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.wav"]  # no temporary left
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_summary_sections_are_kept_per_set(tmp_path):
+    A.update_summary(tmp_path, {"settings": {"set": "icl"}, "rows": [1]})
+    A.update_summary(tmp_path, {"settings": {"set": "customvoice"}, "rows": [2, 3]})
+    A.update_summary(tmp_path, {"settings": {"set": "icl"}, "rows": [4]})
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert list(data["sets"]) == ["customvoice", "icl"]
+    assert data["sets"]["icl"]["rows"] == [4] and data["sets"]["customvoice"]["rows"] == [2, 3]
+    (tmp_path / "summary.json").write_text("{broken")
+    assert A.read_summary(tmp_path) == {"sets": {}}
+
+
+def test_word_error_rate():
+    assert R.word_error_rate("Hello, world.", "hello world") == 0
+    assert R.word_error_rate("a b c d", "a x c") == 0.5
+
+
+def test_unusable_transcript_names_file_and_variable():
+    s = resolve_settings("icl", {}, env={"PARITY_REF_TEXT": "given"})
+    heard = {"ref_audio_2.wav": "  ...  ", "ref_audio_3.wav": "fine words"}
+    with pytest.raises(ValueError, match=r"ref_audio_2\.wav.*unusable.*PARITY_REF_TEXT_2"):
+        R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
+    heard["ref_audio_2.wav"] = "The weather station recorded light rain"
+    refs = R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
+    assert [r.text_source for r in refs][0] == "PARITY_REF_TEXT"
+    assert refs[1].text_source.startswith("transcribed: ")
+    assert refs[1].known_text.startswith("The weather station")  # from samples/ref_texts.json
+    assert 0 < refs[1].word_error_rate < 1
+
+
+def test_missing_reference_stops_before_loading(tmp_path):
+    s = resolve_settings("icl", {}, env={"PARITY_REF_AUDIO_2": str(tmp_path / "gone.wav")})
+
+    def loader(*args, **kwargs):
+        raise AssertionError("must not load a model")
+
+    with pytest.raises(FileNotFoundError, match=r"gone\.wav.*PARITY_REF_AUDIO_2"):
+        R.run_sample_set(s, loader=loader, progress=False)
+
+
+# ------------------------------------------------------------------ README
+
+
+def _row(pair, voice, k, status="ok"):
+    row = {"pair": pair, "voice": voice, "prompt_index": k, "status": status, "error": None}
+    if status != "ok":
+        row["error"] = "RuntimeError: boom"
+        row["files"] = {}
+        return row
+    side = {"frames": 7, "eos_reached": False, "audio_s": 0.56}
+    row.update(static=side, dynamic=side, codes={"first_divergent_frame": None})
+    row["files"] = {s: f"{pair}_{s}.wav" for s in ("static", "dynamic")}
+    return row
+
+
+def test_readme_lists_files_settings_and_regeneration():
+    settings = resolve_settings("customvoice", {"max_new_tokens": 6}, env={})
+    section = {
+        "settings": settings.to_json(),
+        "origins": settings.origins,
+        "model": {
+            "requested": "auto:X",
+            "resolved": "random:tiny-custom_voice",
+            "is_random": True,
+            "banner": "Random weights: the audio is noise",
+        },
+        "run": {
+            "started": "2026-01-01 00:00:00 UTC",
+            "wall_s": 1.0,
+            "git_commit": "abc",
+            "torch": "2.11",
+            "qwen_tts": "0.1.1",
+            "torch_threads": 1,
+        },
+        "references": [],
+        "rows": [_row("custom_aiden_gen1", "aiden", 1), _row("custom_aiden_gen2", "aiden", 2, "x")],
+    }
+    text = render_readme({"sets": {"customvoice": section}})
+    assert "`custom_aiden_gen1_static.wav`" in text and "`custom_aiden_gen1_dynamic.wav`" in text
+    assert "custom_aiden_gen2: failed" in text and "RuntimeError: boom" in text
+    assert "Random weights: the audio is noise" in text
+    assert "| max_new_tokens | 6 (from parameter) |" in text
+    assert "| seed | 1337 |" in text and SEED_PROMPTS[1] in text
+    assert "## ICL (voice clone) set" in text and "Not generated yet" in text
+    for var in ("QWEN_TTS_CUSTOM_MODEL", "PARITY_SPEAKERS", "PARITY_REF_TEXT_3", "PARITY_SEED"):
+        assert f"`{var}`" in text
+    assert "make report" in text and "papermill" in text
+
+
+# ------------------------------------------------------------------ the runner (tiny models)
+
+
+@pytest.fixture
+def cv_settings(tmp_path):
+    return resolve_settings(
+        "customvoice",
+        {
+            "model": "random:tiny-custom_voice",
+            "speakers": "aiden",
+            "max_new_tokens": 4,
+            "output_dir": str(tmp_path / "parity"),
+            "device": "cpu",
+            "dtype": "float32",
+        },
+        env={},
+    )
+
+
+def _loader(tiny_model, kind):
+    return lambda source, device, dtype: tiny_model(kind)
+
+
+def test_runner_writes_set_and_reruns_reproduce_codes(cv_settings, tiny_model):
+    out = cv_settings.output_dir
+    out.mkdir(parents=True)
+    (out / "custom_bob_gen1_static.wav").write_bytes(b"stale")  # from an earlier, bigger run
+    (out / "icl_ref_audio_gen1_static.wav").write_bytes(b"other set")
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    names = sorted(p.name for p in out.glob("custom_*.wav"))
+    assert names == [
+        wav_name("customvoice", "aiden", k, s) for k in (1, 2) for s in ("dynamic", "static")
+    ]
+    assert (out / "icl_ref_audio_gen1_static.wav").exists()  # the other set is left alone
+    assert run.threads == 1 and run.banner.startswith("Random weights")
+    rows = A.read_summary(out)["sets"]["customvoice"]["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[0]["static"]["ttfa_ms"] > 0 and rows[0]["codes"]["first_divergent_frame"] is None
+    assert rows[0]["teacher_forced"]["cb0_kl_max"] < 1e-3
+    readme = (out / "README.md").read_text()
+    assert all(f"`{n}`" in readme for n in names)
+    again = R.run_sample_set(
+        cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False
+    )
+    assert [r["codes_sha256"] for r in again.section["rows"]] == [r["codes_sha256"] for r in rows]
+
+
+def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, monkeypatch):
+    real = R.run_parity
+
+    def flaky(engine, request, params, seed, **kw):
+        if request.text == SEED_PROMPTS[1] and params.max_new_tokens > 2:  # not the warm-up
+            raise RuntimeError("simulated failure")
+        return real(engine, request, params, seed, **kw)
+
+    monkeypatch.setattr(R, "run_parity", flaky)
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert [o.ok for o in run.outcomes] == [True, False]
+    rows = A.read_summary(cv_settings.output_dir)["sets"]["customvoice"]["rows"]
+    assert rows[1]["status"] == "error" and "simulated failure" in rows[1]["error"]
+    assert not (cv_settings.output_dir / "custom_aiden_gen2_static.wav").exists()
+    assert "custom_aiden_gen2: failed" in (cv_settings.output_dir / "README.md").read_text()
+
+
+def test_unknown_speaker_stops_with_the_choices(cv_settings, tiny_model):
+    import dataclasses
+
+    bad = dataclasses.replace(cv_settings, voices=("aiden", "bob"))
+    with pytest.raises(ValueError, match=r"unknown speaker\(s\) \['bob'\].*serena"):
+        R.run_sample_set(bad, loader=_loader(tiny_model, "custom_voice"), progress=False)
+
+
+def test_icl_runner_with_given_text(tmp_path, tiny_model):
+    s = resolve_settings(
+        "icl",
+        {
+            "model": "random:tiny-base",
+            "ref_audios": [str(REFS[2])],
+            "ref_texts": ["Our bakery"],
+            "max_new_tokens": 3,
+            "prompt_limit": 1,
+            "output_dir": str(tmp_path),
+        },
+        env={},
+    )
+    run = R.run_sample_set(s, loader=_loader(tiny_model, "base"), progress=False)
+    assert run.outcomes[0].ok, run.outcomes[0].traceback
+    assert (tmp_path / "icl_ref_audio_3_gen1_static.wav").is_file()
+    transcripts = (tmp_path / "icl_transcripts.txt").read_text()
+    assert "ref_audio_3.wav" in transcripts and "source: parameter" in transcripts
+    assert "text: Our bakery" in transcripts
+    section = A.read_summary(tmp_path)["sets"]["icl"]
+    assert section["references"][0]["text_source"] == "parameter"
+    assert section["transcription"] is None
