@@ -9,8 +9,9 @@ because a greedy pick makes no random draw.
 
 Random draws inside the graph use the CUDA generator's graph-safe Philox offsets, so a
 replayed frame draws the same numbers as the same frame run eagerly after the same seed.
-With `compile=True`, torch.compile (Inductor) fuses the many small elementwise kernels
-first; `fallback_random` keeps `torch.multinomial` as the eager op, so draws are unchanged.
+With `compile=True`, the two halves of every decoder layer (norm/QKV/q-k norm/RoPE, and
+output projection/MLP) are `torch.compile`d before capture, which fuses the many small
+elementwise kernels; sampling and its random draws stay eager ops inside the graph.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import SamplingTensors
+from .layers import LayerKernels
 from .step import EngineModel, FrameState, frame_step
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,8 @@ class GraphedFrameStep:
         self.talker_sampling, self.sub_sampling = talker_sampling, sub_sampling
         self.compile = compile
         self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph] = {}
-        self._step_fn = frame_step
         if compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fallback_random = True  # same RNG ops as eager: same draws
-            self._step_fn = torch.compile(frame_step, dynamic=False, fullgraph=False)
+            m.kernels = LayerKernels.compiled()
 
     def prepare(self, do_sample: bool, subtalker_do_sample: bool) -> Callable[[], None]:
         """Capture (first time only) and return the replay function for this sampling mode."""
@@ -72,7 +70,7 @@ class GraphedFrameStep:
             log.info("capturing frame graph for do_sample=%s subtalker_dosample=%s (compile=%s)", *key, self.compile)
 
             def run() -> None:
-                self._step_fn(self.m, self.state, self.talker_sampling, self.sub_sampling, *key)
+                frame_step(self.m, self.state, self.talker_sampling, self.sub_sampling, *key)
 
             self.graphs[key] = capture_graph(run, warmup=3 if self.compile else 2)
         return self.graphs[key].replay

@@ -9,6 +9,7 @@ modules are re-pointed at views of the fused weights, so nothing is stored twice
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,8 +110,65 @@ class DecoderWeights:
         )
 
 
+def attention_inputs(
+    x: torch.Tensor, input_norm: torch.Tensor, qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Norm, fused QKV projection, per-head q/k norm and RoPE.
+
+    Returns q (1, Hkv, rep * T, D) with the query heads that share a KV head stacked as
+    extra rows of that head (GQA without copying the cache; every SDPA backend takes it),
+    and k, v (1, Hkv, T, D).
+    """
+    T = x.shape[1]
+    hq, hkv, d = num_heads, num_kv_heads, head_dim
+    h = rms_norm(x, input_norm, eps)
+    q, k, v = F.linear(h, qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
+    q = rms_norm(q.view(1, T, hq, d), q_norm, eps).transpose(1, 2)  # (1, Hq, T, D)
+    k = rms_norm(k.view(1, T, hkv, d), k_norm, eps).transpose(1, 2)  # (1, Hkv, T, D)
+    v = v.view(1, T, hkv, d).transpose(1, 2)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    return q.reshape(1, hkv, (hq // hkv) * T, d), k, v
+
+
+def attention_output_and_mlp(
+    x: torch.Tensor, a: torch.Tensor, o: torch.Tensor, post_norm: torch.Tensor, gate_up: torch.Tensor,
+    down: torch.Tensor, num_heads: int, eps: float,
+) -> torch.Tensor:
+    """Output projection and residual, then the SwiGLU MLP and residual; a is (1, Hkv, rep * T, D)."""
+    T = x.shape[1]
+    d = a.shape[-1]
+    a = a.reshape(1, num_heads, T, d).transpose(1, 2).reshape(1, T, num_heads * d)
+    x = x + F.linear(a, o)
+    h = rms_norm(x, post_norm, eps)
+    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down)
+
+
+@dataclass(frozen=True)
+class LayerKernels:
+    """The two halves of a layer around the cache write and SDPA: plain functions on
+    the CPU, `torch.compile`d on CUDA. Compiling per half keeps compile time to seconds
+    (one graph per shape, shared by all layers) while fusing the small elementwise ops."""
+
+    before_attention: Callable = attention_inputs
+    after_attention: Callable = attention_output_and_mlp
+
+    @classmethod
+    def compiled(cls) -> LayerKernels:
+        return cls(
+            before_attention=torch.compile(attention_inputs, dynamic=False, fullgraph=True),
+            after_attention=torch.compile(attention_output_and_mlp, dynamic=False, fullgraph=True),
+        )
+
+
+EAGER = LayerKernels()
+
+
 def decoder_forward(
-    w: DecoderWeights, x: torch.Tensor, pos: torch.Tensor, cache: StaticKVCache, rope: RopeTable
+    w: DecoderWeights, x: torch.Tensor, pos: torch.Tensor, cache: StaticKVCache, rope: RopeTable,
+    kernels: LayerKernels = EAGER,
 ) -> torch.Tensor:
     """Run T tokens at positions `pos` through the decoder, updating `cache` in place.
 
@@ -120,27 +178,15 @@ def decoder_forward(
     Returns:
         (1, T, H) final-normed hidden states.
     """
-    T = x.shape[1]
-    hq, hkv, d = w.num_heads, w.num_kv_heads, w.head_dim
+    rep = w.num_heads // w.num_kv_heads
     cos, sin = rope.at(pos)  # (T, D)
-    rep = hq // hkv
     mask = cache.causal_mask(pos).repeat(1, 1, rep, 1)  # (1, 1, rep * T, S)
     for i, lw in enumerate(w.layers):
-        h = rms_norm(x, lw.input_norm, w.eps)
-        q, k, v = F.linear(h, lw.qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
-        q = rms_norm(q.view(1, T, hq, d), lw.q_norm, w.eps).transpose(1, 2)  # (1, Hq, T, D)
-        k = rms_norm(k.view(1, T, hkv, d), lw.k_norm, w.eps).transpose(1, 2)  # (1, Hkv, T, D)
-        v = v.view(1, T, hkv, d).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        # tensors, not the LayerWeights object, so one compiled graph serves every layer
+        q, k, v = kernels.before_attention(
+            x, lw.input_norm, lw.qkv, lw.q_norm, lw.k_norm, cos, sin, w.num_heads, w.num_kv_heads, w.head_dim, w.eps
+        )
         k_all, v_all = cache.update(i, pos, k, v)  # (1, Hkv, S, D)
-        # GQA without copying the cache: the query heads sharing a KV head become extra
-        # query rows of that head, (1, Hkv, rep * T, D); every SDPA backend accepts this.
-        a = F.scaled_dot_product_attention(
-            q.reshape(1, hkv, rep * T, d), k_all, v_all, attn_mask=mask, scale=d**-0.5
-        ).view(1, hq, T, d)
-        x = x + F.linear(a.transpose(1, 2).reshape(1, T, hq * d), lw.o)
-        h = rms_norm(x, lw.post_norm, w.eps)
-        gate, up = F.linear(h, lw.gate_up).chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate) * up, lw.down)
+        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=w.head_dim**-0.5)
+        x = kernels.after_attention(x, a, lw.o, lw.post_norm, lw.gate_up, lw.down, w.num_heads, w.eps)
     return rms_norm(x, w.final_norm, w.eps)

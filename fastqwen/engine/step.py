@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
-from .layers import DecoderWeights, RopeTable, decoder_forward
+from .layers import EAGER, DecoderWeights, LayerKernels, RopeTable, decoder_forward
 from .sampling import SamplingTensors, apply_penalties, sample_token
 
 
@@ -39,6 +39,7 @@ class EngineModel:
     predictor_rope: RopeTable
     suppress_mask: torch.Tensor  # (1, 3072) bool
     eos_id: int
+    kernels: LayerKernels = EAGER  # per-frame decoder halves; compiled ones on CUDA
 
     @classmethod
     def from_qwen_tts(cls, model, max_seq_len: int) -> EngineModel:
@@ -135,7 +136,7 @@ def predict_codebooks(
     embeds, pos = state.embeds, state.predictor_pos
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
     x = m.to_predictor(torch.cat((state.hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
-    out = decoder_forward(m.predictor, x, pos[:2], m.predictor_cache, m.predictor_rope)
+    out = decoder_forward(m.predictor, x, pos[:2], m.predictor_cache, m.predictor_rope, m.kernels)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         logits = F.linear(out[:, -1], m.predictor_heads[j]).float()  # (1, 2048)
@@ -144,7 +145,9 @@ def predict_codebooks(
         embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
         if j + 1 < NUM_CODEBOOKS - 1:
             x = m.to_predictor(embeds[:, j + 1 : j + 2])
-            out = decoder_forward(m.predictor, x, pos[j + 2 : j + 3], m.predictor_cache, m.predictor_rope)
+            out = decoder_forward(
+                m.predictor, x, pos[j + 2 : j + 3], m.predictor_cache, m.predictor_rope, m.kernels
+            )
     return tokens
 
 
@@ -152,7 +155,7 @@ def advance_talker(m: EngineModel, state: FrameState) -> None:
     """Feed the frame's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
     text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
     x = state.embeds.sum(dim=1, keepdim=True) + text
-    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope))
+    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope, m.kernels))
     state.pos.add_(1)
     state.step.add_(1)
 
