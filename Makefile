@@ -18,10 +18,13 @@ PYTHON ?= $(shell for p in $(PYTHON_CANDIDATES); do \
 	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
 	>/dev/null 2>&1 && { echo $$p; break; }; done)
 
-# Notebooks executed by `make test` through nbmake, once they exist.
+# Notebooks executed by `make test` through nbmake, with the cheap smoke settings that
+# notebooks/conftest.py puts in the environment (one speaker, one prompt, 6 steps).
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 PYTEST_ARGS ?=
 REPORT_NOTEBOOK := notebooks/customvoice_parity.ipynb
+# Extra arguments for `python -m fastqwen.report`, e.g. REPORT_ARGS="-p max_new_tokens 64".
+REPORT_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # HF_HUB_OFFLINE is deliberately not set here: users with hub access may download real
@@ -34,7 +37,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=... (default: first Python 3.10-3.12 of $(PYTHON_CANDIDATES))," \
-		"PYTEST_ARGS=..., NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>)"
+		"PYTEST_ARGS=..., REPORT_ARGS=..., NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>)"
 
 setup: $(STAMP) ## Create .venv and install fastqwen (editable) with notebook and test extras
 
@@ -51,11 +54,11 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 	$(VENV_PY) -m pip install -e '.[$(EXTRAS)]'
 	@touch $@
 
-test: setup ## Run the test suite (tests/ and, once they exist, notebooks/*.ipynb via nbmake)
+test: setup ## Run the test suite: tests/ and notebooks/*.ipynb (nbmake, smoke settings)
 	$(VENV_PY) -m pytest tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS)) $(PYTEST_ARGS)
 
-report: require-notebooks setup ## Run the parity notebooks and build the report under reports/
-	$(VENV_PY) -m fastqwen.report
+report: require-notebooks setup ## Run the parity notebooks; HTML reports in reports/, WAVs in samples/parity/
+	$(VENV_PY) -m fastqwen.report $(REPORT_ARGS)
 
 # Checked before `setup`, so a missing notebook fails in a second, not after a 3 GB install.
 require-notebooks:

@@ -328,7 +328,9 @@ def resolve_settings(
     for p in PARAMS[set_name]:
         given, env_value = params.get(p.name), env.get(p.env or "", "").strip()
         if given is not None:
-            values[p.name], origins[p.name] = _coerce(given, p.kind, p.name), "parameter"
+            values[p.name] = _coerce(given, p.kind, p.name)
+            # A notebook passes its literal defaults too; only a different value is "given".
+            origins[p.name] = "parameter" if p.env or values[p.name] != p.default else "default"
         elif p.env and env_value:
             values[p.name], origins[p.name] = _coerce(env_value, p.kind, p.env), p.env
         else:

@@ -211,19 +211,27 @@ def error_html(outcome: PairOutcome) -> str:
 
 
 def _display(*objs) -> None:
+    """IPython's display, with whole table cells (pandas would cut them at 50 characters)."""
+    import pandas as pd
     from IPython.display import display
 
-    display(*objs)
+    with pd.option_context("display.max_colwidth", None):
+        display(*objs)
 
 
 def show_header(settings: SetSettings, source) -> None:
     """The banner (random weights) and the settings table, at the top of a notebook."""
-    from IPython.display import HTML
+    from IPython.display import HTML, Markdown
 
     banner = banner_text(source, settings.device)
     if banner:
         _display(HTML(banner_html(banner)))
-    _display(settings_table(settings))
+    _display(
+        Markdown(
+            "**Settings** (*from*: a papermill parameter, an environment variable, or the default)"
+        ),
+        settings_table(settings),
+    )
 
 
 def show_run(run: SetRun) -> None:

@@ -117,3 +117,22 @@ def test_unknown_papermill_parameter_stops_the_notebook(tmp_path, clean_env):
     assert "unknown notebook parameter(s) ['speker']" in err.value.evalue
     assert "speakers" in err.value.evalue  # the valid names are listed
     assert not list(tmp_path.glob("*.wav"))
+
+
+@pytest.mark.slow
+def test_failed_notebook_keeps_the_error_notebook(tmp_path, clean_env):
+    status, out, reports = _run_report(
+        tmp_path, "--notebooks", str(NB_DIR / NOTEBOOKS["customvoice"]), "-p", "speakers", "bob"
+    )
+    assert status == 1
+    executed = nbformat.read(str(reports / "customvoice_parity.ipynb"), as_version=4)
+    errors = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
+    assert errors and "unknown speaker(s) ['bob']" in errors[0].evalue
+    assert "unknown speaker" in (reports / "customvoice_parity.html").read_text()
+    assert "FAILED: ValueError: unknown speaker" in (reports / "index.html").read_text()
