@@ -83,15 +83,16 @@ for size in ('1.7b', '0.6b'):
   ls -la "$ck17" "$ck06"
 
   local bench=(-m fastqwen bench --device cuda --dtype bfloat16)
-  step static-1.7b 150 "$OUT/static-1.7b.json" static random:1.7b-custom_voice -- \
+  local static_opts=(--engine-option "compile=${BENCH_COMPILE:-true}")
+  step static-1.7b 200 "$OUT/static-1.7b.json" static random:1.7b-custom_voice -- \
     "${REF[@]}" "${bench[@]}" --engine static --model random:1.7b-custom_voice --runs "$RUNS" \
-    --out "$OUT/static-1.7b.json"
+    "${static_opts[@]}" --out "$OUT/static-1.7b.json"
   step anchor-1.7b 150 "$OUT/anchor-1.7b.json" anchor random:1.7b-custom_voice -- \
     "${ANCHOR[@]}" bench/anchor_bench.py --model-dir "$ck17" --model-name random:1.7b-custom_voice \
     --runs "$RUNS" --out "$OUT/anchor-1.7b.json"
   step static-0.6b 120 "$OUT/static-0.6b.json" static random:0.6b-custom_voice -- \
     "${REF[@]}" "${bench[@]}" --engine static --model random:0.6b-custom_voice --runs "$RUNS" \
-    --out "$OUT/static-0.6b.json"
+    "${static_opts[@]}" --out "$OUT/static-0.6b.json"
   step anchor-0.6b 120 "$OUT/anchor-0.6b.json" anchor random:0.6b-custom_voice -- \
     "${ANCHOR[@]}" bench/anchor_bench.py --model-dir "$ck06" --model-name random:0.6b-custom_voice \
     --runs "$RUNS" --out "$OUT/anchor-0.6b.json"

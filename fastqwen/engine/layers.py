@@ -154,39 +154,56 @@ class LayerKernels:
 
     before_attention: Callable = attention_inputs
     after_attention: Callable = attention_output_and_mlp
+    final_norm: Callable = rms_norm
 
     @classmethod
     def compiled(cls) -> LayerKernels:
-        return cls(
-            before_attention=torch.compile(attention_inputs, dynamic=False, fullgraph=True),
-            after_attention=torch.compile(attention_output_and_mlp, dynamic=False, fullgraph=True),
-        )
+        def fuse(fn: Callable) -> Callable:
+            return torch.compile(fn, dynamic=False, fullgraph=True)
+
+        return cls(fuse(attention_inputs), fuse(attention_output_and_mlp), fuse(rms_norm))
 
 
 EAGER = LayerKernels()
 
 
+@dataclass
+class Positions:
+    """Where T tokens go: positions (T,), their RoPE cos/sin (T, D) and the SDPA mask.
+
+    The talker's position is a device tensor that moves every frame, so its Positions are
+    computed in the step (a few tiny kernels); the code predictor always uses positions
+    0..15, so its Positions are built once and reused for free.
+    """
+
+    pos: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor  # (1, 1, rep * T, S) bool
+
+    @classmethod
+    def at(cls, pos: torch.Tensor, rope: RopeTable, cache: StaticKVCache, rep: int) -> Positions:
+        cos, sin = rope.at(pos)
+        return cls(pos, cos, sin, cache.causal_mask(pos).repeat(1, 1, rep, 1))
+
+
 def decoder_forward(
-    w: DecoderWeights, x: torch.Tensor, pos: torch.Tensor, cache: StaticKVCache, rope: RopeTable,
-    kernels: LayerKernels = EAGER,
+    w: DecoderWeights, x: torch.Tensor, at: Positions, cache: StaticKVCache, kernels: LayerKernels = EAGER
 ) -> torch.Tensor:
-    """Run T tokens at positions `pos` through the decoder, updating `cache` in place.
+    """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
     Args:
         x: (1, T, H) input embeddings.
-        pos: (T,) int64 positions, on the device.
     Returns:
         (1, T, H) final-normed hidden states.
     """
-    rep = w.num_heads // w.num_kv_heads
-    cos, sin = rope.at(pos)  # (T, D)
-    mask = cache.causal_mask(pos).repeat(1, 1, rep, 1)  # (1, 1, rep * T, S)
     for i, lw in enumerate(w.layers):
         # tensors, not the LayerWeights object, so one compiled graph serves every layer
         q, k, v = kernels.before_attention(
-            x, lw.input_norm, lw.qkv, lw.q_norm, lw.k_norm, cos, sin, w.num_heads, w.num_kv_heads, w.head_dim, w.eps
+            x, lw.input_norm, lw.qkv, lw.q_norm, lw.k_norm, at.cos, at.sin,
+            w.num_heads, w.num_kv_heads, w.head_dim, w.eps,
         )
-        k_all, v_all = cache.update(i, pos, k, v)  # (1, Hkv, S, D)
-        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=w.head_dim**-0.5)
+        k_all, v_all = cache.update(i, at.pos, k, v)  # (1, Hkv, S, D)
+        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=at.mask, scale=w.head_dim**-0.5)
         x = kernels.after_attention(x, a, lw.o, lw.post_norm, lw.gate_up, lw.down, w.num_heads, w.eps)
-    return rms_norm(x, w.final_norm, w.eps)
+    return kernels.final_norm(x, w.final_norm, w.eps)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
-from .layers import EAGER, DecoderWeights, LayerKernels, RopeTable, decoder_forward
+from .layers import EAGER, DecoderWeights, LayerKernels, Positions, RopeTable, decoder_forward
 from .sampling import SamplingTensors, apply_penalties, sample_token
 
 
@@ -36,7 +36,7 @@ class EngineModel:
     talker_cache: StaticKVCache
     predictor_cache: StaticKVCache
     talker_rope: RopeTable
-    predictor_rope: RopeTable
+    predictor_positions: list[Positions]  # [0, 1] (prefill), then [2] .. [15]
     suppress_mask: torch.Tensor  # (1, 3072) bool
     eos_id: int
     kernels: LayerKernels = EAGER  # per-frame decoder halves; compiled ones on CUDA
@@ -56,7 +56,7 @@ class EngineModel:
         suppress[:, vocab - 1024 :] = True  # ids 2048..3071 are control codes, never audio
         suppress[:, tcfg.codec_eos_token_id] = False
         predictor_len = NUM_CODEBOOKS  # hidden + codebooks 0..14 are ever fed in
-        return cls(
+        m = cls(
             talker=tw,
             predictor=pw,
             codec_embedding=talker.model.codec_embedding.weight.data,
@@ -71,10 +71,19 @@ class EngineModel:
                 len(pw.layers), pw.num_kv_heads, pw.head_dim, predictor_len, dtype=dtype, device=device
             ),
             talker_rope=RopeTable(tw.inv_freq, max_seq_len, dtype),
-            predictor_rope=RopeTable(pw.inv_freq, predictor_len, dtype),
+            predictor_positions=[],
             suppress_mask=suppress,
             eos_id=int(tcfg.codec_eos_token_id),
         )
+        rope = RopeTable(pw.inv_freq, predictor_len, dtype)
+        rep = pw.num_heads // pw.num_kv_heads
+        spans = [torch.arange(2, device=device)] + [torch.tensor([j], device=device) for j in range(2, predictor_len)]
+        m.predictor_positions = [Positions.at(p, rope, m.predictor_cache, rep) for p in spans]
+        return m
+
+    def talker_positions(self, pos: torch.Tensor) -> Positions:
+        rep = self.talker.num_heads // self.talker.num_kv_heads
+        return Positions.at(pos, self.talker_rope, self.talker_cache, rep)
 
     @property
     def device(self) -> torch.device:
@@ -99,7 +108,6 @@ class FrameState:
         self.codes = torch.zeros((max_frames, NUM_CODEBOOKS), dtype=torch.long, device=dev)
         self.trailing = torch.zeros((1, max_frames, hidden), dtype=dt, device=dev)
         self.embeds = torch.zeros((1, NUM_CODEBOOKS, hidden), dtype=dt, device=dev)
-        self.predictor_pos = torch.arange(NUM_CODEBOOKS, device=dev)
 
     def reset(self, prompt_len: int, trailing_text: torch.Tensor, pad: torch.Tensor) -> None:
         """Prepare for a new utterance; trailing text then tts_pad for every later frame."""
@@ -121,7 +129,7 @@ def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> N
     """Run the prompt through the talker and leave its last hidden state in `state`."""
     p = inputs_embeds.shape[1]
     pos = torch.arange(p, device=m.device)
-    out = decoder_forward(m.talker, inputs_embeds.to(m.dtype), pos, m.talker_cache, m.talker_rope)
+    out = decoder_forward(m.talker, inputs_embeds.to(m.dtype), m.talker_positions(pos), m.talker_cache)
     state.hidden.copy_(out[:, -1:])
 
 
@@ -133,10 +141,10 @@ def predict_codebooks(
     `pick(j, logits)` chooses codebook j + 1 from its (1, 2048) float32 logits: sampling
     in `frame_step`, the given codes in teacher-forced parity checks.
     """
-    embeds, pos = state.embeds, state.predictor_pos
+    embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
     x = m.to_predictor(torch.cat((state.hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
-    out = decoder_forward(m.predictor, x, pos[:2], m.predictor_cache, m.predictor_rope, m.kernels)
+    out = decoder_forward(m.predictor, x, at[0], m.predictor_cache, m.kernels)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         logits = F.linear(out[:, -1], m.predictor_heads[j]).float()  # (1, 2048)
@@ -145,9 +153,7 @@ def predict_codebooks(
         embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
         if j + 1 < NUM_CODEBOOKS - 1:
             x = m.to_predictor(embeds[:, j + 1 : j + 2])
-            out = decoder_forward(
-                m.predictor, x, pos[j + 2 : j + 3], m.predictor_cache, m.predictor_rope, m.kernels
-            )
+            out = decoder_forward(m.predictor, x, at[j + 1], m.predictor_cache, m.kernels)
     return tokens
 
 
@@ -155,7 +161,8 @@ def advance_talker(m: EngineModel, state: FrameState) -> None:
     """Feed the frame's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
     text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
     x = state.embeds.sum(dim=1, keepdim=True) + text
-    state.hidden.copy_(decoder_forward(m.talker, x, state.pos, m.talker_cache, m.talker_rope, m.kernels))
+    at = m.talker_positions(state.pos)
+    state.hidden.copy_(decoder_forward(m.talker, x, at, m.talker_cache, m.kernels))
     state.pos.add_(1)
     state.step.add_(1)
 

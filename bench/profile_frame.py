@@ -1,0 +1,86 @@
+"""Where a frame's time goes: kernels per frame and GPU time by kernel, on the device.
+
+Runs the static engine (compiled layer halves) eagerly under torch.profiler for a few
+frames (kernel times equal those inside the CUDA graph; launch gaps do not), then times
+graph replays with CUDA events. Prints and writes JSON.
+
+usage: python bench/profile_frame.py OUT.json [--size 1.7b] [--frames 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from fastqwen.api import EngineConfig, FastQwen3TTS
+from fastqwen.checkpoints import build_random_checkpoint
+from fastqwen.engine.step import frame_step
+from fastqwen.params import SamplingParams
+from fastqwen.prompts import VoiceRequest
+
+REQUEST = VoiceRequest("custom_voice", "We met at the corner cafe after work and talked.", "english", speaker="aiden")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--size", default="1.7b")
+    ap.add_argument("--frames", type=int, default=6)
+    args = ap.parse_args()
+    from qwen_tts import Qwen3TTSModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
+        tts = Qwen3TTSModel.from_pretrained(f"{tmp}/ck", dtype=torch.bfloat16, device_map="cuda")
+    eng = FastQwen3TTS(tts, EngineConfig(compile=True))
+    params = SamplingParams(max_new_tokens=40)
+    eng.generate(REQUEST, params, seed=0)  # compile + capture
+    eng.generate(REQUEST, params, seed=0)
+    m, state = eng.engine, eng.state
+    step_args = (m, state, eng.talker_sampling, eng.sub_sampling, True, True)
+    for _ in range(3):
+        frame_step(*step_args)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.frames):
+            frame_step(*step_args)
+        torch.cuda.synchronize()
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            by_name[ev.name].append(ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total)
+    total_us = sum(sum(v) for v in by_name.values())
+    count = sum(len(v) for v in by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "size": args.size,
+        "kernels_per_frame": count / args.frames,
+        "gpu_ms_per_frame": total_us / args.frames / 1000,
+        "top_kernels": [
+            {"name": n[:120], "per_frame": len(v) / args.frames, "ms_per_frame": sum(v) / args.frames / 1000}
+            for n, v in top
+        ],
+    }
+    # graph replay timing
+    replay = eng.graphed.prepare(True, True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    eng.state.reset(1, torch.zeros_like(eng.state.trailing[:, :1]), torch.zeros_like(eng.state.trailing[:, :1]))
+    start.record()
+    for _ in range(20):
+        replay()
+    end.record()
+    torch.cuda.synchronize()
+    report["graph_replay_ms_per_frame"] = start.elapsed_time(end) / 20
+    print(json.dumps(report, indent=1))
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
