@@ -297,6 +297,8 @@ def project_path(value: str | os.PathLike) -> Path:
 def rel(path: str | os.PathLike) -> str:
     """`path` relative to the project root when inside it (for portable summaries)."""
     p = Path(path)
+    if not p.is_absolute():  # a speaker name or an already relative path
+        return p.as_posix()
     try:
         return p.resolve().relative_to(PROJECT_ROOT).as_posix()
     except ValueError:

@@ -51,6 +51,14 @@ def test_defaults_are_the_issue_defaults():
     assert len(cv.pairs()) == 4 and len(icl.pairs()) == 6
 
 
+def test_summary_settings_are_portable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # notebooks run from notebooks/
+    assert resolve_settings("customvoice", {}, env={}).to_json()["voices"] == ["aiden", "serena"]
+    icl = resolve_settings("icl", {}, env={}).to_json()
+    assert icl["voices"][0] == "samples/ref_audio.wav"
+    assert icl["output_dir"] == "samples/parity"
+
+
 def test_device_and_dtype_defaults(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     s = resolve_settings("customvoice", {}, env={})
