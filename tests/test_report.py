@@ -197,3 +197,23 @@ def test_listening_panel_reuses_the_set(tiny_run):
     assert again.report.codes.identical
     assert again.report.static.codes.equal(first.report.static.codes)
     assert listen.players_from_arrays(again.report).count("<audio") == 2
+
+
+def test_panel_generate_button_runs_both_sides(tiny_run, monkeypatch):
+    import ipywidgets as W
+
+    results = []
+
+    def recording(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    real = listen.generate_once
+    monkeypatch.setattr(listen, "generate_once", recording)
+    panel = listen.build_panel(tiny_run)
+    controls = panel.children[0].children
+    button = next(w for w in controls if isinstance(w, W.Button))
+    button.click()  # what pressing Generate does
+    assert len(results) == 1 and not button.disabled
+    assert results[0].report.codes.identical
+    assert results[0].report.static.codes.equal(tiny_run.outcomes[0].report.static.codes)
