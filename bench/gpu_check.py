@@ -24,7 +24,7 @@ import torch
 
 from fastqwen.api import EngineConfig, FastQwen3TTS
 from fastqwen.checkpoints import build_random_checkpoint
-from fastqwen.engine.sampling import SamplingTensors
+from fastqwen.engine.sampling import SamplingMode, SamplingTensors
 from fastqwen.engine.step import frame_step
 from fastqwen.params import SamplingParams
 from fastqwen.parity import compare_codes, teacher_forced
@@ -75,7 +75,7 @@ def sync_free(tts) -> dict:
     eng = FastQwen3TTS(tts, EngineConfig(cuda_graph=True))
     params = SamplingParams(max_new_tokens=20)
     eng.generate(REQUEST, params, seed=0)  # captures
-    replay = eng.graphed.prepare(True, True)
+    replay = next(iter(eng.graphed.graphs.values())).replay
     result = {}
     torch.cuda.synchronize()
     try:
@@ -93,7 +93,7 @@ def sync_free(tts) -> dict:
     torch.cuda.synchronize()
     try:
         torch.cuda.set_sync_debug_mode("error")
-        frame_step(eager.engine, eager.state, t, s, True, True)
+        frame_step(next(iter(eager._windows.values())), eager.state, t, s, SamplingMode())
         result["eager_step"] = "no sync"
     except Exception as e:
         result["eager_step"] = repr(e)

@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from fastqwen.api import EngineConfig, FastQwen3TTS
 from fastqwen.checkpoints import build_random_checkpoint
+from fastqwen.engine.sampling import SamplingMode
 from fastqwen.engine.step import frame_step
 from fastqwen.params import SamplingParams
 from fastqwen.prompts import VoiceRequest
@@ -42,7 +43,8 @@ def main() -> None:
     eng.generate(REQUEST, params, seed=0)  # compile + capture
     eng.generate(REQUEST, params, seed=0)
     m, state = eng.engine, eng.state
-    step_args = (m, state, eng.talker_sampling, eng.sub_sampling, True, True)
+    window = next(iter(eng._windows.values()))
+    step_args = (window, state, eng.talker_sampling, eng.sub_sampling, SamplingMode())
     for _ in range(3):
         frame_step(*step_args)
     torch.cuda.synchronize()
@@ -68,7 +70,7 @@ def main() -> None:
         ],
     }
     # graph replay timing
-    replay = eng.graphed.prepare(True, True)
+    replay = eng.graphed.prepare(window, SamplingMode())
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     eng.state.reset(1, torch.zeros_like(eng.state.trailing[:, :1]), torch.zeros_like(eng.state.trailing[:, :1]))
     start.record()

@@ -7,6 +7,7 @@ Switching is one import: the `generate_*` methods take the same arguments and re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ import torch
 
 from .audio import load_reference_audio
 from .codec import StreamingDecoder, decode_utterance
-from .engine.loop import LoopStats, run_frames
+from .engine.loop import LoopStats, check_fits, run_frames
 from .engine.graph import GraphedFrameStep
-from .engine.sampling import SamplingTensors
+from .engine.sampling import SamplingMode, SamplingTensors
 from .engine.step import EngineModel, FrameState, frame_step
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
@@ -76,6 +77,7 @@ class FastQwen3TTS:
             self.graphed = GraphedFrameStep(
                 self.engine, self.state, self.talker_sampling, self.sub_sampling, compile=self.config.compile
             )
+        self._windows: dict[int, EngineModel] = {}
         self.last_results: list[GenerationResult] = []
 
     @classmethod
@@ -115,19 +117,31 @@ class FastQwen3TTS:
             return self.config.sync_every
         return 8 if self.device.type == "cuda" else 1
 
+    def _window(self, needed: int) -> EngineModel:
+        """The engine on the smallest cache window (256, 512, 1024, ... positions) that fits."""
+        length = 256
+        while length < needed:
+            length *= 2
+        length = min(length, self.config.max_seq_len)
+        if length not in self._windows:
+            self._windows[length] = dataclasses.replace(self.engine, talker_cache=self.engine.talker_cache.window(length))
+        return self._windows[length]
+
     def _frames(self, prompt: TalkerPrompt, params: SamplingParams, seed: int | None,
                 stats: LoopStats, first_block: int | None = None) -> Iterator[torch.Tensor]:
+        max_frames = check_fits(prompt.prompt_len, params, self.config.max_seq_len)
+        m = self._window(prompt.prompt_len + max_frames)
         self.talker_sampling.load_talker(params)
         self.sub_sampling.load_subtalker(params)
+        mode = SamplingMode.of(params)
         if self.graphed is not None:
-            step = self.graphed.prepare(params.do_sample, params.subtalker_dosample)
+            step = self.graphed.prepare(m, mode)
         else:
             def step() -> None:
-                frame_step(self.engine, self.state, self.talker_sampling, self.sub_sampling,
-                           params.do_sample, params.subtalker_dosample)
+                frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)
 
         return run_frames(
-            self.engine, self.state, prompt, params, seed, step,
+            m, self.state, prompt, params, seed, step,
             sync_every=self._sync_every(), first_block=first_block, stats=stats,
         )
 

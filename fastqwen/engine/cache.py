@@ -30,6 +30,19 @@ class StaticKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.arange(max_len, device=device)  # (S,)
 
+    def window(self, length: int) -> StaticKVCache:
+        """The first `length` positions as a cache of their own (views, no copy).
+
+        Attention reads every position of the buffer it is given, masked or not, so a
+        short utterance runs on a short window: one captured graph per window length.
+        """
+        if not 1 <= length <= self.max_len:
+            raise ValueError(f"window length must be in [1, {self.max_len}], got {length}")
+        view = object.__new__(StaticKVCache)
+        view.k, view.v = self.k[:, :, :, :length], self.v[:, :, :, :length]
+        view.positions = self.positions[:length]
+        return view
+
     @property
     def max_len(self) -> int:
         return int(self.k.shape[3])

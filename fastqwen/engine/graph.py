@@ -4,8 +4,8 @@ Lifecycle (once per engine and sampling mode): warm up on a side stream, capture
 then every frame is a single `graph.replay()`. Capture happens before a generation's
 prefill, so the garbage the warm-up writes into the caches and state is overwritten.
 Sampling parameters are read from device tensors at replay time, so changing them
-needs no recapture; only `do_sample` / `subtalker_dosample` select another graph,
-because a greedy pick makes no random draw.
+needs no recapture; only the `SamplingMode` (greedy or not, top-p on or off) and the
+cache window select another graph.
 
 Random draws inside the graph use the CUDA generator's graph-safe Philox offsets, so a
 replayed frame draws the same numbers as the same frame run eagerly after the same seed.
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .sampling import SamplingTensors
+from .sampling import SamplingMode, SamplingTensors
 from .layers import LayerKernels
 from .step import EngineModel, FrameState, frame_step
 
@@ -59,18 +59,19 @@ class GraphedFrameStep:
         self.m, self.state = m, state
         self.talker_sampling, self.sub_sampling = talker_sampling, sub_sampling
         self.compile = compile
-        self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, SamplingMode], torch.cuda.CUDAGraph] = {}
         if compile:
             m.kernels = LayerKernels.compiled()
 
-    def prepare(self, do_sample: bool, subtalker_do_sample: bool) -> Callable[[], None]:
-        """Capture (first time only) and return the replay function for this sampling mode."""
-        key = (bool(do_sample), bool(subtalker_do_sample))
+    def prepare(self, m: EngineModel, mode: SamplingMode) -> Callable[[], None]:
+        """Capture (first time only) and return the replay function for this cache window
+        (`m` is the engine or a `window` of it) and sampling mode."""
+        key = (m.talker_cache.max_len, mode)
         if key not in self.graphs:
-            log.info("capturing frame graph for do_sample=%s subtalker_dosample=%s (compile=%s)", *key, self.compile)
+            log.info("capturing frame graph: window %d, %s (compile=%s)", key[0], mode, self.compile)
 
             def run() -> None:
-                frame_step(self.m, self.state, self.talker_sampling, self.sub_sampling, *key)
+                frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)
 
             self.graphs[key] = capture_graph(run, warmup=3 if self.compile else 2)
         return self.graphs[key].replay

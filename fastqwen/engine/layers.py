@@ -133,12 +133,22 @@ def attention_inputs(
 
 
 def attention_output_and_mlp(
-    x: torch.Tensor, a: torch.Tensor, o: torch.Tensor, post_norm: torch.Tensor, gate_up: torch.Tensor,
-    down: torch.Tensor, num_heads: int, eps: float,
+    x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+    o: torch.Tensor, post_norm: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
+    num_heads: int, eps: float,
 ) -> torch.Tensor:
-    """Output projection and residual, then the SwiGLU MLP and residual; a is (1, Hkv, rep * T, D)."""
+    """Attention over the cache, output projection and residual, then the SwiGLU MLP.
+
+    q is (1, Hkv, rep * T, D), k and v (1, Hkv, S, D), mask (1, 1, rep * T, S). The
+    attention is written out (float32 scores and softmax, masked keys get exactly zero
+    weight) so it compiles into the same fused kernels as the rest of the layer instead
+    of several library calls per layer.
+    """
     T = x.shape[1]
-    d = a.shape[-1]
+    d = q.shape[-1]
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * d**-0.5  # (1, Hkv, rep T, S)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    a = torch.matmul(weights, v.float()).to(x.dtype)  # (1, Hkv, rep T, D)
     a = a.reshape(1, num_heads, T, d).transpose(1, 2).reshape(1, T, num_heads * d)
     x = x + F.linear(a, o)
     h = rms_norm(x, post_norm, eps)
@@ -148,7 +158,7 @@ def attention_output_and_mlp(
 
 @dataclass(frozen=True)
 class LayerKernels:
-    """The two halves of a layer around the cache write and SDPA: plain functions on
+    """The two halves of a layer around the cache write: plain functions on
     the CPU, `torch.compile`d on CUDA. Compiling per half keeps compile time to seconds
     (one graph per shape, shared by all layers) while fusing the small elementwise ops."""
 
@@ -204,6 +214,7 @@ def decoder_forward(
             w.num_heads, w.num_kv_heads, w.head_dim, w.eps,
         )
         k_all, v_all = cache.update(i, at.pos, k, v)  # (1, Hkv, S, D)
-        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=at.mask, scale=w.head_dim**-0.5)
-        x = kernels.after_attention(x, a, lw.o, lw.post_norm, lw.gate_up, lw.down, w.num_heads, w.eps)
+        x = kernels.after_attention(
+            x, q, k_all, v_all, at.mask, lw.o, lw.post_norm, lw.gate_up, lw.down, w.num_heads, w.eps
+        )
     return kernels.final_norm(x, w.final_norm, w.eps)

@@ -7,16 +7,37 @@ the same seed gives the same codes. Every numeric parameter is a device tensor, 
 changing it needs no graph recapture; `do_sample` is structural because a greedy pick
 makes no draw, and the number of draws must match the reference.
 
-top-k and top-p are always applied: top_k=0 means the whole vocabulary and top_p=1
-removes only tokens whose probability is already exactly zero, which leaves the
-probabilities bit-for-bit unchanged.
+top-k is always applied (top_k = 0 means the whole vocabulary). top-p runs only when
+top_p < 1 (a `SamplingMode` flag); at top_p = 1 it would remove only tokens whose
+probability is already exactly zero.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..params import SamplingParams
+
+
+@dataclass(frozen=True)
+class SamplingMode:
+    """The structural part of sampling, fixed per captured graph.
+
+    `do_sample` decides whether a random draw is made at all (the reference makes none
+    when greedy), and top-p costs a second sort that top_p = 1 never needs; everything
+    numeric lives in `SamplingTensors`.
+    """
+
+    do_sample: bool = True
+    top_p: bool = False
+    sub_do_sample: bool = True
+    sub_top_p: bool = False
+
+    @classmethod
+    def of(cls, p: SamplingParams) -> SamplingMode:
+        return cls(p.do_sample, p.top_p < 1.0, p.subtalker_dosample, p.subtalker_top_p < 1.0)
 
 
 class SamplingTensors:
@@ -73,8 +94,11 @@ def apply_penalties(
     return scores.masked_fill(blocked, float("-inf"))
 
 
-def sample_token(scores: torch.Tensor, s: SamplingTensors, do_sample: bool) -> torch.Tensor:
-    """Pick one token from processed (1, V) float32 scores; returns (1,) int64."""
+def sample_token(scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True) -> torch.Tensor:
+    """Pick one token from processed (1, V) float32 scores; returns (1,) int64.
+
+    top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
+    """
     if not do_sample:
         return scores.argmax(dim=-1)
     vocab = scores.shape[-1]
@@ -84,12 +108,17 @@ def sample_token(scores: torch.Tensor, s: SamplingTensors, do_sample: bool) -> t
     ranked = scores.sort(dim=-1, descending=True).values
     kth = ranked.gather(-1, (k - 1).view(1, 1))
     scores = scores.masked_fill(scores < kth, float("-inf"))
-    # top-p: drop the low tail whose total probability is <= 1 - top_p, keep the best
-    ascending, order = scores.sort(dim=-1, descending=False)
-    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = cumulative <= (1 - s.top_p)
-    drop_sorted[..., -1:] = False
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    scores = scores.masked_fill(drop, float("-inf"))
+    if top_p:
+        scores = _nucleus(scores, s.top_p)
     probs = scores.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """top-p as Hugging Face does it: drop the low tail whose total probability is <= 1 - top_p."""
+    ascending, order = scores.sort(dim=-1, descending=False)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - top_p)
+    drop_sorted[..., -1:] = False  # always keep the best token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))

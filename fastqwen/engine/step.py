@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
 from .layers import EAGER, DecoderWeights, LayerKernels, Positions, RopeTable, decoder_forward
-from .sampling import SamplingTensors, apply_penalties, sample_token
+from .sampling import SamplingMode, SamplingTensors, apply_penalties, sample_token
 
 
 @dataclass
@@ -172,17 +172,18 @@ def frame_step(
     state: FrameState,
     talker_sampling: SamplingTensors,
     sub_sampling: SamplingTensors,
-    do_sample: bool,
-    subtalker_do_sample: bool,
+    mode: SamplingMode,
 ) -> None:
     """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
     scores = apply_penalties(
         talker_logits(m, state.hidden), talker_sampling,
         presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,
     )
-    cb0 = sample_token(scores, talker_sampling, do_sample)  # (1,)
+    cb0 = sample_token(scores, talker_sampling, mode.do_sample, mode.top_p)  # (1,)
     state.presence.scatter_(1, cb0.view(1, 1), True)
-    rest = predict_codebooks(m, state, cb0, lambda j, logits: sample_token(logits, sub_sampling, subtalker_do_sample))
+    rest = predict_codebooks(
+        m, state, cb0, lambda j, logits: sample_token(logits, sub_sampling, mode.sub_do_sample, mode.sub_top_p)
+    )
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
     state.codes.index_copy_(0, state.step.view(1), frame)
     advance_talker(m, state)
