@@ -140,9 +140,10 @@ class FastQwen3TTS:
             def step() -> None:
                 frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)
 
+        extra = {} if self.graphed is None else {"prefill": self.graphed.prefill}
         return run_frames(
             m, self.state, prompt, params, seed, step,
-            sync_every=self._sync_every(), first_block=first_block, stats=stats,
+            sync_every=self._sync_every(), first_block=first_block, stats=stats, **extra,
         )
 
     @torch.inference_mode()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import NUM_CODEBOOKS
-from .engine.step import advance_talker, predict_codebooks, prefill, talker_logits
+from .engine.step import advance_talker, eager_prefill, predict_codebooks, talker_logits
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
 from .reference import run_reference
@@ -139,7 +139,7 @@ def engine_logits(engine, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[to
     dev = m.device
     codes = codes.to(dev)
     state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
-    prefill(m, state, prompt.inputs_embeds)
+    eager_prefill(m, state, prompt.inputs_embeds)
     cb0_rows, sub_rows = [], []
     for i in range(codes.shape[0]):
         cb0_rows.append(talker_logits(m, state.hidden)[0])

@@ -23,7 +23,7 @@ import torch
 
 from .sampling import SamplingMode, SamplingTensors
 from .layers import LayerKernels
-from .step import EngineModel, FrameState, frame_step
+from .step import EngineModel, FrameState, frame_step, padded_prompt_len, prefill
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class GraphedFrameStep:
         self.talker_sampling, self.sub_sampling = talker_sampling, sub_sampling
         self.compile = compile
         self.graphs: dict[tuple[int, SamplingMode], torch.cuda.CUDAGraph] = {}
+        # (window, padded prompt length) -> (graph, input buffer, last-index buffer)
+        self.prefills: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         if compile:
             m.kernels = LayerKernels.compiled()
 
@@ -75,3 +77,18 @@ class GraphedFrameStep:
 
             self.graphs[key] = capture_graph(run, warmup=3 if self.compile else 2)
         return self.graphs[key].replay
+
+    def prefill(self, m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
+        """The prompt as one graph replay: captured once per (window, padded prompt length)."""
+        p = inputs_embeds.shape[1]
+        key = (m.talker_cache.max_len, padded_prompt_len(p, m.talker_cache.max_len))
+        if key not in self.prefills:
+            buf = torch.zeros((1, key[1], inputs_embeds.shape[2]), dtype=m.dtype, device=m.device)
+            last = torch.zeros((1,), dtype=torch.long, device=m.device)
+            graph = capture_graph(lambda: prefill(m, state, buf, last))
+            self.prefills[key] = (graph, buf, last)
+        graph, buf, last = self.prefills[key]
+        buf.zero_()
+        buf[:, :p].copy_(inputs_embeds)
+        last.fill_(p - 1)
+        graph.replay()

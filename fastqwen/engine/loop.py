@@ -16,7 +16,7 @@ import torch
 from ..params import SamplingParams
 from ..prompts import TalkerPrompt
 from .sampling import SamplingTensors, apply_penalties, sample_token
-from .step import EngineModel, FrameState, prefill, talker_logits
+from .step import EngineModel, FrameState, eager_prefill, talker_logits
 
 @dataclass
 class LoopStats:
@@ -54,6 +54,7 @@ def run_frames(
     sync_every: int = 1,
     first_block: int | None = None,
     stats: LoopStats | None = None,
+    prefill: Callable[[EngineModel, FrameState, torch.Tensor], None] = eager_prefill,
 ) -> Iterator[torch.Tensor]:
     """Yield (k, 16) int64 CPU code blocks until EOS or `max_new_tokens`.
 
@@ -62,6 +63,7 @@ def run_frames(
             the sampling tensors it reads must already hold `params`.
         sync_every: frames per block, i.e. between host looks at the codes.
         first_block: size of the first block (streaming wants its first audio early).
+        prefill: runs the prompt (eagerly, or as a captured graph on CUDA).
         seed: seeds torch right before prefill, as the reference runner does.
     """
     stats = stats if stats is not None else LoopStats()

@@ -125,12 +125,43 @@ def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden[:, -1], m.codec_head).float()
 
 
-def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
-    """Run the prompt through the talker and leave its last hidden state in `state`."""
+PREFILL_BUCKET = 64  # prompts are padded to a multiple of this, so few prefill shapes exist
+
+
+def padded_prompt_len(prompt_len: int, window: int) -> int:
+    """Prompt length rounded up to the bucket, unless that would not fit the cache window."""
+    padded = -(-prompt_len // PREFILL_BUCKET) * PREFILL_BUCKET
+    return padded if padded <= window else prompt_len
+
+
+def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor) -> None:
+    """Run the (padded) prompt through the talker; keep the hidden state at index `last`.
+
+    Padding rows sit after the prompt, so causal attention keeps them out of every real
+    row; the cache entries they write lie past the prompt and each is overwritten by a
+    frame before any query can see it.
+
+    Args:
+        inputs_embeds: (1, P_padded, H) prompt embeddings, zero rows after the prompt.
+        last: (1,) int64 index of the prompt's last token.
+    """
+    pos = torch.arange(inputs_embeds.shape[1], device=m.device)
+    out = decoder_forward(m.talker, inputs_embeds, m.talker_positions(pos), m.talker_cache)
+    state.hidden.copy_(out.index_select(1, last))
+
+
+def pad_prompt(m: EngineModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, P, H) prompt -> ((1, P_padded, H) zero-padded in the engine dtype, (1,) last index)."""
     p = inputs_embeds.shape[1]
-    pos = torch.arange(p, device=m.device)
-    out = decoder_forward(m.talker, inputs_embeds.to(m.dtype), m.talker_positions(pos), m.talker_cache)
-    state.hidden.copy_(out[:, -1:])
+    padded = torch.zeros(
+        (1, padded_prompt_len(p, m.talker_cache.max_len), inputs_embeds.shape[2]), dtype=m.dtype, device=m.device
+    )
+    padded[:, :p] = inputs_embeds
+    return padded, torch.tensor([p - 1], device=m.device)
+
+
+def eager_prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
+    prefill(m, state, *pad_prompt(m, inputs_embeds))
 
 
 def predict_codebooks(
