@@ -243,6 +243,38 @@ class FastQwen3TTS:
             "voice_clone", t, language or "auto", voice_clone_prompt=voice_clone_prompt,
             non_streaming_mode=non_streaming_mode), params, seed)
 
+    # ---- streaming, with the generate_* arguments --------------------------------------
+    def stream_custom_voice(self, text: str, speaker: str, language: str | None = None,
+                            instruct: str | None = None, non_streaming_mode: bool | None = None,
+                            seed: int | None = None, first_chunk_frames: int = 2, chunk_frames: int = 12,
+                            **gen) -> Iterator[AudioChunk]:
+        request = VoiceRequest("custom_voice", text, language or "auto", speaker=speaker, instruct=instruct,
+                               non_streaming_mode=non_streaming_mode)
+        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
+                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+
+    def stream_voice_design(self, text: str, instruct: str, language: str | None = None,
+                            non_streaming_mode: bool | None = None, seed: int | None = None,
+                            first_chunk_frames: int = 2, chunk_frames: int = 12, **gen) -> Iterator[AudioChunk]:
+        request = VoiceRequest("voice_design", text, language or "auto", instruct=instruct,
+                               non_streaming_mode=non_streaming_mode)
+        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
+                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+
+    def stream_voice_clone(self, text: str, language: str | None = None, ref_audio=None,
+                           ref_text: str | None = None, x_vector_only_mode: bool = False,
+                           voice_clone_prompt: list | None = None, non_streaming_mode: bool | None = None,
+                           seed: int | None = None, first_chunk_frames: int = 2, chunk_frames: int = 12,
+                           **gen) -> Iterator[AudioChunk]:
+        if voice_clone_prompt is None:
+            if ref_audio is None:
+                raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
+            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
+        request = VoiceRequest("voice_clone", text, language or "auto", voice_clone_prompt=voice_clone_prompt,
+                               non_streaming_mode=non_streaming_mode)
+        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
+                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+
 
 def _per_frame_times(stats: LoopStats) -> list[float]:
     out: list[float] = []

@@ -166,3 +166,15 @@ def test_stereo_and_other_rates_are_accepted(tiny_model, tmp_path):
 def test_unknown_generation_parameter(custom):
     with pytest.raises(ValueError, match="unknown generation parameter.*top_q"):
         custom.generate_custom_voice("hi", speaker="aiden", top_q=0.5)
+
+
+def test_stream_methods_mirror_generate(custom, tiny_model):
+    whole, sr = custom.generate_custom_voice(TEXT, speaker="ryan", language="english", seed=3, max_new_tokens=13)
+    chunks = list(custom.stream_custom_voice(TEXT, speaker="ryan", language="english", seed=3, max_new_tokens=13,
+                                             first_chunk_frames=3, chunk_frames=4))
+    assert [len(c.audio) for c in chunks] == [frames_to_samples(n) for n in (3, 4, 4, 1)]
+    assert chunks[0].sample_rate == sr
+    assert np.abs(np.concatenate([c.audio for c in chunks]) - whole[0]).max() < 2e-3
+    design = FastQwen3TTS(tiny_model("voice_design").tts)
+    streamed = list(design.stream_voice_design(TEXT, instruct="warm", seed=1, max_new_tokens=5))
+    assert sum(len(c.audio) for c in streamed) == frames_to_samples(4)
