@@ -26,12 +26,11 @@ log = logging.getLogger(__name__)
 SCHEMA = "fastqwen-bench/1"  # fastqwen.bench.SCHEMA (a test checks; that module imports torch)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-ENGINE_ORDER = ("static", "static-nocompile", "static-eager", "anchor", "dynamic")
+ENGINE_ORDER = ("static", "static-eager", "anchor", "dynamic")
 SIZE_ORDER = ("1.7b", "0.6b", "tiny")
 BASELINES = ("anchor", "dynamic")  # what the static engine's speedup is measured against
 _COLORS = {
     "static": "tab:blue",
-    "static-nocompile": "tab:purple",
     "static-eager": "tab:cyan",
     "anchor": "tab:orange",
     "dynamic": "tab:red",
@@ -94,14 +93,23 @@ class BenchRun:
 
 
 def label(record: Mapping) -> str:
-    """Engine name for tables: `static`, `static-eager` (no CUDA graph), `anchor`, ..."""
+    """Engine name for tables: `static` (CUDA graph), `static-eager` (none), `anchor`, ..."""
     engine = record.get("engine") or "?"
     config = record.get("engine_config") or {}
     if engine == "static" and config.get("cuda_graph") is False:
         return "static-eager"
-    if engine == "static" and config.get("compile") is False:
-        return "static-nocompile"
     return engine
+
+
+def config_text(record: Mapping) -> str:
+    """The engine's settings in a few words: `graph+compile`, `eager`, `torch/sdpa`, ..."""
+    config = record.get("engine_config") or {}
+    if record.get("engine") == "static":
+        parts = ["graph" if config.get("cuda_graph", True) else "eager"]
+        return "+".join(parts + (["compile"] if config.get("compile") else []))
+    if record.get("engine") == "anchor":
+        return "/".join(str(config[k]) for k in ("backend", "attn_implementation") if k in config)
+    return ""
 
 
 def load_record(path: Path) -> dict | None:
@@ -194,6 +202,7 @@ def engines_table(run: BenchRun):
                 "engine": r["label"],
                 "size": r.get("size"),
                 "dtype": r.get("dtype"),
+                "config": config_text(r),
                 "frames": r.get("frames"),
                 "ms/frame": _num(r.get("ms_per_frame")),
                 "ms/frame min": _num(r.get("ms_per_frame_min")),
@@ -421,6 +430,7 @@ class BenchSettings:
     live_engines: tuple[str, ...] = ("static", "dynamic")
     runs: int = 3
     max_new_tokens: int = 168
+    static_compile: bool = True  # as bench/device_run.sh, whose results are committed
     live_out: str | None = None
 
     def live_wanted(self, cuda_available: bool) -> bool:
@@ -471,12 +481,14 @@ def live_run(settings: BenchSettings, bench_fn: Callable | None = None) -> Bench
     records = []
     for engine in settings.live_engines:
         log.info("live bench: %s on %s", engine, settings.model)
+        options = {"compile": settings.static_compile} if engine == "static" else None
         try:
             found = bench_fn(
                 engine,
                 settings.model,
                 device="cuda",
                 dtype="bfloat16",
+                engine_options=options,
                 runs=settings.runs,
                 max_new_tokens=settings.max_new_tokens,
             )

@@ -115,7 +115,11 @@ def test_load_run_keeps_bench_records_only_and_sorts_them(run):
 def test_labels():
     assert B.label(record("static")) == "static"
     assert B.label(record("static", engine_config={"cuda_graph": False})) == "static-eager"
-    assert B.label(record("static", engine_config={"compile": False})) == "static-nocompile"
+    assert B.label(record("static", engine_config={"compile": False})) == "static"
+    assert B.config_text(record("static")) == "graph+compile"
+    assert B.config_text(record("static", engine_config={"cuda_graph": False})) == "eager"
+    anchor = record("anchor", engine_config={"backend": "torch", "attn_implementation": "sdpa"})
+    assert B.config_text(anchor) == "torch/sdpa"
     assert B.label(record("anchor", engine_config={"backend": "torch"})) == "anchor"
 
 
@@ -256,7 +260,9 @@ def test_live_run_keeps_going_after_a_failure_and_writes_records(tmp_path):
     settings = B.BenchSettings(runs=2, max_new_tokens=20, live_out=str(out))
     run = B.live_run(settings, bench_fn=fake_bench)
     assert [c[0] for c in calls] == ["static", "dynamic"]
-    assert calls[0][2] == dict(device="cuda", dtype="bfloat16", runs=2, max_new_tokens=20)
+    common = dict(device="cuda", dtype="bfloat16", runs=2, max_new_tokens=20)
+    assert calls[0][2] == {**common, "engine_options": {"compile": True}}
+    assert calls[1][2] == {**common, "engine_options": None}
     assert [r["label"] for r in run.records] == ["static", "dynamic"]
     assert run.records[1]["error"] == "RuntimeError: out of memory"
     assert run.path == out
