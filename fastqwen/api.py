@@ -37,13 +37,14 @@ class EngineConfig:
         prompt plus 2048 frames.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
-    compile: torch.compile the frame step before capture (fewer, fused kernels).
+    compile: torch.compile the decoder layer halves before capture (fused kernels; about
+        2x faster per frame at 1.7B, ~30 s of compile on first use). None: on with CUDA graphs.
     """
 
     max_seq_len: int = 2048 + 512
     sync_every: int | None = None
     cuda_graph: bool = True
-    compile: bool = False
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 16:
@@ -74,8 +75,9 @@ class FastQwen3TTS:
         self.sub_sampling = SamplingTensors(self.device)
         self.graphed: GraphedFrameStep | None = None
         if self.device.type == "cuda" and self.config.cuda_graph:
+            compile_ = True if self.config.compile is None else self.config.compile
             self.graphed = GraphedFrameStep(
-                self.engine, self.state, self.talker_sampling, self.sub_sampling, compile=self.config.compile
+                self.engine, self.state, self.talker_sampling, self.sub_sampling, compile=compile_
             )
         self._windows: dict[int, EngineModel] = {}
         self.last_results: list[GenerationResult] = []

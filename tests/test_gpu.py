@@ -1,0 +1,51 @@
+"""CUDA-only checks (skipped on CPU). Their committed run is bench/gpu_check.py's output in
+bench/results/<run>/gpu_check_1.7b.json; these are the same checks at tiny size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastqwen.api import EngineConfig, FastQwen3TTS
+from fastqwen.engine.sampling import SamplingMode
+from fastqwen.params import SamplingParams
+from fastqwen.parity import compare_codes
+from fastqwen.prompts import VoiceRequest
+from fastqwen.reference import run_reference
+from fastqwen.sources import load_model
+
+pytestmark = pytest.mark.gpu
+REQUEST = VoiceRequest("custom_voice", "We met at the corner cafe after work.", "english", speaker="aiden")
+
+
+@pytest.fixture(scope="module")
+def cuda_tts():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    return load_model("random:tiny-custom_voice", device="cuda", dtype="float32").tts
+
+
+@pytest.mark.parametrize("compile_", [False, True], ids=["graph", "graph+compile"])
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_graph_codes_equal_reference(cuda_tts, compile_, do_sample):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    engine = FastQwen3TTS(cuda_tts, EngineConfig(compile=compile_))
+    params = SamplingParams(max_new_tokens=61, do_sample=do_sample, subtalker_dosample=do_sample)
+    static = engine.generate(REQUEST, params, seed=1)
+    dynamic = run_reference(cuda_tts, REQUEST, params, seed=1)
+    parity = compare_codes(static, dynamic)
+    assert parity.identical, parity.describe()
+
+
+def test_frame_replay_makes_no_host_sync(cuda_tts):
+    engine = FastQwen3TTS(cuda_tts, EngineConfig(compile=False))
+    engine.generate(REQUEST, SamplingParams(max_new_tokens=9), seed=0)
+    window = next(iter(engine._windows.values()))
+    replay = engine.graphed.prepare(window, SamplingMode())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            replay()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
