@@ -6,9 +6,9 @@ same import name, `qwen_tts`, and needs transformers 5):
     PYTHONPATH=$ANCHOR_PYTHONPATH python3 bench/anchor_bench.py --model-dir DIR \
         --model-name random:1.7b-custom_voice --out anchor-1.7b.json
 
-For that reason it imports nothing from fastqwen. The few helpers it shares in spirit with
-fastqwen/bench.py (versions, median and spread, profiler counts, byte counts) are restated
-here, small, and its record has the same keys as fastqwen.bench.FIELDS.
+For that reason the only fastqwen module it imports is `fastqwen.measure` (torch and the
+standard library: median and spread, byte counts, profiler counts), and its record has the
+same keys as fastqwen.bench.FIELDS.
 
 What is timed, to match fastqwen.bench:
 - ms_per_frame: the anchor's own generation time (prefill + decode loop, CUDA-synced, from
@@ -31,42 +31,30 @@ import json
 import logging
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 import traceback
-from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 log = logging.getLogger("anchor_bench")
 
-SCHEMA = "fastqwen-bench/1"
 FRAME_RATE_HZ = 12.5
 SAMPLES_PER_FRAME = 1920
-PROMPT_1 = (
-    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
-    "the lights were warm, and the time passed quickly. We stayed a bit longer."
-)
-PROFILE_TOKENS = (8, 24)
-_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
-_GRAPH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
-_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-# The same keys, in the same order, as fastqwen.bench.FIELDS (tests/test_bench.py checks).
-FIELDS = (
-    "schema engine model model_path size kind random_weights dtype device device_name "
-    "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
-    "text speaker language seed max_new_tokens runs engine_config load_s warmup_s warmup_frames "
-    "frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min ms_per_frame_max "
-    "ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min ttfa_ms_max "
-    "ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes talker_weight_bytes "
-    "kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame "
-    "gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame syncs_per_frame "
-    "profile_frames profile_error error"
-).split()
 _REPO = Path(__file__).resolve().parent.parent
-
+sys.path.insert(0, str(_REPO))
+# torch-only helpers, safe beside the anchor's transformers 5 (fastqwen/__init__ imports nothing)
+from fastqwen.measure import (  # noqa: E402
+    FIELDS,
+    PROFILE_TOKENS,
+    PROMPT_1,
+    SCHEMA,
+    module_tensors,
+    profile_counts,
+    spread,
+    tensor_bytes,
+)
 
 # ---------------------------------------------------------------- small helpers
 
@@ -84,32 +72,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def spread(values: list[float], digits: int = 3) -> tuple[float, ...]:
-    """(median, min, max), rounded."""
-    return tuple(round(f(values), digits) for f in (statistics.median, min, max))
-
-
-def tensor_bytes(tensors) -> int:
-    """Bytes of distinct storages (tied or shared weights count once)."""
-    seen, total = set(), 0
-    for t in tensors:
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-    return total
-
-
-def module_tensors(*modules) -> list:
-    import torch
-
-    out = []
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            out += [p.data for p in m.parameters()] + list(m.buffers())
-    return out
 
 
 def cache_tensors(cache) -> list:
@@ -238,50 +200,6 @@ class Anchor:
             return 1000 * (time.perf_counter() - t0)
         finally:
             chunks.close()
-
-
-def profile_counts(generate, tokens: tuple[int, int]) -> dict:
-    """Kernels, GPU-busy ms and host calls per frame: the difference of two profiled runs."""
-    import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    runs = []
-    for n in tokens:
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            frames = generate(n)
-            torch.cuda.synchronize()
-        kernels, memops, busy_ns, calls = 0, 0, 0, Counter()
-        for e in prof.profiler.kineto_results.events():
-            name = e.name()
-            if e.device_type() == DeviceType.CUDA:
-                if name.startswith(("Memcpy", "Memset")):
-                    memops += 1
-                else:
-                    kernels += 1
-                    busy_ns += e.duration_ns()
-            else:
-                calls[name] += 1
-        runs.append((frames, kernels, memops, busy_ns, calls))
-        del prof
-    (f0, k0, m0, b0, c0), (f1, k1, m1, b1, c1) = runs
-    if f1 <= f0:
-        raise RuntimeError(f"profile runs gave {f0} and {f1} frames; need the second longer")
-    df = f1 - f0
-
-    def per_frame(names: tuple[str, ...]) -> float:
-        return round(sum(c1[n] - c0[n] for n in names) / df, 2)
-
-    return {
-        "kernels_per_frame": round((k1 - k0) / df, 1),
-        "memops_per_frame": round((m1 - m0) / df, 2),
-        "gpu_busy_ms_per_frame": round((b1 - b0) / df / 1e6, 3),
-        "launches_per_frame": per_frame(_LAUNCH_CALLS),
-        "graph_launches_per_frame": per_frame(_GRAPH_CALLS),
-        "syncs_per_frame": per_frame(_SYNC_CALLS),
-        "profile_frames": [f0, f1],
-    }
 
 
 def run(args: argparse.Namespace, rec: dict) -> None:

@@ -28,48 +28,32 @@ import hashlib
 import json
 import logging
 import platform
-import statistics
 import subprocess
 import sys
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .constants import FRAME_RATE_HZ
+from .measure import (
+    FIELDS,
+    PROFILE_TOKENS,
+    PROMPT_1,
+    SCHEMA,
+    module_tensors,
+    profile_counts,
+    spread,
+    tensor_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "fastqwen-bench/1"
-ENGINES = ("static", "dynamic")
-# The seed's prompt 1 (shared/anchors.md measured the anchor on it).
-PROMPT_1 = (
-    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
-    "the lights were warm, and the time passed quickly. We stayed a bit longer."
-)
-PROFILE_TOKENS = (8, 24)  # two short generations; their difference gives per-frame counts
-# Every record has these keys, in this order (bench/README.md says what each one means);
-# the anchor script writes the same. A field an engine cannot measure is null.
-FIELDS = (
-    "schema engine model model_path size kind random_weights dtype device device_name "
-    "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
-    "text speaker language seed max_new_tokens runs engine_config load_s warmup_s warmup_frames "
-    "frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min ms_per_frame_max "
-    "ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min ttfa_ms_max "
-    "ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes talker_weight_bytes "
-    "kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame "
-    "gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame syncs_per_frame "
-    "profile_frames profile_error error"
-).split()
-# CUDA runtime/driver calls worth counting per frame (host side of the profile).
-_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
-_GRAPH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
-_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 _REPO = Path(__file__).resolve().parent.parent
 
+ENGINES = ("static", "dynamic")
 
 # ---------------------------------------------------------------- environment
 
@@ -132,92 +116,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def spread(values: list[float], digits: int = 3) -> tuple[float, ...]:
-    """(median, min, max), rounded."""
-    return tuple(round(f(values), digits) for f in (statistics.median, min, max))
-
-
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of distinct storages (tied or shared weights count once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in tensors:
-        if t is None or t.device.type == "meta":
-            continue
-        key = t.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.untyped_storage().nbytes()
-    return total
-
-
-def module_tensors(*modules) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            out += [p.data for p in m.parameters()] + list(m.buffers())
-    return out
-
-
 def qwen_tts_weight_bytes(tts) -> tuple[int, int]:
     """(all model weights incl. the codec, talker incl. code predictor) of a Qwen3TTSModel."""
     model = tts.model
     codec = getattr(getattr(model, "speech_tokenizer", None), "model", None)
     return tensor_bytes(module_tensors(model, codec)), tensor_bytes(module_tensors(model.talker))
-
-
-def profile_counts(
-    generate: Callable[[int], int], device: torch.device, tokens: tuple[int, int] = PROFILE_TOKENS
-) -> dict:
-    """Kernels, GPU-busy ms and host calls per frame, from two profiled generations.
-
-    `generate(max_new_tokens)` runs one generation and returns its frame count. Counting
-    the difference between a short and a longer run cancels prefill, codec decode and
-    per-call setup, leaving the steady-state cost of one frame.
-    """
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    runs = []
-    for n in tokens:
-        _sync(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            frames = generate(n)
-            _sync(device)
-        kernels, memops, busy_ns, calls = 0, 0, 0, Counter()
-        # The raw kineto events: building FunctionEvent trees for ~1e5 events is far slower.
-        for e in prof.profiler.kineto_results.events():
-            name = e.name()
-            if e.device_type() == DeviceType.CUDA:
-                if name.startswith(("Memcpy", "Memset")):
-                    memops += 1
-                else:
-                    kernels += 1
-                    busy_ns += e.duration_ns()
-            else:
-                calls[name] += 1
-        runs.append((frames, kernels, memops, busy_ns, calls))
-        del prof
-    (f0, k0, m0, b0, c0), (f1, k1, m1, b1, c1) = runs
-    if f1 <= f0:
-        raise RuntimeError(
-            f"profile runs gave {f0} and {f1} frames; need the second longer (EOS too early?)"
-        )
-    df = f1 - f0
-
-    def per_frame(names: tuple[str, ...]) -> float:
-        return round(sum(c1[n] - c0[n] for n in names) / df, 2)
-
-    return {
-        "kernels_per_frame": round((k1 - k0) / df, 1),
-        "memops_per_frame": round((m1 - m0) / df, 2),
-        "gpu_busy_ms_per_frame": round((b1 - b0) / df / 1e6, 3),
-        "launches_per_frame": per_frame(_LAUNCH_CALLS),
-        "graph_launches_per_frame": per_frame(_GRAPH_CALLS),
-        "syncs_per_frame": per_frame(_SYNC_CALLS),
-        "profile_frames": [f0, f1],
-    }
 
 
 def memory_fields(device: torch.device, weights: int, talker: int, kv: int | None) -> dict:
@@ -444,7 +347,7 @@ def run_bench(
         if on_partial is not None:
             on_partial({**rec, "profile_error": "the process ended while profiling"})
         try:
-            rec.update(profile_counts(frames_of, dev, cfg.profile_tokens))
+            rec.update(profile_counts(frames_of, cfg.profile_tokens))
         except Exception as exc:  # profiling is optional: keep the timings
             log.warning("profiling failed: %r", exc)
             rec["profile_error"] = f"{type(exc).__name__}: {exc}"
