@@ -35,7 +35,7 @@ from fastqwen import constants as C
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "fastqwen_random.json"  # written last: its presence means "complete"
-BUILDER_VERSION = 2  # bump when a change here alters the files, so caches rebuild
+BUILDER_VERSION = 3  # bump when a change here alters the files, so caches rebuild
 TEXT_VOCAB_SIZE = 151_936
 ASSISTANT_TOKEN_ID = 77091  # "assistant" in the Qwen2 vocabulary (real config)
 
@@ -339,6 +339,11 @@ def _save_codec(size: str, out_dir: Path, seed: int, device: str) -> None:
     with _fast_init(device, torch.float32):  # the published codec is float32
         codec = Qwen3TTSTokenizerV2Model(config)
     _fill_(codec, seed + 1)
+    # Unit-scale convs leave the waveform's spread near 10, so nearly every sample would
+    # clip at +-1. Shrinking the last conv gives audible, unclipped noise (RMS ~0.1-0.2)
+    # and keeps streamed-vs-full comparisons meaningful.
+    with torch.no_grad():
+        codec.decoder.decoder[-1].conv.weight.mul_(0.015)
     codec.save_pretrained(str(out_dir))
     extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=C.SAMPLE_RATE)
     extractor.save_pretrained(str(out_dir))

@@ -100,9 +100,9 @@ class TeacherForced:
 
 
 def _kl(ref: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """KL(ref || test) per row of float32 logits."""
+    """KL(ref || test) per row of float32 logits (>= 0; rounding alone can dip below zero)."""
     lp, lq = F.log_softmax(ref.float(), -1), F.log_softmax(test.float(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
 
 
 @torch.inference_mode()
