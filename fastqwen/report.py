@@ -195,7 +195,7 @@ def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str
 <html><head><meta charset="utf-8"><title>fastqwen reports</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left;
 border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
-<h1>fastqwen parity reports</h1>
+<h1>fastqwen reports: parity sample sets and benchmark</h1>
 <p>Run {html.escape(started)} &middot; git commit <code>{html.escape(commit or "unknown")}</code>
 &middot; <code>python -m fastqwen.report</code></p>
 <table><tr><th>report</th><th>status</th><th>pairs ok</th><th>models</th><th>time</th>
