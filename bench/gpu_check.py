@@ -41,7 +41,9 @@ REQUEST = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
 def load(path: str, dtype: torch.dtype):
     from qwen_tts import Qwen3TTSModel
 
-    return Qwen3TTSModel.from_pretrained(path, dtype=dtype, device_map="cuda", attn_implementation="sdpa")
+    return Qwen3TTSModel.from_pretrained(
+        path, dtype=dtype, device_map="cuda", attn_implementation="sdpa"
+    )
 
 
 def exact_codes(tts, frames: int, compile_too: bool) -> dict:
@@ -54,7 +56,9 @@ def exact_codes(tts, frames: int, compile_too: bool) -> dict:
     if compile_too:
         engines["graph_compiled"] = FastQwen3TTS(tts, EngineConfig(cuda_graph=True, compile=True))
     for mode, params in {
-        "greedy": SamplingParams(max_new_tokens=frames + 1, do_sample=False, subtalker_dosample=False),
+        "greedy": SamplingParams(
+            max_new_tokens=frames + 1, do_sample=False, subtalker_dosample=False
+        ),
         "sampled": SamplingParams(max_new_tokens=frames + 1),
     }.items():
         ref = run_reference(tts, REQUEST, params, seed=1337)
@@ -63,7 +67,11 @@ def exact_codes(tts, frames: int, compile_too: bool) -> dict:
             try:
                 res = eng.generate(REQUEST, params, seed=1337)
                 p = compare_codes(res, ref)
-                row[name] = {"identical": p.identical, "describe": p.describe(), "frames": res.frames}
+                row[name] = {
+                    "identical": p.identical,
+                    "describe": p.describe(),
+                    "frames": res.frames,
+                }
             except Exception as e:  # keep going: one broken path must not hide the others
                 row[name] = {"error": repr(e), "trace": traceback.format_exc()[-2000:]}
         out[mode] = row
@@ -89,7 +97,10 @@ def sync_free(tts) -> dict:
         torch.cuda.set_sync_debug_mode("default")
     eager = FastQwen3TTS(tts, EngineConfig(cuda_graph=False))
     eager.generate(REQUEST, params, seed=0)
-    t, s = SamplingTensors(eager.device).load_talker(params), SamplingTensors(eager.device).load_subtalker(params)
+    t, s = (
+        SamplingTensors(eager.device).load_talker(params),
+        SamplingTensors(eager.device).load_subtalker(params),
+    )
     torch.cuda.synchronize()
     try:
         torch.cuda.set_sync_debug_mode("error")
@@ -109,11 +120,16 @@ def bf16_checks(tts, frames: int, compile_too: bool) -> dict:
     eng = FastQwen3TTS(tts, EngineConfig(cuda_graph=True, compile=compile_too))
     forced = teacher_forced(eng, tts, REQUEST, ref.codes)
     summary = forced.summary()
-    summary["nan_or_inf"] = any(not math.isfinite(x) for x in forced.cb0_kl + forced.sub_kl + forced.cb0_max_abs)
+    summary["nan_or_inf"] = any(
+        not math.isfinite(x) for x in forced.cb0_kl + forced.sub_kl + forced.cb0_max_abs
+    )
     out["teacher_forced"] = summary
     out["teacher_forced_cb0_kl_per_frame"] = [round(x, 6) for x in forced.cb0_kl]
     timings = {}
-    for name, cfg in {"graph": EngineConfig(cuda_graph=True), "graph_compiled": EngineConfig(compile=True)}.items():
+    for name, cfg in {
+        "graph": EngineConfig(cuda_graph=True),
+        "graph_compiled": EngineConfig(compile=True),
+    }.items():
         if name == "graph_compiled" and not compile_too:
             continue
         e = FastQwen3TTS(tts, cfg)
@@ -150,9 +166,15 @@ def main() -> None:
         build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
         report["build_s"] = round(time.perf_counter() - t0, 1)
         steps = [
-            ("fp32_exact_codes", lambda: exact_codes(load(f"{tmp}/ck", torch.float32), args.frames, compile_too)),
+            (
+                "fp32_exact_codes",
+                lambda: exact_codes(load(f"{tmp}/ck", torch.float32), args.frames, compile_too),
+            ),
             ("sync_free", lambda: sync_free(load(f"{tmp}/ck", torch.bfloat16))),
-            ("bf16", lambda: bf16_checks(load(f"{tmp}/ck", torch.bfloat16), args.frames, compile_too)),
+            (
+                "bf16",
+                lambda: bf16_checks(load(f"{tmp}/ck", torch.bfloat16), args.frames, compile_too),
+            ),
         ]
         for name, fn in steps:
             t0 = time.perf_counter()

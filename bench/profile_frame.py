@@ -24,7 +24,9 @@ from fastqwen.engine.step import frame_step
 from fastqwen.params import SamplingParams
 from fastqwen.prompts import VoiceRequest
 
-REQUEST = VoiceRequest("custom_voice", "We met at the corner cafe after work and talked.", "english", speaker="aiden")
+REQUEST = VoiceRequest(
+    "custom_voice", "We met at the corner cafe after work and talked.", "english", speaker="aiden"
+)
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=40)
     eng.generate(REQUEST, params, seed=0)  # compile + capture
     eng.generate(REQUEST, params, seed=0)
-    m, state = eng.engine, eng.state
+    state = eng.state
     window = next(iter(eng._windows.values()))
     step_args = (window, state, eng.talker_sampling, eng.sub_sampling, SamplingMode())
     for _ in range(3):
@@ -55,7 +57,9 @@ def main() -> None:
     by_name: dict[str, list[float]] = collections.defaultdict(list)
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
-            by_name[ev.name].append(ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total)
+            by_name[ev.name].append(
+                ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+            )
     total_us = sum(sum(v) for v in by_name.values())
     count = sum(len(v) for v in by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
@@ -65,14 +69,20 @@ def main() -> None:
         "kernels_per_frame": count / args.frames,
         "gpu_ms_per_frame": total_us / args.frames / 1000,
         "top_kernels": [
-            {"name": n[:120], "per_frame": len(v) / args.frames, "ms_per_frame": sum(v) / args.frames / 1000}
+            {
+                "name": n[:120],
+                "per_frame": len(v) / args.frames,
+                "ms_per_frame": sum(v) / args.frames / 1000,
+            }
             for n, v in top
         ],
     }
     # graph replay timing
     replay = eng.graphed.prepare(window, SamplingMode())
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    eng.state.reset(1, torch.zeros_like(eng.state.trailing[:, :1]), torch.zeros_like(eng.state.trailing[:, :1]))
+    eng.state.reset(
+        1, torch.zeros_like(eng.state.trailing[:, :1]), torch.zeros_like(eng.state.trailing[:, :1])
+    )
     start.record()
     for _ in range(20):
         replay()

@@ -18,8 +18,8 @@ import torch
 
 from .audio import load_reference_audio
 from .codec import StreamingDecoder, decode_utterance
-from .engine.loop import LoopStats, check_fits, run_frames
 from .engine.graph import GraphedFrameStep
+from .engine.loop import LoopStats, check_fits, run_frames
 from .engine.sampling import SamplingMode, SamplingTensors
 from .engine.step import EngineModel, FrameState, frame_step
 from .params import SamplingParams
@@ -84,7 +84,10 @@ class FastQwen3TTS:
 
     @classmethod
     def from_pretrained(
-        cls, model: str, device: str = "cpu", dtype: str | torch.dtype | None = None,
+        cls,
+        model: str,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
         config: EngineConfig | None = None,
     ) -> FastQwen3TTS:
         """Load a model string (HF id, directory, `random:<size>-<kind>`, `auto:<HF id>`).
@@ -126,11 +129,19 @@ class FastQwen3TTS:
             length *= 2
         length = min(length, self.config.max_seq_len)
         if length not in self._windows:
-            self._windows[length] = dataclasses.replace(self.engine, talker_cache=self.engine.talker_cache.window(length))
+            self._windows[length] = dataclasses.replace(
+                self.engine, talker_cache=self.engine.talker_cache.window(length)
+            )
         return self._windows[length]
 
-    def _frames(self, prompt: TalkerPrompt, params: SamplingParams, seed: int | None,
-                stats: LoopStats, first_block: int | None = None) -> Iterator[torch.Tensor]:
+    def _frames(
+        self,
+        prompt: TalkerPrompt,
+        params: SamplingParams,
+        seed: int | None,
+        stats: LoopStats,
+        first_block: int | None = None,
+    ) -> Iterator[torch.Tensor]:
         max_frames = check_fits(prompt.prompt_len, params, self.config.max_seq_len)
         m = self._window(prompt.prompt_len + max_frames)
         self.talker_sampling.load_talker(params)
@@ -139,19 +150,29 @@ class FastQwen3TTS:
         if self.graphed is not None:
             step = self.graphed.prepare(m, mode)
         else:
+
             def step() -> None:
                 frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)
 
         extra = {} if self.graphed is None else {"prefill": self.graphed.prefill}
         return run_frames(
-            m, self.state, prompt, params, seed, step,
-            sync_every=self._sync_every(), first_block=first_block, stats=stats, **extra,
+            m,
+            self.state,
+            prompt,
+            params,
+            seed,
+            step,
+            sync_every=self._sync_every(),
+            first_block=first_block,
+            stats=stats,
+            **extra,
         )
 
     @torch.inference_mode()
-    def generate(self, request: VoiceRequest, params: SamplingParams | None = None,
-                 seed: int | None = None) -> GenerationResult:
-        """Generate one utterance; same request, params and seed as the reference give the same codes."""
+    def generate(
+        self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None
+    ) -> GenerationResult:
+        """One utterance; the same request, params and seed as the reference give the same codes."""
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
         stats = LoopStats()
@@ -159,17 +180,32 @@ class FastQwen3TTS:
         blocks = list(self._frames(prompt, params, seed, stats))
         t1 = time.perf_counter()
         codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
-        audio, sr = decode_utterance(self.tts.model.speech_tokenizer, codes.to(self.device), prompt.ref_codes)
+        audio, sr = decode_utterance(
+            self.tts.model.speech_tokenizer, codes.to(self.device), prompt.ref_codes
+        )
         t2 = time.perf_counter()
         return GenerationResult(
-            audio=audio, sample_rate=sr, codes=codes, eos_reached=stats.eos_reached, engine="static",
-            wall_s=t2 - t0, generate_s=t1 - t0, prefill_s=stats.prefill_s,
+            audio=audio,
+            sample_rate=sr,
+            codes=codes,
+            eos_reached=stats.eos_reached,
+            engine="static",
+            wall_s=t2 - t0,
+            generate_s=t1 - t0,
+            prefill_s=stats.prefill_s,
             frame_times_s=_per_frame_times(stats),
         )
 
     @torch.inference_mode()
-    def stream(self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None,
-               *, first_chunk_frames: int = 2, chunk_frames: int = 12) -> Iterator[AudioChunk]:
+    def stream(
+        self,
+        request: VoiceRequest,
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        *,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+    ) -> Iterator[AudioChunk]:
         """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
 
         The codec decodes each chunk with left context, so the concatenated chunks equal
@@ -178,7 +214,9 @@ class FastQwen3TTS:
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
         decoder = StreamingDecoder(
-            self.tts.model.speech_tokenizer, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+            self.tts.model.speech_tokenizer,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
         )
         if prompt.ref_codes is not None:
             # ICL: the reference codes are decoding context only. The reference cuts its
@@ -197,16 +235,20 @@ class FastQwen3TTS:
             yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=time.perf_counter() - t0)
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
-    def create_voice_clone_prompt(self, ref_audio, ref_text: str | None = None,
-                                  x_vector_only_mode: bool = False) -> list:
-        """Reusable voice-clone prompt: reference audio is checked, mixed to mono and resampled first."""
+    def create_voice_clone_prompt(
+        self, ref_audio, ref_text: str | None = None, x_vector_only_mode: bool = False
+    ) -> list:
+        """Reusable voice-clone prompt; the reference audio is checked, mixed to mono, resampled."""
         if self.model_kind != "base":
             raise ValueError(
                 f"voice cloning needs a 'base' model, but this model is {self.model_kind!r}; "
                 "load a *-Base checkpoint (or random:<size>-base)"
             )
         if not x_vector_only_mode and not (ref_text or "").strip():
-            raise ValueError("ref_text is required for ICL voice cloning; pass ref_text or x_vector_only_mode=True")
+            raise ValueError(
+                "ref_text is required for ICL voice cloning; "
+                "pass ref_text or x_vector_only_mode=True"
+            )
         wav, sr = load_reference_audio(ref_audio)
         return self.tts.create_voice_clone_prompt(
             ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
@@ -217,69 +259,179 @@ class FastQwen3TTS:
         self.last_results = [self.generate(make_request(t), params, seed) for t in texts]
         return [r.audio for r in self.last_results], self.last_results[0].sample_rate
 
-    def generate_custom_voice(self, text, speaker: str, language: str | None = None,
-                              instruct: str | None = None, non_streaming_mode: bool | None = None,
-                              seed: int | None = None, **gen):
+    def generate_custom_voice(
+        self,
+        text,
+        speaker: str,
+        language: str | None = None,
+        instruct: str | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        **gen,
+    ):
         params = SamplingParams.from_kwargs(**gen)
-        return self._run_many(text, lambda t: VoiceRequest(
-            "custom_voice", t, language or "auto", speaker=speaker, instruct=instruct,
-            non_streaming_mode=non_streaming_mode), params, seed)
+        return self._run_many(
+            text,
+            lambda t: VoiceRequest(
+                "custom_voice",
+                t,
+                language or "auto",
+                speaker=speaker,
+                instruct=instruct,
+                non_streaming_mode=non_streaming_mode,
+            ),
+            params,
+            seed,
+        )
 
-    def generate_voice_design(self, text, instruct: str, language: str | None = None,
-                              non_streaming_mode: bool | None = None, seed: int | None = None, **gen):
+    def generate_voice_design(
+        self,
+        text,
+        instruct: str,
+        language: str | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        **gen,
+    ):
         params = SamplingParams.from_kwargs(**gen)
-        return self._run_many(text, lambda t: VoiceRequest(
-            "voice_design", t, language or "auto", instruct=instruct,
-            non_streaming_mode=non_streaming_mode), params, seed)
+        return self._run_many(
+            text,
+            lambda t: VoiceRequest(
+                "voice_design",
+                t,
+                language or "auto",
+                instruct=instruct,
+                non_streaming_mode=non_streaming_mode,
+            ),
+            params,
+            seed,
+        )
 
-    def generate_voice_clone(self, text, language: str | None = None, ref_audio=None,
-                             ref_text: str | None = None, x_vector_only_mode: bool = False,
-                             voice_clone_prompt: list | None = None, non_streaming_mode: bool | None = None,
-                             seed: int | None = None, **gen):
+    def generate_voice_clone(
+        self,
+        text,
+        language: str | None = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+        x_vector_only_mode: bool = False,
+        voice_clone_prompt: list | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        **gen,
+    ):
         params = SamplingParams.from_kwargs(**gen)
         if voice_clone_prompt is None:
             if ref_audio is None:
                 raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
-            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
-        return self._run_many(text, lambda t: VoiceRequest(
-            "voice_clone", t, language or "auto", voice_clone_prompt=voice_clone_prompt,
-            non_streaming_mode=non_streaming_mode), params, seed)
+            voice_clone_prompt = self.create_voice_clone_prompt(
+                ref_audio, ref_text, x_vector_only_mode
+            )
+        return self._run_many(
+            text,
+            lambda t: VoiceRequest(
+                "voice_clone",
+                t,
+                language or "auto",
+                voice_clone_prompt=voice_clone_prompt,
+                non_streaming_mode=non_streaming_mode,
+            ),
+            params,
+            seed,
+        )
 
     # ---- streaming, with the generate_* arguments --------------------------------------
-    def stream_custom_voice(self, text: str, speaker: str, language: str | None = None,
-                            instruct: str | None = None, non_streaming_mode: bool | None = None,
-                            seed: int | None = None, first_chunk_frames: int = 2, chunk_frames: int = 12,
-                            **gen) -> Iterator[AudioChunk]:
-        request = VoiceRequest("custom_voice", text, language or "auto", speaker=speaker, instruct=instruct,
-                               non_streaming_mode=non_streaming_mode)
-        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
-                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+    def stream_custom_voice(
+        self,
+        text: str,
+        speaker: str,
+        language: str | None = None,
+        instruct: str | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+        **gen,
+    ) -> Iterator[AudioChunk]:
+        request = VoiceRequest(
+            "custom_voice",
+            text,
+            language or "auto",
+            speaker=speaker,
+            instruct=instruct,
+            non_streaming_mode=non_streaming_mode,
+        )
+        return self.stream(
+            request,
+            SamplingParams.from_kwargs(**gen),
+            seed,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
+        )
 
-    def stream_voice_design(self, text: str, instruct: str, language: str | None = None,
-                            non_streaming_mode: bool | None = None, seed: int | None = None,
-                            first_chunk_frames: int = 2, chunk_frames: int = 12, **gen) -> Iterator[AudioChunk]:
-        request = VoiceRequest("voice_design", text, language or "auto", instruct=instruct,
-                               non_streaming_mode=non_streaming_mode)
-        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
-                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+    def stream_voice_design(
+        self,
+        text: str,
+        instruct: str,
+        language: str | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+        **gen,
+    ) -> Iterator[AudioChunk]:
+        request = VoiceRequest(
+            "voice_design",
+            text,
+            language or "auto",
+            instruct=instruct,
+            non_streaming_mode=non_streaming_mode,
+        )
+        return self.stream(
+            request,
+            SamplingParams.from_kwargs(**gen),
+            seed,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
+        )
 
-    def stream_voice_clone(self, text: str, language: str | None = None, ref_audio=None,
-                           ref_text: str | None = None, x_vector_only_mode: bool = False,
-                           voice_clone_prompt: list | None = None, non_streaming_mode: bool | None = None,
-                           seed: int | None = None, first_chunk_frames: int = 2, chunk_frames: int = 12,
-                           **gen) -> Iterator[AudioChunk]:
+    def stream_voice_clone(
+        self,
+        text: str,
+        language: str | None = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+        x_vector_only_mode: bool = False,
+        voice_clone_prompt: list | None = None,
+        non_streaming_mode: bool | None = None,
+        seed: int | None = None,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+        **gen,
+    ) -> Iterator[AudioChunk]:
         if voice_clone_prompt is None:
             if ref_audio is None:
                 raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
-            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
-        request = VoiceRequest("voice_clone", text, language or "auto", voice_clone_prompt=voice_clone_prompt,
-                               non_streaming_mode=non_streaming_mode)
-        return self.stream(request, SamplingParams.from_kwargs(**gen), seed,
-                           first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+            voice_clone_prompt = self.create_voice_clone_prompt(
+                ref_audio, ref_text, x_vector_only_mode
+            )
+        request = VoiceRequest(
+            "voice_clone",
+            text,
+            language or "auto",
+            voice_clone_prompt=voice_clone_prompt,
+            non_streaming_mode=non_streaming_mode,
+        )
+        return self.stream(
+            request,
+            SamplingParams.from_kwargs(**gen),
+            seed,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
+        )
 
 
 def _per_frame_times(stats: LoopStats) -> list[float]:
     out: list[float] = []
-    for t, n in zip(stats.block_times_s, stats.block_frames):
+    for t, n in zip(stats.block_times_s, stats.block_frames, strict=True):
         out.extend([t / n] * n if n else [])
     return out

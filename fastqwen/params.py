@@ -33,7 +33,9 @@ class SamplingParams:
         for name in ("temperature", "subtalker_temperature"):
             value = getattr(self, name)
             if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}; use do_sample=False for greedy decoding")
+                raise ValueError(
+                    f"{name} must be > 0, got {value!r}; use do_sample=False for greedy decoding"
+                )
         for name in ("top_k", "subtalker_top_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -51,7 +53,10 @@ class SamplingParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise ValueError(f"unknown generation parameter(s) {unknown}; choose from: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown generation parameter(s) {unknown}; "
+                f"choose from: {', '.join(sorted(known))}"
+            )
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
     def to_dict(self) -> dict:

@@ -44,7 +44,8 @@ class CodeParity:
         if self.identical:
             return f"identical: {self.static_frames} frames, eos {self.static_eos}"
         return (
-            f"first difference at frame {self.first_divergent_frame}, codebook {self.first_divergent_codebook}; "
+            f"first difference at frame {self.first_divergent_frame}, "
+            f"codebook {self.first_divergent_codebook}; "
             f"frames static {self.static_frames} / dynamic {self.dynamic_frames}; "
             f"{100 * self.equal_fraction:.1f}% of codes equal"
         )
@@ -62,9 +63,13 @@ def compare_codes(static: GenerationResult, dynamic: GenerationResult) -> CodePa
         frame, codebook = None, None
     equal = float((a[:n] == b[:n]).float().mean()) if n else float(a.shape[0] == b.shape[0])
     return CodeParity(
-        static_frames=int(a.shape[0]), dynamic_frames=int(b.shape[0]),
-        static_eos=static.eos_reached, dynamic_eos=dynamic.eos_reached,
-        first_divergent_frame=frame, first_divergent_codebook=codebook, equal_fraction=equal,
+        static_frames=int(a.shape[0]),
+        dynamic_frames=int(b.shape[0]),
+        static_eos=static.eos_reached,
+        dynamic_eos=dynamic.eos_reached,
+        first_divergent_frame=frame,
+        first_divergent_codebook=codebook,
+        equal_fraction=equal,
     )
 
 
@@ -92,10 +97,16 @@ class TeacherForced:
         return {
             "frames": len(self.cb0_kl),
             "max_abs_logit_diff": self.max_abs,
-            "cb0_kl_mean": kl_mean, "cb0_kl_max": kl_max,
-            "cb0_argmax_agree": float(np.mean(self.cb0_argmax_equal)) if self.cb0_argmax_equal else 1.0,
-            "sub_kl_mean": sub_mean, "sub_kl_max": sub_max,
-            "sub_argmax_agree": float(np.mean(self.sub_argmax_equal)) if self.sub_argmax_equal else 1.0,
+            "cb0_kl_mean": kl_mean,
+            "cb0_kl_max": kl_max,
+            "cb0_argmax_agree": float(np.mean(self.cb0_argmax_equal))
+            if self.cb0_argmax_equal
+            else 1.0,
+            "sub_kl_mean": sub_mean,
+            "sub_kl_max": sub_max,
+            "sub_argmax_agree": float(np.mean(self.sub_argmax_equal))
+            if self.sub_argmax_equal
+            else 1.0,
         }
 
 
@@ -106,7 +117,9 @@ def _kl(ref: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reference_logits(tts, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logits(
+    tts, prompt: TalkerPrompt, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the `qwen_tts` modules for given codes, with no cache at all (full forwards).
 
     Returns cb0 logits (T, 3072) and sub-talker logits (T, 15, 2048), float32.
@@ -117,36 +130,50 @@ def reference_logits(tts, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[to
     codes = codes.to(dev)
     T = codes.shape[0]
     embeds = [talker.get_input_embeddings()(codes[:, :1])]  # (T, 1, H)
-    embeds += [cp.get_input_embeddings()[j](codes[:, j + 1 : j + 2]) for j in range(NUM_CODEBOOKS - 1)]
+    embeds += [
+        cp.get_input_embeddings()[j](codes[:, j + 1 : j + 2]) for j in range(NUM_CODEBOOKS - 1)
+    ]
     embeds = torch.cat(embeds, dim=1)  # (T, 16, H)
     trailing = prompt.trailing_text[0]
-    text = torch.cat([trailing[:T], prompt.tts_pad_embed[0].expand(max(T - trailing.shape[0], 0), -1)])[:T]
+    text = torch.cat(
+        [trailing[:T], prompt.tts_pad_embed[0].expand(max(T - trailing.shape[0], 0), -1)]
+    )[:T]
     frame_inputs = embeds.sum(1) + text  # (T, H)
-    seq = torch.cat([prompt.inputs_embeds, frame_inputs[None, : T - 1]], dim=1)  # last frame's input not needed
+    seq = torch.cat(
+        [prompt.inputs_embeds, frame_inputs[None, : T - 1]], dim=1
+    )  # last frame's input not needed
     hidden = talker.model(inputs_embeds=seq, use_cache=False).last_hidden_state  # (1, P + T - 1, H)
     h = hidden[0, prompt.prompt_len - 1 :]  # (T, H): the state that predicts frame i
     cb0 = talker.codec_head(h).float()
     sub_in = torch.cat([h[:, None], embeds[:, : NUM_CODEBOOKS - 1]], dim=1)  # (T, 16, H)
-    sub_h = cp.model(inputs_embeds=cp.small_to_mtp_projection(sub_in), use_cache=False).last_hidden_state
-    sub = torch.stack([cp.lm_head[j](sub_h[:, j + 1]) for j in range(NUM_CODEBOOKS - 1)], dim=1).float()
+    sub_h = cp.model(
+        inputs_embeds=cp.small_to_mtp_projection(sub_in), use_cache=False
+    ).last_hidden_state
+    sub = torch.stack(
+        [cp.lm_head[j](sub_h[:, j + 1]) for j in range(NUM_CODEBOOKS - 1)], dim=1
+    ).float()
     return cb0, sub
 
 
 @torch.inference_mode()
-def engine_logits(engine, prompt: TalkerPrompt, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def engine_logits(
+    engine, prompt: TalkerPrompt, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the static engine for given codes, running its own prefill and frame path."""
     m, state = engine.engine, engine.state
     dev = m.device
     codes = codes.to(dev)
-    state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
+    state.reset(
+        prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
+    )
     eager_prefill(m, state, prompt.inputs_embeds)
     cb0_rows, sub_rows = [], []
     for i in range(codes.shape[0]):
         cb0_rows.append(talker_logits(m, state.hidden)[0])
-        sub_logits = []
+        sub_logits: list[torch.Tensor] = []
 
-        def forced(j: int, logits: torch.Tensor, row=codes[i]) -> torch.Tensor:
-            sub_logits.append(logits[0])
+        def forced(j: int, logits: torch.Tensor, row=codes[i], seen=sub_logits) -> torch.Tensor:
+            seen.append(logits[0])
             return row[j + 1 : j + 2]
 
         predict_codebooks(m, state, codes[i, :1], forced)
@@ -182,17 +209,31 @@ class ParityReport:
     forced: TeacherForced | None
 
     def summary(self) -> dict:
-        out = {"codes": asdict(self.codes), "static": self.static.summary(), "dynamic": self.dynamic.summary()}
+        out = {
+            "codes": asdict(self.codes),
+            "static": self.static.summary(),
+            "dynamic": self.dynamic.summary(),
+        }
         out["duration_diff_s"] = round(self.static.audio_seconds - self.dynamic.audio_seconds, 4)
         if self.forced is not None:
             out["teacher_forced"] = self.forced.summary()
         return out
 
 
-def run_parity(engine, request: VoiceRequest, params: SamplingParams, seed: int,
-               *, with_teacher_forcing: bool = True) -> ParityReport:
+def run_parity(
+    engine,
+    request: VoiceRequest,
+    params: SamplingParams,
+    seed: int,
+    *,
+    with_teacher_forcing: bool = True,
+) -> ParityReport:
     """Run engine and reference on the same inputs and seed, then compare."""
     static = engine.generate(request, params, seed)
     dynamic = run_reference(engine.tts, request, params, seed)
-    forced = teacher_forced(engine, engine.tts, request, dynamic.codes) if with_teacher_forcing else None
-    return ParityReport(static=static, dynamic=dynamic, codes=compare_codes(static, dynamic), forced=forced)
+    forced = (
+        teacher_forced(engine, engine.tts, request, dynamic.codes) if with_teacher_forcing else None
+    )
+    return ParityReport(
+        static=static, dynamic=dynamic, codes=compare_codes(static, dynamic), forced=forced
+    )

@@ -15,7 +15,11 @@ from typing import Any
 import torch
 
 MODES = ("custom_voice", "voice_clone", "voice_design")
-METHOD_KIND = {"custom_voice": "custom_voice", "voice_clone": "base", "voice_design": "voice_design"}
+METHOD_KIND = {
+    "custom_voice": "custom_voice",
+    "voice_clone": "base",
+    "voice_design": "voice_design",
+}
 
 
 @dataclass
@@ -78,18 +82,28 @@ def validate_request(tts, request: VoiceRequest) -> None:
         raise ValueError(f"text must be a non-empty string, got {request.text!r}")
     languages = sorted(str(x).lower() for x in tts.model.get_supported_languages())
     if request.language is None or str(request.language).lower() not in languages:
-        raise ValueError(f"unknown language {request.language!r}; choose one of: {', '.join(languages)}")
+        raise ValueError(
+            f"unknown language {request.language!r}; choose one of: {', '.join(languages)}"
+        )
     if request.mode == "custom_voice":
         speakers = sorted(str(x).lower() for x in tts.model.get_supported_speakers())
         if not request.speaker or str(request.speaker).lower() not in speakers:
-            raise ValueError(f"unknown speaker {request.speaker!r}; choose one of: {', '.join(speakers)}")
+            raise ValueError(
+                f"unknown speaker {request.speaker!r}; choose one of: {', '.join(speakers)}"
+            )
     if request.mode == "voice_clone":
         items = request.voice_clone_prompt
         if not items or len(items) != 1:
-            raise ValueError("voice_clone needs exactly one voice clone prompt item (see create_voice_clone_prompt)")
+            raise ValueError(
+                "voice_clone needs exactly one voice clone prompt item "
+                "(see create_voice_clone_prompt)"
+            )
         item = items[0]
         if item.icl_mode and not (item.ref_text or "").strip():
-            raise ValueError("ref_text is required for ICL voice cloning; pass ref_text or x_vector_only_mode=True")
+            raise ValueError(
+                "ref_text is required for ICL voice cloning; "
+                "pass ref_text or x_vector_only_mode=True"
+            )
 
 
 _KIND_SUFFIX = {"custom_voice": "CustomVoice", "base": "Base", "voice_design": "VoiceDesign"}
@@ -132,7 +146,9 @@ def build_talker_prompt(tts, request: VoiceRequest) -> TalkerPrompt:
     except _Captured as captured:
         kwargs = captured.kwargs
     else:  # pragma: no cover - only if qwen_tts stops calling talker.generate
-        raise RuntimeError("qwen_tts did not reach the talker's generate; unsupported qwen_tts version?")
+        raise RuntimeError(
+            "qwen_tts did not reach the talker's generate; unsupported qwen_tts version?"
+        )
     finally:
         del talker.generate
 

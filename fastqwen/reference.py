@@ -73,7 +73,9 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
 
 
 @torch.no_grad()
-def run_reference(tts, request: VoiceRequest, params: SamplingParams, seed: int) -> GenerationResult:
+def run_reference(
+    tts, request: VoiceRequest, params: SamplingParams, seed: int
+) -> GenerationResult:
     """Generate one utterance with `qwen_tts` (dynamic cache), seeded right before the loop.
 
     Args:

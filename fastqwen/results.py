@@ -57,5 +57,7 @@ class GenerationResult:
             "ms_per_frame": round(self.ms_per_frame, 3),
             "rtf": round(self.rtf, 3),
             "prefill_ms": None if self.prefill_s is None else round(1000 * self.prefill_s, 3),
-            "ttfa_ms": None if self.time_to_first_audio_s is None else round(1000 * self.time_to_first_audio_s, 3),
+            "ttfa_ms": None
+            if self.time_to_first_audio_s is None
+            else round(1000 * self.time_to_first_audio_s, 3),
         }

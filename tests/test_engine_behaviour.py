@@ -84,7 +84,9 @@ def test_streaming_equals_non_streaming(custom, first, chunk):
     request = VoiceRequest("custom_voice", TEXT, "english", speaker="serena")
     params = SamplingParams(max_new_tokens=41)
     whole = custom.generate(request, params, seed=9)
-    chunks = list(custom.stream(request, params, seed=9, first_chunk_frames=first, chunk_frames=chunk))
+    chunks = list(
+        custom.stream(request, params, seed=9, first_chunk_frames=first, chunk_frames=chunk)
+    )
     assert len(chunks[0].audio) == frames_to_samples(first)
     assert all(len(c.audio) == frames_to_samples(chunk) for c in chunks[1:-1])
     streamed = np.concatenate([c.audio for c in chunks])
@@ -122,7 +124,10 @@ def test_cache_limit_names_the_setting(tiny_model):
         (dict(text="", speaker="aiden"), "text must be a non-empty string"),
         (dict(text="   ", speaker="aiden"), "text must be a non-empty string"),
         (dict(text="hi", speaker="bob"), "unknown speaker 'bob'; choose one of: aiden, dylan"),
-        (dict(text="hi", speaker="aiden", language="klingon"), "unknown language 'klingon'; choose one of: auto"),
+        (
+            dict(text="hi", speaker="aiden", language="klingon"),
+            "unknown language 'klingon'; choose one of: auto",
+        ),
     ],
 )
 def test_bad_custom_voice_input(custom, kwargs, match):
@@ -131,7 +136,10 @@ def test_bad_custom_voice_input(custom, kwargs, match):
 
 
 def test_wrong_model_kind(custom):
-    with pytest.raises(ValueError, match="voice_design needs a 'voice_design' model, but this model is 'custom_voice'"):
+    with pytest.raises(
+        ValueError,
+        match="voice_design needs a 'voice_design' model, but this model is 'custom_voice'",
+    ):
         custom.generate_voice_design("hi", instruct="calm", max_new_tokens=5)
     with pytest.raises(ValueError, match="needs a 'base' model"):
         custom.generate_voice_clone("hi", ref_audio="x.wav", ref_text="x")
@@ -158,7 +166,11 @@ def test_stereo_and_other_rates_are_accepted(tiny_model, tmp_path):
     stereo = np.stack([np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 300 * t)], axis=1) * 0.2
     sf.write(tmp_path / "stereo.wav", stereo.astype(np.float32), sr)
     wavs, out_sr = engine.generate_voice_clone(
-        "hi", ref_audio=str(tmp_path / "stereo.wav"), x_vector_only_mode=True, max_new_tokens=4, seed=0
+        "hi",
+        ref_audio=str(tmp_path / "stereo.wav"),
+        x_vector_only_mode=True,
+        max_new_tokens=4,
+        seed=0,
     )
     assert out_sr == 24000 and wavs[0].ndim == 1 and len(wavs[0]) == frames_to_samples(3)
 
@@ -169,9 +181,20 @@ def test_unknown_generation_parameter(custom):
 
 
 def test_stream_methods_mirror_generate(custom, tiny_model):
-    whole, sr = custom.generate_custom_voice(TEXT, speaker="ryan", language="english", seed=3, max_new_tokens=13)
-    chunks = list(custom.stream_custom_voice(TEXT, speaker="ryan", language="english", seed=3, max_new_tokens=13,
-                                             first_chunk_frames=3, chunk_frames=4))
+    whole, sr = custom.generate_custom_voice(
+        TEXT, speaker="ryan", language="english", seed=3, max_new_tokens=13
+    )
+    chunks = list(
+        custom.stream_custom_voice(
+            TEXT,
+            speaker="ryan",
+            language="english",
+            seed=3,
+            max_new_tokens=13,
+            first_chunk_frames=3,
+            chunk_frames=4,
+        )
+    )
     assert [len(c.audio) for c in chunks] == [frames_to_samples(n) for n in (3, 4, 4, 1)]
     assert chunks[0].sample_rate == sr
     assert np.abs(np.concatenate([c.audio for c in chunks]) - whole[0]).max() < 1e-4

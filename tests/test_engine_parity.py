@@ -62,13 +62,17 @@ def assert_same(engine, request, params, seed, min_frames=FRAMES):
 @pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("non_streaming_mode", [True, False])
 def test_custom_voice(custom, params, non_streaming_mode):
-    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden", non_streaming_mode=non_streaming_mode)
+    request = VoiceRequest(
+        "custom_voice", TEXT, "english", speaker="aiden", non_streaming_mode=non_streaming_mode
+    )
     assert_same(custom, request, params, seed=1337)
 
 
 @pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_custom_voice_instruct(custom, params):
-    request = VoiceRequest("custom_voice", TEXT, "auto", speaker="serena", instruct="Speak slowly and warmly.")
+    request = VoiceRequest(
+        "custom_voice", TEXT, "auto", speaker="serena", instruct="Speak slowly and warmly."
+    )
     assert_same(custom, request, params, seed=7)
 
 
@@ -99,9 +103,15 @@ def test_other_seed_differs(custom):
 @pytest.mark.parametrize(
     "change",
     [
-        dict(temperature=0.5), dict(top_k=5), dict(top_p=0.8), dict(repetition_penalty=2.0),
-        dict(subtalker_temperature=0.5), dict(subtalker_top_k=3), dict(subtalker_top_p=0.7),
-        dict(do_sample=False), dict(subtalker_dosample=False),
+        dict(temperature=0.5),
+        dict(top_k=5),
+        dict(top_p=0.8),
+        dict(repetition_penalty=2.0),
+        dict(subtalker_temperature=0.5),
+        dict(subtalker_top_k=3),
+        dict(subtalker_top_p=0.7),
+        dict(do_sample=False),
+        dict(subtalker_dosample=False),
     ],
     ids=lambda d: next(iter(d)),
 )
@@ -116,8 +126,13 @@ def test_each_parameter_matches_reference(custom, change):
 @pytest.mark.parametrize("mode", ["custom_voice", "voice_design"])
 def test_teacher_forced_logits(custom, design, mode):
     engine = custom if mode == "custom_voice" else design
-    request = VoiceRequest(mode, TEXT, "english", speaker="aiden" if mode == "custom_voice" else None,
-                           instruct=None if mode == "custom_voice" else "bright voice")
+    request = VoiceRequest(
+        mode,
+        TEXT,
+        "english",
+        speaker="aiden" if mode == "custom_voice" else None,
+        instruct=None if mode == "custom_voice" else "bright voice",
+    )
     dynamic = run_reference(engine.tts, request, SAMPLED, seed=21)
     forced = teacher_forced(engine, engine.tts, request, dynamic.codes)
     summary = forced.summary()

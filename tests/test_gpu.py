@@ -15,7 +15,9 @@ from fastqwen.reference import run_reference
 from fastqwen.sources import load_model
 
 pytestmark = pytest.mark.gpu
-REQUEST = VoiceRequest("custom_voice", "We met at the corner cafe after work.", "english", speaker="aiden")
+REQUEST = VoiceRequest(
+    "custom_voice", "We met at the corner cafe after work.", "english", speaker="aiden"
+)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ class StaticKVCache:
     def update(
         self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (1, H_kv, T, D) at positions `pos` (T,) and return the layer's full buffers."""
+        """Write k, v (1, H_kv, T, D) at positions `pos` (T,); return the layer's full buffers."""
         self.k[layer].index_copy_(2, pos, k)
         self.v[layer].index_copy_(2, pos, v)
         return self.k[layer], self.v[layer]

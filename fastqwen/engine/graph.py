@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from .sampling import SamplingMode, SamplingTensors
 from .layers import LayerKernels
+from .sampling import SamplingMode, SamplingTensors
 from .step import EngineModel, FrameState, frame_step, padded_prompt_len, prefill
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,17 @@ class GraphedFrameStep:
         compile: bool = False,
     ):
         if m.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA model, got device {m.device}; use the eager step on CPU")
+            raise ValueError(
+                f"CUDA graphs need a CUDA model, got device {m.device}; use the eager step on CPU"
+            )
         self.m, self.state = m, state
         self.talker_sampling, self.sub_sampling = talker_sampling, sub_sampling
         self.compile = compile
         self.graphs: dict[tuple[int, SamplingMode], torch.cuda.CUDAGraph] = {}
         # (window, padded prompt length) -> (graph, input buffer, last-index buffer)
-        self.prefills: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.prefills: dict[
+            tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
+        ] = {}
         if compile:
             m.kernels = LayerKernels.compiled()
 
@@ -70,7 +74,9 @@ class GraphedFrameStep:
         (`m` is the engine or a `window` of it) and sampling mode."""
         key = (m.talker_cache.max_len, mode)
         if key not in self.graphs:
-            log.info("capturing frame graph: window %d, %s (compile=%s)", key[0], mode, self.compile)
+            log.info(
+                "capturing frame graph: window %d, %s (compile=%s)", key[0], mode, self.compile
+            )
 
             def run() -> None:
                 frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)

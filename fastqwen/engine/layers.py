@@ -84,7 +84,9 @@ class DecoderWeights:
         for layer in model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             if attn.q_proj.bias is not None:
-                raise ValueError("attention biases are not supported (attention_bias must be False)")
+                raise ValueError(
+                    "attention biases are not supported (attention_bias must be False)"
+                )
             layers.append(
                 LayerWeights(
                     input_norm=layer.input_layernorm.weight.data,
@@ -111,8 +113,17 @@ class DecoderWeights:
 
 
 def attention_inputs(
-    x: torch.Tensor, input_norm: torch.Tensor, qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int, eps: float,
+    x: torch.Tensor,
+    input_norm: torch.Tensor,
+    qkv: torch.Tensor,
+    q_norm: torch.Tensor,
+    k_norm: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Norm, fused QKV projection, per-head q/k norm and RoPE.
 
@@ -133,9 +144,17 @@ def attention_inputs(
 
 
 def attention_output_and_mlp(
-    x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-    o: torch.Tensor, post_norm: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
-    num_heads: int, eps: float,
+    x: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    o: torch.Tensor,
+    post_norm: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    num_heads: int,
+    eps: float,
 ) -> torch.Tensor:
     """Attention over the cache, output projection and residual, then the SwiGLU MLP.
 
@@ -198,7 +217,11 @@ class Positions:
 
 
 def decoder_forward(
-    w: DecoderWeights, x: torch.Tensor, at: Positions, cache: StaticKVCache, kernels: LayerKernels = EAGER
+    w: DecoderWeights,
+    x: torch.Tensor,
+    at: Positions,
+    cache: StaticKVCache,
+    kernels: LayerKernels = EAGER,
 ) -> torch.Tensor:
     """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
@@ -210,8 +233,17 @@ def decoder_forward(
     for i, lw in enumerate(w.layers):
         # tensors, not the LayerWeights object, so one compiled graph serves every layer
         q, k, v = kernels.before_attention(
-            x, lw.input_norm, lw.qkv, lw.q_norm, lw.k_norm, at.cos, at.sin,
-            w.num_heads, w.num_kv_heads, w.head_dim, w.eps,
+            x,
+            lw.input_norm,
+            lw.qkv,
+            lw.q_norm,
+            lw.k_norm,
+            at.cos,
+            at.sin,
+            w.num_heads,
+            w.num_kv_heads,
+            w.head_dim,
+            w.eps,
         )
         k_all, v_all = cache.update(i, at.pos, k, v)  # (1, Hkv, S, D)
         x = kernels.after_attention(

@@ -18,6 +18,7 @@ from ..prompts import TalkerPrompt
 from .sampling import SamplingTensors, apply_penalties, sample_token
 from .step import EngineModel, FrameState, eager_prefill, talker_logits
 
+
 @dataclass
 class LoopStats:
     """Filled in while the loop runs; read after it ends."""
@@ -28,9 +29,11 @@ class LoopStats:
     block_times_s: list[float] = field(default_factory=list)  # wall time per yielded block
     block_frames: list[int] = field(default_factory=list)
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
 
 def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int:
     """Frames this call may produce; raises if prompt + frames overflow the static cache."""
@@ -39,9 +42,11 @@ def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int
         raise ValueError(
             f"prompt ({prompt_len} positions) + max_new_tokens ({params.max_new_tokens}) needs "
             f"{prompt_len + max_frames} cache positions but max_seq_len is {max_seq_len}; "
-            f"lower max_new_tokens to {max_seq_len - prompt_len + 1} or load the engine with a larger max_seq_len"
+            f"lower max_new_tokens to {max_seq_len - prompt_len + 1} "
+            "or load the engine with a larger max_seq_len"
         )
     return max_frames
+
 
 def run_frames(
     m: EngineModel,
@@ -68,7 +73,9 @@ def run_frames(
     """
     stats = stats if stats is not None else LoopStats()
     max_frames = check_fits(prompt.prompt_len, params, m.talker_cache.max_len)
-    state.reset(prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype))
+    state.reset(
+        prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
+    )
     if seed is not None:
         torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -97,13 +104,18 @@ def run_frames(
             return
     stats.eos_reached = bool(final_token_is_eos(m, state, params))
 
+
 def final_token_is_eos(m: EngineModel, state: FrameState, params: SamplingParams) -> bool:
     """The reference samples one more codebook-0 token after the last full frame; do the same
     so `eos_reached` (and the RNG stream) agree when generation ends exactly at the limit."""
 
     s = SamplingTensors(m.device).load_talker(params)
     scores = apply_penalties(
-        talker_logits(m, state.hidden), s,
-        presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,
+        talker_logits(m, state.hidden),
+        s,
+        presence=state.presence,
+        blocked=m.suppress_mask,
+        eos_id=m.eos_id,
+        step=state.step,
     )
     return int(sample_token(scores, s, params.do_sample)) == m.eos_id

@@ -60,8 +60,14 @@ class SamplingTensors:
         self._fill(p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0)
         return self
 
-    def _fill(self, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-              min_new_tokens: int) -> None:
+    def _fill(
+        self,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        repetition_penalty: float,
+        min_new_tokens: int,
+    ) -> None:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k)
         self.top_p.fill_(top_p)
@@ -86,7 +92,9 @@ def apply_penalties(
         blocked: (1, V) bool, tokens that are never sampled.
         step: () int64, number of tokens generated so far.
     """
-    penalized = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
+    penalized = torch.where(
+        scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty
+    )
     scores = torch.where(presence, penalized, scores)
     eos_blocked = step < s.min_new_tokens
     scores = scores.clone()
@@ -94,7 +102,9 @@ def apply_penalties(
     return scores.masked_fill(blocked, float("-inf"))
 
 
-def sample_token(scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True) -> torch.Tensor:
+def sample_token(
+    scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True
+) -> torch.Tensor:
     """Pick one token from processed (1, V) float32 scores; returns (1,) int64.
 
     top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).

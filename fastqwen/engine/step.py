@@ -65,10 +65,20 @@ class EngineModel:
             predictor_heads=[h.weight.data for h in cp.lm_head],
             to_predictor=cp.small_to_mtp_projection,
             talker_cache=StaticKVCache(
-                len(tw.layers), tw.num_kv_heads, tw.head_dim, max_seq_len, dtype=dtype, device=device
+                len(tw.layers),
+                tw.num_kv_heads,
+                tw.head_dim,
+                max_seq_len,
+                dtype=dtype,
+                device=device,
             ),
             predictor_cache=StaticKVCache(
-                len(pw.layers), pw.num_kv_heads, pw.head_dim, predictor_len, dtype=dtype, device=device
+                len(pw.layers),
+                pw.num_kv_heads,
+                pw.head_dim,
+                predictor_len,
+                dtype=dtype,
+                device=device,
             ),
             talker_rope=RopeTable(tw.inv_freq, max_seq_len, dtype),
             predictor_positions=[],
@@ -77,7 +87,9 @@ class EngineModel:
         )
         rope = RopeTable(pw.inv_freq, predictor_len, dtype)
         rep = pw.num_heads // pw.num_kv_heads
-        spans = [torch.arange(2, device=device)] + [torch.tensor([j], device=device) for j in range(2, predictor_len)]
+        spans = [torch.arange(2, device=device)] + [
+            torch.tensor([j], device=device) for j in range(2, predictor_len)
+        ]
         m.predictor_positions = [Positions.at(p, rope, m.predictor_cache, rep) for p in spans]
         return m
 
@@ -134,7 +146,9 @@ def padded_prompt_len(prompt_len: int, window: int) -> int:
     return padded if padded <= window else prompt_len
 
 
-def prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor) -> None:
+def prefill(
+    m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor
+) -> None:
     """Run the (padded) prompt through the talker; keep the hidden state at index `last`.
 
     Padding rows sit after the prompt, so causal attention keeps them out of every real
@@ -154,7 +168,9 @@ def pad_prompt(m: EngineModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tenso
     """(1, P, H) prompt -> ((1, P_padded, H) zero-padded in the engine dtype, (1,) last index)."""
     p = inputs_embeds.shape[1]
     padded = torch.zeros(
-        (1, padded_prompt_len(p, m.talker_cache.max_len), inputs_embeds.shape[2]), dtype=m.dtype, device=m.device
+        (1, padded_prompt_len(p, m.talker_cache.max_len), inputs_embeds.shape[2]),
+        dtype=m.dtype,
+        device=m.device,
     )
     padded[:, :p] = inputs_embeds
     return padded, torch.tensor([p - 1], device=m.device)
@@ -165,7 +181,10 @@ def eager_prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor
 
 
 def predict_codebooks(
-    m: EngineModel, state: FrameState, cb0: torch.Tensor, pick: Callable[[int, torch.Tensor], torch.Tensor]
+    m: EngineModel,
+    state: FrameState,
+    cb0: torch.Tensor,
+    pick: Callable[[int, torch.Tensor], torch.Tensor],
 ) -> list[torch.Tensor]:
     """Codebooks 1..15 from the talker hidden state and codebook 0; fills `state.embeds`.
 
@@ -207,13 +226,20 @@ def frame_step(
 ) -> None:
     """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
     scores = apply_penalties(
-        talker_logits(m, state.hidden), talker_sampling,
-        presence=state.presence, blocked=m.suppress_mask, eos_id=m.eos_id, step=state.step,
+        talker_logits(m, state.hidden),
+        talker_sampling,
+        presence=state.presence,
+        blocked=m.suppress_mask,
+        eos_id=m.eos_id,
+        step=state.step,
     )
     cb0 = sample_token(scores, talker_sampling, mode.do_sample, mode.top_p)  # (1,)
     state.presence.scatter_(1, cb0.view(1, 1), True)
     rest = predict_codebooks(
-        m, state, cb0, lambda j, logits: sample_token(logits, sub_sampling, mode.sub_do_sample, mode.sub_top_p)
+        m,
+        state,
+        cb0,
+        lambda j, logits: sample_token(logits, sub_sampling, mode.sub_do_sample, mode.sub_top_p),
     )
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
     state.codes.index_copy_(0, state.step.view(1), frame)
