@@ -225,14 +225,41 @@ class FastQwen3TTS:
             decoder.prime(prompt.ref_codes.to(self.device))
         sr = int(self.tts.model.speech_tokenizer.get_output_sample_rate())
         stats = LoopStats()
+        blocks: list[torch.Tensor] = []
+        pieces: list[np.ndarray] = []
+        first_audio_s: float | None = None
         t0 = time.perf_counter()
         for block in self._frames(prompt, params, seed, stats, first_block=first_chunk_frames):
+            blocks.append(block)
             audio = decoder.push(block.to(self.device))
             if audio is not None and len(audio):
-                yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                first_audio_s = elapsed if first_audio_s is None else first_audio_s
+                pieces.append(audio)
+                yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=elapsed)
+        generate_s = time.perf_counter() - t0
         tail = decoder.flush()
         if tail is not None and len(tail):
-            yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            first_audio_s = elapsed if first_audio_s is None else first_audio_s
+            pieces.append(tail)
+            yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=elapsed)
+        # The whole stream as one result, like generate() gives, plus its time to first audio.
+        codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
+        self.last_results = [
+            GenerationResult(
+                audio=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32),
+                sample_rate=sr,
+                codes=codes,
+                eos_reached=stats.eos_reached,
+                engine="static",
+                wall_s=time.perf_counter() - t0,
+                generate_s=generate_s,
+                prefill_s=stats.prefill_s,
+                time_to_first_audio_s=first_audio_s,
+                frame_times_s=_per_frame_times(stats),
+            )
+        ]
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
     def create_voice_clone_prompt(

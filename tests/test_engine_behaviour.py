@@ -91,6 +91,9 @@ def test_streaming_equals_non_streaming(custom, first, chunk):
     assert all(len(c.audio) == frames_to_samples(chunk) for c in chunks[1:-1])
     streamed = np.concatenate([c.audio for c in chunks])
     assert streamed.shape == whole.audio.shape
+    result = custom.last_results[0]  # the stream, summed up
+    assert torch.equal(result.codes, whole.codes) and result.eos_reached == whole.eos_reached
+    assert result.time_to_first_audio_s == chunks[0].elapsed_s > result.prefill_s > 0
     diff = float(np.abs(streamed - whole.audio).max())
     assert diff < 1e-4, f"streamed audio differs by {diff}"
 
