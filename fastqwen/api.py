@@ -281,7 +281,16 @@ class FastQwen3TTS:
             ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
         )
 
-    def _run_many(self, texts, make_request, params: SamplingParams, seed: int | None):
+    def _clone_items(self, voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode) -> list:
+        if voice_clone_prompt is not None:
+            return voice_clone_prompt
+        if ref_audio is None:
+            raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
+        return self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
+
+    def _run_many(self, texts, make_request, gen: dict, seed: int | None):
+        """Loop over one text or a list, as the reference's batch API accepts both."""
+        params = SamplingParams.from_kwargs(**gen)
         texts = texts if isinstance(texts, list) else [texts]
         self.last_results = [self.generate(make_request(t), params, seed) for t in texts]
         return [r.audio for r in self.last_results], self.last_results[0].sample_rate
@@ -296,20 +305,17 @@ class FastQwen3TTS:
         seed: int | None = None,
         **gen,
     ):
-        params = SamplingParams.from_kwargs(**gen)
-        return self._run_many(
-            text,
-            lambda t: VoiceRequest(
+        def request(t: str) -> VoiceRequest:
+            return VoiceRequest(
                 "custom_voice",
                 t,
                 language or "auto",
                 speaker=speaker,
                 instruct=instruct,
                 non_streaming_mode=non_streaming_mode,
-            ),
-            params,
-            seed,
-        )
+            )
+
+        return self._run_many(text, request, gen, seed)
 
     def generate_voice_design(
         self,
@@ -320,19 +326,16 @@ class FastQwen3TTS:
         seed: int | None = None,
         **gen,
     ):
-        params = SamplingParams.from_kwargs(**gen)
-        return self._run_many(
-            text,
-            lambda t: VoiceRequest(
+        def request(t: str) -> VoiceRequest:
+            return VoiceRequest(
                 "voice_design",
                 t,
                 language or "auto",
                 instruct=instruct,
                 non_streaming_mode=non_streaming_mode,
-            ),
-            params,
-            seed,
-        )
+            )
+
+        return self._run_many(text, request, gen, seed)
 
     def generate_voice_clone(
         self,
@@ -346,27 +349,20 @@ class FastQwen3TTS:
         seed: int | None = None,
         **gen,
     ):
-        params = SamplingParams.from_kwargs(**gen)
-        if voice_clone_prompt is None:
-            if ref_audio is None:
-                raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
-            voice_clone_prompt = self.create_voice_clone_prompt(
-                ref_audio, ref_text, x_vector_only_mode
-            )
-        return self._run_many(
-            text,
-            lambda t: VoiceRequest(
+        items = self._clone_items(voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode)
+
+        def request(t: str) -> VoiceRequest:
+            return VoiceRequest(
                 "voice_clone",
                 t,
                 language or "auto",
-                voice_clone_prompt=voice_clone_prompt,
+                voice_clone_prompt=items,
                 non_streaming_mode=non_streaming_mode,
-            ),
-            params,
-            seed,
-        )
+            )
 
-    # ---- streaming, with the generate_* arguments --------------------------------------
+        return self._run_many(text, request, gen, seed)
+
+    # ---- streaming, with the generate_* arguments (one text at a time) ------------------
     def stream_custom_voice(
         self,
         text: str,
@@ -435,17 +431,12 @@ class FastQwen3TTS:
         chunk_frames: int = 12,
         **gen,
     ) -> Iterator[AudioChunk]:
-        if voice_clone_prompt is None:
-            if ref_audio is None:
-                raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
-            voice_clone_prompt = self.create_voice_clone_prompt(
-                ref_audio, ref_text, x_vector_only_mode
-            )
+        items = self._clone_items(voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode)
         request = VoiceRequest(
             "voice_clone",
             text,
             language or "auto",
-            voice_clone_prompt=voice_clone_prompt,
+            voice_clone_prompt=items,
             non_streaming_mode=non_streaming_mode,
         )
         return self.stream(
