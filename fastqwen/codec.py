@@ -50,7 +50,7 @@ from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import (
     Qwen3TTSTokenizerV2Decoder,
 )
 
-from fastqwen.constants import NUM_CODEBOOKS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def frames_to_samples(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"frames_to_samples: n={n!r} must be an int >= 0")
     return n * SAMPLES_PER_FRAME
-
-
-def frames_to_seconds(n: int) -> float:
-    """Duration in seconds of the audio made from `n` frames."""
-    return frames_to_samples(n) / SAMPLE_RATE
 
 
 def reference_window_start(frame: int) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,3 @@ class SamplingParams:
                 f"choose from: {', '.join(sorted(known))}"
             )
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
