@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from .constants import NUM_CODEBOOKS
-from .engine.step import advance_talker, eager_prefill, predict_codebooks, talker_logits
+from .engine.step import (
+    advance_talker,
+    eager_prefill,
+    predict_codebooks,
+    predictor_logits,
+    talker_logits,
+)
 from .params import SamplingParams
 from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
 from .reference import run_reference
@@ -172,8 +178,8 @@ def engine_logits(
         cb0_rows.append(talker_logits(m, state.hidden)[0])
         sub_logits: list[torch.Tensor] = []
 
-        def forced(j: int, logits: torch.Tensor, row=codes[i], seen=sub_logits) -> torch.Tensor:
-            seen.append(logits[0])
+        def forced(j: int, hidden: torch.Tensor, row=codes[i], seen=sub_logits) -> torch.Tensor:
+            seen.append(predictor_logits(m, j, hidden)[0])
             return row[j + 1 : j + 2]
 
         predict_codebooks(m, state, codes[i, :1], forced)

@@ -1,8 +1,10 @@
 """Preallocated KV cache, written in place at positions held in a device tensor.
 
 Shapes never change while decoding, so a whole frame can be replayed as one CUDA
-graph. Positions past the current one are hidden by a boolean mask; SDPA gives
-masked keys exactly zero weight, so stale entries never leak into the output.
+graph. Positions past the current one are hidden by a boolean mask that gives masked
+keys exactly zero weight, so stale entries never leak into the output.
+
+Keys and values of a layer share one buffer, so a step writes both with one scatter.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 
 
 class StaticKVCache:
-    """Keys and values for every layer: two buffers of shape (L, 1, H_kv, S, D)."""
+    """Keys and values for every layer: one buffer of shape (L, 2, 1, H_kv, S, D)."""
 
     def __init__(
         self,
@@ -25,9 +27,8 @@ class StaticKVCache:
     ):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        shape = (num_layers, 1, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (num_layers, 2, 1, num_kv_heads, max_len, head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.arange(max_len, device=device)  # (S,)
 
     def window(self, length: int) -> StaticKVCache:
@@ -39,21 +40,17 @@ class StaticKVCache:
         if not 1 <= length <= self.max_len:
             raise ValueError(f"window length must be in [1, {self.max_len}], got {length}")
         view = object.__new__(StaticKVCache)
-        view.k, view.v = self.k[:, :, :, :length], self.v[:, :, :, :length]
+        view.kv = self.kv[..., :length, :]
         view.positions = self.positions[:length]
         return view
 
     @property
     def max_len(self) -> int:
-        return int(self.k.shape[3])
+        return int(self.kv.shape[-2])
 
-    def update(
-        self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (1, H_kv, T, D) at positions `pos` (T,); return the layer's full buffers."""
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
-        return self.k[layer], self.v[layer]
+    def layer(self, i: int) -> torch.Tensor:
+        """Layer i's (2, 1, H_kv, S, D) buffer: keys at [0], values at [1]."""
+        return self.kv[i]
 
     def causal_mask(self, pos: torch.Tensor) -> torch.Tensor:
         """(1, 1, T, S) boolean mask: query at pos[t] sees keys at positions <= pos[t]."""

@@ -9,9 +9,9 @@ cache window select another graph.
 
 Random draws inside the graph use the CUDA generator's graph-safe Philox offsets, so a
 replayed frame draws the same numbers as the same frame run eagerly after the same seed.
-With `compile=True`, the two halves of every decoder layer (norm/QKV/q-k norm/RoPE, and
-output projection/MLP) are `torch.compile`d before capture, which fuses the many small
-elementwise kernels; sampling and its random draws stay eager ops inside the graph.
+With `compile=True`, the decoder layer (cache write included) and the head-plus-warp of
+every sampled token are `torch.compile`d before capture (see `kernels`), which fuses the
+many small kernels; the random draws stay eager ops inside the graph.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .layers import LayerKernels
+from .kernels import FrameKernels
 from .sampling import SamplingMode, SamplingTensors
 from .step import EngineModel, FrameState, frame_step, padded_prompt_len, prefill
 
@@ -67,7 +67,7 @@ class GraphedFrameStep:
             tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
         ] = {}
         if compile:
-            m.kernels = LayerKernels.compiled()
+            m.kernels = FrameKernels.compiled()
 
     def prepare(self, m: EngineModel, mode: SamplingMode) -> Callable[[], None]:
         """Capture (first time only) and return the replay function for this cache window

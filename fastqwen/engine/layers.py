@@ -124,12 +124,12 @@ def attention_inputs(
     num_kv_heads: int,
     head_dim: int,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Norm, fused QKV projection, per-head q/k norm and RoPE.
 
     Returns q (1, Hkv, rep * T, D) with the query heads that share a KV head stacked as
-    extra rows of that head (GQA without copying the cache; every SDPA backend takes it),
-    and k, v (1, Hkv, T, D).
+    extra rows of that head (GQA without copying the cache), and k and v stacked as
+    (2, 1, Hkv, T, D), the layout of a cache layer.
     """
     T = x.shape[1]
     hq, hkv, d = num_heads, num_kv_heads, head_dim
@@ -140,65 +140,71 @@ def attention_inputs(
     v = v.view(1, T, hkv, d).transpose(1, 2)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    return q.reshape(1, hkv, (hq // hkv) * T, d), k, v
+    return q.reshape(1, hkv, (hq // hkv) * T, d), torch.stack((k, v))
 
 
-def attention_output_and_mlp(
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Float32 attention of q (1, Hkv, R, D) over k, v (1, Hkv, S, D); masked keys get
+    exactly zero weight.
+
+    Eagerly it is two matmuls, as in the reference. Under `torch.compile` the products
+    are written as multiply-and-sum, which Inductor turns into a few fused reductions
+    that read the bf16 cache directly, instead of cast kernels and GEMM library calls.
+    """
+    scale = q.shape[-1] ** -0.5
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    if torch.compiler.is_compiling():
+        scores = (q32.unsqueeze(-2) * k32.unsqueeze(-3)).sum(-1) * scale  # (1, Hkv, R, S)
+    else:
+        scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    if torch.compiler.is_compiling():
+        return (weights.unsqueeze(-1) * v32.unsqueeze(-3)).sum(-2)  # (1, Hkv, R, D)
+    return torch.matmul(weights, v32)
+
+
+def decoder_layer(
     x: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    kv: torch.Tensor,
+    pos: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
     mask: torch.Tensor,
+    input_norm: torch.Tensor,
+    qkv: torch.Tensor,
+    q_norm: torch.Tensor,
+    k_norm: torch.Tensor,
     o: torch.Tensor,
     post_norm: torch.Tensor,
     gate_up: torch.Tensor,
     down: torch.Tensor,
     num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
     eps: float,
 ) -> torch.Tensor:
-    """Attention over the cache, output projection and residual, then the SwiGLU MLP.
+    """One decoder layer on x (1, T, H) at positions `pos` (T,), writing its keys and
+    values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
 
-    q is (1, Hkv, rep * T, D), k and v (1, Hkv, S, D), mask (1, 1, rep * T, S). The
-    attention is written out (float32 scores and softmax, masked keys get exactly zero
-    weight) so it compiles into the same fused kernels as the rest of the layer instead
-    of several library calls per layer.
+    The whole layer is one function so that, compiled, the cache write fuses into the
+    RoPE kernel and the matrix-vector products into their neighbours.
     """
     T = x.shape[1]
-    d = q.shape[-1]
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * d**-0.5  # (1, Hkv, rep T, S)
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    a = torch.matmul(weights, v.float()).to(x.dtype)  # (1, Hkv, rep T, D)
-    a = a.reshape(1, num_heads, T, d).transpose(1, 2).reshape(1, T, num_heads * d)
+    q, new_kv = attention_inputs(
+        x, input_norm, qkv, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, head_dim, eps
+    )
+    kv.index_copy_(3, pos, new_kv)
+    a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
+    a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, num_heads * head_dim)
     x = x + F.linear(a, o)
     h = rms_norm(x, post_norm, eps)
     gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
     return x + F.linear(F.silu(gate) * up, down)
 
 
-@dataclass(frozen=True)
-class LayerKernels:
-    """The two halves of a layer around the cache write: plain functions on
-    the CPU, `torch.compile`d on CUDA. Compiling per half keeps compile time to seconds
-    (one graph per shape, shared by all layers) while fusing the small elementwise ops."""
-
-    before_attention: Callable = attention_inputs
-    after_attention: Callable = attention_output_and_mlp
-    final_norm: Callable = rms_norm
-
-    @classmethod
-    def compiled(cls) -> LayerKernels:
-        def fuse(fn: Callable) -> Callable:
-            return torch.compile(fn, dynamic=False, fullgraph=True)
-
-        return cls(fuse(attention_inputs), fuse(attention_output_and_mlp), fuse(rms_norm))
-
-
-EAGER = LayerKernels()
-
-
 @dataclass
 class Positions:
-    """Where T tokens go: positions (T,), their RoPE cos/sin (T, D) and the SDPA mask.
+    """Where T tokens go: positions (T,), their RoPE cos/sin (T, D) and the attention mask.
 
     The talker's position is a device tensor that moves every frame, so its Positions are
     computed in the step (a few tiny kernels); the code predictor always uses positions
@@ -221,32 +227,37 @@ def decoder_forward(
     x: torch.Tensor,
     at: Positions,
     cache: StaticKVCache,
-    kernels: LayerKernels = EAGER,
+    layer: Callable = decoder_layer,
+    final_norm: Callable = rms_norm,
 ) -> torch.Tensor:
     """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
     Args:
         x: (1, T, H) input embeddings.
+        layer, final_norm: `decoder_layer` and `rms_norm`, or compiled versions of them.
     Returns:
         (1, T, H) final-normed hidden states.
     """
     for i, lw in enumerate(w.layers):
         # tensors, not the LayerWeights object, so one compiled graph serves every layer
-        q, k, v = kernels.before_attention(
+        x = layer(
             x,
+            cache.layer(i),
+            at.pos,
+            at.cos,
+            at.sin,
+            at.mask,
             lw.input_norm,
             lw.qkv,
             lw.q_norm,
             lw.k_norm,
-            at.cos,
-            at.sin,
+            lw.o,
+            lw.post_norm,
+            lw.gate_up,
+            lw.down,
             w.num_heads,
             w.num_kv_heads,
             w.head_dim,
             w.eps,
         )
-        k_all, v_all = cache.update(i, at.pos, k, v)  # (1, Hkv, S, D)
-        x = kernels.after_attention(
-            x, q, k_all, v_all, at.mask, lw.o, lw.post_norm, lw.gate_up, lw.down, w.num_heads, w.eps
-        )
-    return kernels.final_norm(x, w.final_norm, w.eps)
+    return final_norm(x, w.final_norm, w.eps)

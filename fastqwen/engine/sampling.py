@@ -2,8 +2,8 @@
 
 The reference applies, in order: repetition penalty, EOS suppression before
 `min_new_tokens`, the suppressed-token mask, then (sampling only) temperature, top-k,
-top-p, softmax and one `torch.multinomial` draw. We keep that order and that op, so
-the same seed gives the same codes. Every numeric parameter is a device tensor, so
+top-p, softmax and one `torch.multinomial` draw. We keep that order and make that
+draw, so the same seed gives the same codes. Every numeric parameter is a device tensor, so
 changing it needs no graph recapture; `do_sample` is structural because a greedy pick
 makes no draw, and the number of draws must match the reference.
 
@@ -102,15 +102,8 @@ def apply_penalties(
     return scores.masked_fill(blocked, float("-inf"))
 
 
-def sample_token(
-    scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True
-) -> torch.Tensor:
-    """Pick one token from processed (1, V) float32 scores; returns (1,) int64.
-
-    top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
-    """
-    if not do_sample:
-        return scores.argmax(dim=-1)
+def warp_scores(scores: torch.Tensor, s: SamplingTensors, top_p: bool) -> torch.Tensor:
+    """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them."""
     vocab = scores.shape[-1]
     scores = scores / s.temperature
     # top-k: drop everything below the k-th largest score (k = 0 keeps all)
@@ -120,8 +113,31 @@ def sample_token(
     scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p:
         scores = _nucleus(scores, s.top_p)
+    return scores
+
+
+def draw(scores: torch.Tensor) -> torch.Tensor:
+    """One sample from softmax(scores), (1, V) -> (1,): the very draw `torch.multinomial`
+    makes for one sample (an exponential variate per token, then argmax of p / q), minus
+    its validity checks, which cost a dozen kernels each time."""
     probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1).squeeze(1)
+    q = torch.empty_like(probs).exponential_(1)
+    return (probs / q).argmax(dim=-1)
+
+
+def pick_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """A draw from warped scores, or the argmax of plain ones (greedy makes no draw)."""
+    return draw(scores) if do_sample else scores.argmax(dim=-1)
+
+
+def sample_token(
+    scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True
+) -> torch.Tensor:
+    """Pick one token from processed (1, V) float32 scores; returns (1,) int64.
+
+    top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
+    """
+    return pick_token(warp_scores(scores, s, top_p) if do_sample else scores, do_sample)
 
 
 def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

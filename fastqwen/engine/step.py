@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
-from .layers import EAGER, DecoderWeights, LayerKernels, Positions, RopeTable, decoder_forward
-from .sampling import SamplingMode, SamplingTensors, apply_penalties, sample_token
+from .kernels import EAGER, FrameKernels
+from .layers import DecoderWeights, Positions, RopeTable, decoder_forward
+from .sampling import SamplingMode, SamplingTensors, pick_token
 
 
 @dataclass
@@ -39,7 +40,7 @@ class EngineModel:
     predictor_positions: list[Positions]  # [0, 1] (prefill), then [2] .. [15]
     suppress_mask: torch.Tensor  # (1, 3072) bool
     eos_id: int
-    kernels: LayerKernels = EAGER  # per-frame decoder halves; compiled ones on CUDA
+    kernels: FrameKernels = EAGER  # per-frame functions; compiled ones on CUDA
 
     @classmethod
     def from_qwen_tts(cls, model, max_seq_len: int) -> EngineModel:
@@ -137,6 +138,16 @@ def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden[:, -1], m.codec_head).float()
 
 
+def predictor_logits(m: EngineModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
+    """(1, Hp) predictor hidden -> (1, 2048) float32 logits of codebook j + 1."""
+    return F.linear(hidden, m.predictor_heads[j]).float()
+
+
+def run_decoder(m: EngineModel, w: DecoderWeights, x, at: Positions, cache) -> torch.Tensor:
+    """`decoder_forward` with the engine's per-frame kernels (compiled on CUDA)."""
+    return decoder_forward(w, x, at, cache, m.kernels.layer, m.kernels.final_norm)
+
+
 PREFILL_BUCKET = 64  # prompts are padded to a multiple of this, so few prefill shapes exist
 
 
@@ -188,22 +199,21 @@ def predict_codebooks(
 ) -> list[torch.Tensor]:
     """Codebooks 1..15 from the talker hidden state and codebook 0; fills `state.embeds`.
 
-    `pick(j, logits)` chooses codebook j + 1 from its (1, 2048) float32 logits: sampling
-    in `frame_step`, the given codes in teacher-forced parity checks.
+    `pick(j, hidden)` chooses codebook j + 1 from the predictor's (1, Hp) last hidden
+    state: sampling in `frame_step`, the given codes in teacher-forced parity checks.
     """
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
     x = m.to_predictor(torch.cat((state.hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
-    out = decoder_forward(m.predictor, x, at[0], m.predictor_cache, m.kernels)
+    out = run_decoder(m, m.predictor, x, at[0], m.predictor_cache)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
-        logits = F.linear(out[:, -1], m.predictor_heads[j]).float()  # (1, 2048)
-        tok = pick(j, logits)  # (1,)
+        tok = pick(j, out[:, -1])  # (1,)
         tokens.append(tok)
         embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
         if j + 1 < NUM_CODEBOOKS - 1:
             x = m.to_predictor(embeds[:, j + 1 : j + 2])
-            out = decoder_forward(m.predictor, x, at[j + 1], m.predictor_cache, m.kernels)
+            out = run_decoder(m, m.predictor, x, at[j + 1], m.predictor_cache)
     return tokens
 
 
@@ -212,7 +222,7 @@ def advance_talker(m: EngineModel, state: FrameState) -> None:
     text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
     x = state.embeds.sum(dim=1, keepdim=True) + text
     at = m.talker_positions(state.pos)
-    state.hidden.copy_(decoder_forward(m.talker, x, at, m.talker_cache, m.kernels))
+    state.hidden.copy_(run_decoder(m, m.talker, x, at, m.talker_cache))
     state.pos.add_(1)
     state.step.add_(1)
 
@@ -225,22 +235,27 @@ def frame_step(
     mode: SamplingMode,
 ) -> None:
     """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
-    scores = apply_penalties(
-        talker_logits(m, state.hidden),
+    k = m.kernels
+    scores = k.talker_scores(
+        state.hidden,
+        m.codec_head,
         talker_sampling,
-        presence=state.presence,
-        blocked=m.suppress_mask,
-        eos_id=m.eos_id,
-        step=state.step,
+        state.presence,
+        m.suppress_mask,
+        m.eos_id,
+        state.step,
+        mode.do_sample,
+        mode.top_p,
     )
-    cb0 = sample_token(scores, talker_sampling, mode.do_sample, mode.top_p)  # (1,)
+    cb0 = pick_token(scores, mode.do_sample)  # (1,)
     state.presence.scatter_(1, cb0.view(1, 1), True)
-    rest = predict_codebooks(
-        m,
-        state,
-        cb0,
-        lambda j, logits: sample_token(logits, sub_sampling, mode.sub_do_sample, mode.sub_top_p),
-    )
+
+    def pick(j: int, hidden: torch.Tensor) -> torch.Tensor:
+        head = m.predictor_heads[j]
+        sub = k.predictor_scores(hidden, head, sub_sampling, mode.sub_do_sample, mode.sub_top_p)
+        return pick_token(sub, mode.sub_do_sample)
+
+    rest = predict_codebooks(m, state, cb0, pick)
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
     state.codes.index_copy_(0, state.step.view(1), frame)
     advance_talker(m, state)
