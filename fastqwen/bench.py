@@ -196,7 +196,7 @@ def _static_kv_bytes(fast) -> int | None:
     if any(c is None for c in caches):
         log.warning("engine has no talker_cache/predictor_cache: KV bytes not reported")
         return None
-    return tensor_bytes(t for c in caches for t in (c.k, c.v))
+    return tensor_bytes(c.kv for c in caches)
 
 
 def _time_to_first_audio(fast, request, params, cfg: BenchConfig, device: torch.device) -> float:

@@ -42,3 +42,19 @@ def test_compiled_kernels_match_reference(compiled, do_sample):
     assert parity.identical, parity.describe()
     assert static.frames >= FRAMES - 1
     assert compiled.engine.kernels.layer is not FrameKernels().layer  # really the compiled path
+
+
+def test_top_k_by_counting_equals_top_k_by_sort():
+    """The compiled top-k mask (count larger scores) against the eager one (k-th of a sort),
+    with ties and masked tokens, for every k."""
+    from fastqwen.engine.sampling import in_top_k
+
+    counted = torch.compile(in_top_k, fullgraph=True, dynamic=False)
+    inf = float("inf")
+    scores = torch.tensor([[3.0, 1.0, 3.0, -inf, 2.0, 2.0, 0.0, -inf]])
+    masks = set()
+    for k in range(1, scores.shape[1] + 1):
+        eager = in_top_k(scores, torch.tensor(k))
+        assert torch.equal(counted(scores, torch.tensor(k)), eager), k
+        masks.add(tuple(eager[0].tolist()))
+    assert len(masks) >= 5  # the test really moves the threshold through the ties

@@ -2,8 +2,9 @@
 
 On the CPU they run as plain functions. On CUDA `FrameKernels.compiled()` wraps each in
 `torch.compile`: one graph per input shape, shared by every layer of a decoder and every
-codebook head, so compile time stays in tens of seconds. The random draw itself
-(`sampling.draw`) stays eager, so it consumes the generator exactly as the reference does.
+codebook, so compile time stays around a minute. The random variates themselves
+(`sampling.draw_noise`) are made eagerly, one call per token as in the reference, so the
+generator advances identically; everything computed from them is fused.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from .layers import decoder_layer, rms_norm
-from .sampling import SamplingTensors, apply_penalties, warp_scores
+from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
-def talker_scores(
+def talker_token(
     hidden: torch.Tensor,
     head: torch.Tensor,
+    noise: torch.Tensor | None,
     s: SamplingTensors,
     presence: torch.Tensor,
     blocked: torch.Tensor,
@@ -29,20 +31,47 @@ def talker_scores(
     do_sample: bool,
     top_p: bool,
 ) -> torch.Tensor:
-    """Codebook-0 scores, ready to draw from: head, float32 cast, penalties, then the warp."""
+    """Codebook 0 from the talker's (1, 1, H) hidden state: head, float32 cast, penalties,
+    warp, pick; also marks the token in `presence` for the repetition penalty."""
     logits = F.linear(hidden[:, -1], head).float()
     scores = apply_penalties(
         logits, s, presence=presence, blocked=blocked, eos_id=eos_id, step=step
     )
-    return warp_scores(scores, s, top_p) if do_sample else scores
+    if do_sample:
+        scores = warp_scores(scores, s, top_p)
+    tok = pick_token(scores, do_sample, noise)
+    presence.scatter_(1, tok.view(1, 1), True)
+    return tok
 
 
-def predictor_scores(
-    hidden: torch.Tensor, head: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool
+def predictor_token(
+    hidden: torch.Tensor,
+    head: torch.Tensor,
+    noise: torch.Tensor | None,
+    s: SamplingTensors,
+    do_sample: bool,
+    top_p: bool,
 ) -> torch.Tensor:
-    """Scores of one of codebooks 1..15 from the predictor's (1, Hp) hidden state."""
-    logits = F.linear(hidden, head).float()
-    return warp_scores(logits, s, top_p) if do_sample else logits
+    """One of codebooks 1..15 from the predictor's (1, Hp) hidden state."""
+    scores = F.linear(hidden, head).float()
+    if do_sample:
+        scores = warp_scores(scores, s, top_p)
+    return pick_token(scores, do_sample, noise)
+
+
+def embed_code(
+    tok: torch.Tensor,
+    table: torch.Tensor,
+    slot: torch.Tensor,
+    proj_weight: torch.Tensor | None,
+    proj_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Write the embedding of `tok` (1,) into `slot` (1, H) and return it as the
+    predictor's next input (1, 1, Hp), through `small_to_mtp_projection` if it has one."""
+    emb = F.embedding(tok, table)  # (1, H)
+    slot.copy_(emb)
+    x = emb.unsqueeze(0)
+    return x if proj_weight is None else F.linear(x, proj_weight, proj_bias)
 
 
 def compile_fused(fn: Callable) -> Callable:
@@ -61,18 +90,19 @@ def compile_fused(fn: Callable) -> Callable:
 class FrameKernels:
     layer: Callable = decoder_layer
     final_norm: Callable = rms_norm
-    talker_scores: Callable = talker_scores
-    predictor_scores: Callable = predictor_scores
+    talker_token: Callable = talker_token
+    predictor_token: Callable = predictor_token
+    embed_code: Callable = embed_code
 
     @classmethod
     def compiled(cls) -> FrameKernels:
         # the layer has a graph per talker cache window (up to 5) plus two predictor shapes
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         return cls(
-            compile_fused(decoder_layer),
-            compile_fused(rms_norm),
-            compile_fused(talker_scores),
-            compile_fused(predictor_scores),
+            *(
+                compile_fused(f)
+                for f in (decoder_layer, rms_norm, talker_token, predictor_token, embed_code)
+            )
         )
 
 

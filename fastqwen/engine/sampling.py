@@ -106,28 +106,46 @@ def warp_scores(scores: torch.Tensor, s: SamplingTensors, top_p: bool) -> torch.
     """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them."""
     vocab = scores.shape[-1]
     scores = scores / s.temperature
-    # top-k: drop everything below the k-th largest score (k = 0 keeps all)
-    k = torch.where((s.top_k <= 0) | (s.top_k > vocab), vocab, s.top_k)
-    ranked = scores.sort(dim=-1, descending=True).values
-    kth = ranked.gather(-1, (k - 1).view(1, 1))
-    scores = scores.masked_fill(scores < kth, float("-inf"))
+    k = torch.where((s.top_k <= 0) | (s.top_k > vocab), vocab, s.top_k)  # 0 keeps all
+    scores = scores.masked_fill(~in_top_k(scores, k), float("-inf"))
     if top_p:
         scores = _nucleus(scores, s.top_p)
     return scores
 
 
-def draw(scores: torch.Tensor) -> torch.Tensor:
-    """One sample from softmax(scores), (1, V) -> (1,): the very draw `torch.multinomial`
-    makes for one sample (an exponential variate per token, then argmax of p / q), minus
-    its validity checks, which cost a dozen kernels each time."""
-    probs = scores.softmax(dim=-1)
-    q = torch.empty_like(probs).exponential_(1)
-    return (probs / q).argmax(dim=-1)
+def in_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept).
+
+    A score is that large exactly when fewer than k scores are strictly larger. Under
+    `torch.compile` we count those (one fused V x V comparison, no sort kernel); eagerly
+    we read the k-th value off a sort, which needs no V x V temporary. Both give the same
+    mask: only comparisons, no arithmetic.
+    """
+    if torch.compiler.is_compiling():
+        larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
+        return larger < k
+    kth = scores.sort(dim=-1, descending=True).values.gather(-1, (k - 1).view(1, 1))
+    return scores >= kth
 
 
-def pick_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
-    """A draw from warped scores, or the argmax of plain ones (greedy makes no draw)."""
-    return draw(scores) if do_sample else scores.argmax(dim=-1)
+def draw_noise(vocab: int, device: torch.device) -> torch.Tensor:
+    """The (1, V) exponential variates `torch.multinomial` draws for one sample.
+
+    Made eagerly, one call per token as the reference makes them, so the generator
+    advances identically; the arithmetic on them can then be fused (`pick_token`).
+    """
+    return torch.empty((1, vocab), dtype=torch.float32, device=device).exponential_(1)
+
+
+def pick_token(
+    scores: torch.Tensor, do_sample: bool, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(1, V) scores -> (1,) token: argmax when greedy (no draw), else the sample
+    `torch.multinomial(softmax(scores), 1)` gives for that `noise`: argmax of p / noise,
+    without multinomial's validity checks (a dozen kernels each time)."""
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    return (scores.softmax(dim=-1) / noise).argmax(dim=-1)
 
 
 def sample_token(
@@ -137,7 +155,11 @@ def sample_token(
 
     top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
     """
-    return pick_token(warp_scores(scores, s, top_p) if do_sample else scores, do_sample)
+    if not do_sample:
+        return pick_token(scores, False)
+    return pick_token(
+        warp_scores(scores, s, top_p), True, draw_noise(scores.shape[-1], scores.device)
+    )
 
 
 def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
 from .kernels import EAGER, FrameKernels
 from .layers import DecoderWeights, Positions, RopeTable, decoder_forward
-from .sampling import SamplingMode, SamplingTensors, pick_token
+from .sampling import SamplingMode, SamplingTensors, draw_noise
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EngineModel:
     codec_head: torch.Tensor  # (3072, H)
     predictor_embeddings: list[torch.Tensor]  # 15 x (2048, H), codebooks 1..15
     predictor_heads: list[torch.Tensor]  # 15 x (2048, Hp), codebooks 1..15
-    to_predictor: torch.nn.Module  # small_to_mtp_projection: Linear(H -> Hp) or Identity
+    to_predictor: tuple[torch.Tensor | None, torch.Tensor | None]  # small_to_mtp_projection
     talker_cache: StaticKVCache
     predictor_cache: StaticKVCache
     talker_rope: RopeTable
@@ -64,7 +64,7 @@ class EngineModel:
             codec_head=talker.codec_head.weight.data,
             predictor_embeddings=[e.weight.data for e in cp.model.codec_embedding],
             predictor_heads=[h.weight.data for h in cp.lm_head],
-            to_predictor=cp.small_to_mtp_projection,
+            to_predictor=_linear_weights(cp.small_to_mtp_projection),
             talker_cache=StaticKVCache(
                 len(tw.layers),
                 tw.num_kv_heads,
@@ -105,6 +105,17 @@ class EngineModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.codec_head.dtype
+
+
+def _linear_weights(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(weight, bias) of a Linear; (None, None) for the Identity the 0.6B model has."""
+    if isinstance(module, torch.nn.Identity):
+        return None, None
+    return module.weight.data, None if module.bias is None else module.bias.data
+
+
+def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+    return x if w[0] is None else F.linear(x, w[0], w[1])
 
 
 class FrameState:
@@ -204,15 +215,16 @@ def predict_codebooks(
     """
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
-    x = m.to_predictor(torch.cat((state.hidden, embeds[:, :1]), dim=1))  # (1, 2, Hp)
+    x = project(torch.cat((state.hidden, embeds[:, :1]), dim=1), m.to_predictor)  # (1, 2, Hp)
     out = run_decoder(m, m.predictor, x, at[0], m.predictor_cache)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         tok = pick(j, out[:, -1])  # (1,)
         tokens.append(tok)
-        embeds[:, j + 1].copy_(F.embedding(tok, m.predictor_embeddings[j]))
-        if j + 1 < NUM_CODEBOOKS - 1:
-            x = m.to_predictor(embeds[:, j + 1 : j + 2])
+        last = j + 1 == NUM_CODEBOOKS - 1
+        proj = (None, None) if last else m.to_predictor
+        x = m.kernels.embed_code(tok, m.predictor_embeddings[j], embeds[:, j + 1], *proj)
+        if not last:
             out = run_decoder(m, m.predictor, x, at[j + 1], m.predictor_cache)
     return tokens
 
@@ -235,10 +247,12 @@ def frame_step(
     mode: SamplingMode,
 ) -> None:
     """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
-    k = m.kernels
-    scores = k.talker_scores(
-        state.hidden,
+    k, hidden = m.kernels, state.hidden
+    noise = draw_noise(m.codec_head.shape[0], m.device) if mode.do_sample else None
+    cb0 = k.talker_token(
+        hidden,
         m.codec_head,
+        noise,
         talker_sampling,
         state.presence,
         m.suppress_mask,
@@ -246,14 +260,14 @@ def frame_step(
         state.step,
         mode.do_sample,
         mode.top_p,
-    )
-    cb0 = pick_token(scores, mode.do_sample)  # (1,)
-    state.presence.scatter_(1, cb0.view(1, 1), True)
+    )  # (1,)
 
     def pick(j: int, hidden: torch.Tensor) -> torch.Tensor:
         head = m.predictor_heads[j]
-        sub = k.predictor_scores(hidden, head, sub_sampling, mode.sub_do_sample, mode.sub_top_p)
-        return pick_token(sub, mode.sub_do_sample)
+        noise = draw_noise(head.shape[0], m.device) if mode.sub_do_sample else None
+        return k.predictor_token(
+            hidden, head, noise, sub_sampling, mode.sub_do_sample, mode.sub_top_p
+        )
 
     rest = predict_codebooks(m, state, cb0, pick)
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
