@@ -50,6 +50,7 @@ from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import (
     Qwen3TTSTokenizerV2Decoder,
 )
 
+from fastqwen.codec_graph import graphed_decode
 from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 logger = logging.getLogger(__name__)
@@ -299,10 +300,15 @@ class StreamingDecoder:
         context = start - window
         conv_context = min(context, self._conv_context)
         codes = self._codes[window - self._first_kept : stop - self._first_kept]  # (W, 16)
-        with torch.inference_mode():
-            latents = _latents(self._decoder, codes.T.unsqueeze(0))  # (1, latent, W)
+
+        def decode(window_codes: torch.Tensor) -> torch.Tensor:
+            latents = _latents(self._decoder, window_codes)  # (1, latent, W)
             latents = latents[..., context - conv_context :]  # (1, latent, cc + n)
-            wav = _waveform(self._decoder, latents)  # (1, 1, (cc + n) * 1920)
+            return _waveform(self._decoder, latents)  # (1, 1, (cc + n) * 1920)
+
+        with torch.inference_mode():
+            key = (codes.shape[0], context, conv_context)
+            wav = graphed_decode(self._decoder, key, codes.T.unsqueeze(0).contiguous(), decode)
         wav = wav[0, 0, frames_to_samples(conv_context) :]  # (n * 1920,)
         logger.debug(
             "frames %d..%d: window from %d, conv context %d", start, stop, window, conv_context

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import decoder_layer, rms_norm
+from .layers import decoder_layer, linear, rms_norm
 from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
@@ -33,7 +33,7 @@ def talker_token(
 ) -> torch.Tensor:
     """Codebook 0 from the talker's (1, 1, H) hidden state: head, float32 cast, penalties,
     warp, pick; also marks the token in `presence` for the repetition penalty."""
-    logits = F.linear(hidden[:, -1], head).float()
+    logits = linear(hidden[:, -1:], head)[:, -1].float()
     scores = apply_penalties(
         logits, s, presence=presence, blocked=blocked, eos_id=eos_id, step=step
     )
@@ -53,7 +53,7 @@ def predictor_token(
     top_p: bool,
 ) -> torch.Tensor:
     """One of codebooks 1..15 from the predictor's (1, Hp) hidden state."""
-    scores = F.linear(hidden, head).float()
+    scores = linear(hidden.unsqueeze(1), head)[:, -1].float()
     if do_sample:
         scores = warp_scores(scores, s, top_p)
     return pick_token(scores, do_sample, noise)
@@ -71,7 +71,7 @@ def embed_code(
     emb = F.embedding(tok, table)  # (1, H)
     slot.copy_(emb)
     x = emb.unsqueeze(0)
-    return x if proj_weight is None else F.linear(x, proj_weight, proj_bias)
+    return x if proj_weight is None else linear(x, proj_weight, proj_bias)
 
 
 def compile_fused(fn: Callable) -> Callable:

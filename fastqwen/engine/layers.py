@@ -17,6 +17,11 @@ import torch.nn.functional as F
 
 from .cache import StaticKVCache
 
+try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
+    from .decode_attention import decode_attention
+except ImportError:  # pragma: no cover
+    decode_attention = None
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in float32, cast back before the weight, as the reference does."""
@@ -112,10 +117,18 @@ class DecoderWeights:
         )
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`. Under `torch.compile` on CUDA, for one or two tokens, it is written as
+    a float32 multiply-and-sum (one rounding, like cuBLAS), which Inductor turns into a
+    bandwidth-bound Triton reduction fused with its neighbours instead of a GEMM call."""
+    if x.is_cuda and x.shape[-2] <= 2 and torch.compiler.is_compiling():
+        y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
+        return (y if b is None else y + b.float()).to(x.dtype)
+    return F.linear(x, w, b)
+
+
 def attention_inputs(
-    x: torch.Tensor,
-    input_norm: torch.Tensor,
-    qkv: torch.Tensor,
+    qkv_out: torch.Tensor,
     q_norm: torch.Tensor,
     k_norm: torch.Tensor,
     cos: torch.Tensor,
@@ -125,16 +138,15 @@ def attention_inputs(
     head_dim: int,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Norm, fused QKV projection, per-head q/k norm and RoPE.
+    """Per-head q/k norm and RoPE on the fused QKV projection (1, T, (Hq + 2 Hkv) D).
 
     Returns q (1, Hkv, rep * T, D) with the query heads that share a KV head stacked as
     extra rows of that head (GQA without copying the cache), and k and v stacked as
     (2, 1, Hkv, T, D), the layout of a cache layer.
     """
-    T = x.shape[1]
+    T = qkv_out.shape[1]
     hq, hkv, d = num_heads, num_kv_heads, head_dim
-    h = rms_norm(x, input_norm, eps)
-    q, k, v = F.linear(h, qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
+    q, k, v = qkv_out.split([hq * d, hkv * d, hkv * d], dim=-1)
     q = rms_norm(q.view(1, T, hq, d), q_norm, eps).transpose(1, 2)  # (1, Hq, T, D)
     k = rms_norm(k.view(1, T, hkv, d), k_norm, eps).transpose(1, 2)  # (1, Hkv, T, D)
     v = v.view(1, T, hkv, d).transpose(1, 2)
@@ -186,20 +198,25 @@ def decoder_layer(
     """One decoder layer on x (1, T, H) at positions `pos` (T,), writing its keys and
     values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
 
-    The whole layer is one function so that, compiled, the cache write fuses into the
-    RoPE kernel and the matrix-vector products into their neighbours.
+    The whole layer is one function so that, compiled, the matrix-vector products fuse
+    with their neighbours, and on CUDA a single token's attention (norms, RoPE, cache
+    write, softmax) is one Triton kernel (`decode_attention`).
     """
     T = x.shape[1]
-    q, new_kv = attention_inputs(
-        x, input_norm, qkv, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, head_dim, eps
-    )
-    kv.index_copy_(3, pos, new_kv)
-    a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
-    a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, num_heads * head_dim)
-    x = x + F.linear(a, o)
+    qkv_out = linear(rms_norm(x, input_norm, eps), qkv)
+    if T == 1 and x.is_cuda and decode_attention is not None and torch.compiler.is_compiling():
+        a = decode_attention(qkv_out, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)
+    else:
+        q, new_kv = attention_inputs(
+            qkv_out, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, head_dim, eps
+        )
+        kv.index_copy_(3, pos, new_kv)
+        a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
+        a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, -1)
+    x = x + linear(a, o)
     h = rms_norm(x, post_norm, eps)
-    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, down)
+    gate, up = linear(h, gate_up).chunk(2, dim=-1)
+    return x + linear(F.silu(gate) * up, down)
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""One Triton kernel for the attention of a single new token (CUDA, compiled path).
+
+For T = 1, everything between the QKV projection and the output projection (per-head
+q/k RMSNorm, RoPE, the cache write, scores, softmax, the weighted sum of values) is one
+kernel instead of six, and it reads only the valid part of the cache (positions
+<= pos), not the whole window. One program per KV head handles the query heads that
+share it. The new key and value are written to the cache and used from registers, so
+no program reads what it has just stored.
+
+It rounds where the reference rounds (the normed q/k and each RoPE product go through
+the model dtype); the rest is float32 with an online softmax. Eager and CPU paths keep
+the plain `attention_inputs` + `attend`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr):
+    return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, D: tl.constexpr, dtype: tl.constexpr):
+    """RMSNorm then RoPE of rows x (R, D); x_rot is x with its halves swapped."""
+    r = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None]
+    xn = _round(_round(x * r, dtype) * w, dtype)
+    xr = _round(_round(x_rot * r, dtype) * w_rot, dtype) * sign
+    return _round(_round(xn * cos, dtype) + _round(xr * sin, dtype), dtype)
+
+
+@triton.jit
+def _decode_attention_kernel(
+    qkv_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr, kv_ptr, out_ptr,
+    stride_kv, stride_h, stride_s, eps, scale,
+    HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    h = tl.program_id(0)
+    REP: tl.constexpr = HQ // HKV
+    dtype = kv_ptr.dtype.element_ty
+    d = tl.arange(0, D)
+    half: tl.constexpr = D // 2
+    d_rot = (d + half) % D  # rotate_half(x)[i] = -x[i + D/2] for i < D/2, x[i - D/2] after
+    sign = tl.where(d < half, -1.0, 1.0)[None, :]
+    cos = tl.load(cos_ptr + d).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + d).to(tl.float32)[None, :]
+    p = tl.sum(tl.load(pos_ptr + tl.arange(0, 1)), axis=0).to(tl.int32)  # 0-d, also interpreted
+
+    kw, kw_rot = tl.load(k_norm_ptr + d).to(tl.float32), tl.load(k_norm_ptr + d_rot).to(tl.float32)
+    k_base = qkv_ptr + HQ * D + h * D
+    k = tl.load(k_base + d).to(tl.float32)[None, :]
+    k_rot = tl.load(k_base + d_rot).to(tl.float32)[None, :]
+    k = _norm_rope(k, k_rot, kw[None, :], kw_rot[None, :], cos, sin, sign, eps, D, dtype)
+    v = tl.load(qkv_ptr + (HQ + HKV) * D + h * D + d).to(tl.float32)[None, :]
+    cache = kv_ptr + h * stride_h
+    tl.store(cache + p * stride_s + d[None, :], k.to(dtype))
+    tl.store(cache + stride_kv + p * stride_s + d[None, :], v.to(dtype))
+
+    rows = tl.arange(0, REP)
+    qw, qw_rot = tl.load(q_norm_ptr + d).to(tl.float32), tl.load(q_norm_ptr + d_rot).to(tl.float32)
+    q_off = (h * REP + rows)[:, None] * D
+    q = tl.load(qkv_ptr + q_off + d[None, :]).to(tl.float32)
+    q_rot = tl.load(qkv_ptr + q_off + d_rot[None, :]).to(tl.float32)
+    q = _norm_rope(q, q_rot, qw[None, :], qw_rot[None, :], cos, sin, sign, eps, D, dtype)
+
+    # online softmax, starting from the new token itself
+    m = tl.sum(q * k, axis=1) * scale  # (REP,)
+    denom = tl.full((REP,), 1.0, tl.float32)
+    acc = tl.broadcast_to(v, (REP, D))
+    s_idx = tl.arange(0, BLOCK_S)
+    for s0 in range(0, p, BLOCK_S):
+        s = s0 + s_idx
+        valid = s < p
+        off = s[:, None] * stride_s + d[None, :]
+        kb = tl.load(cache + off, mask=valid[:, None], other=0.0).to(tl.float32)  # (BS, D)
+        vb = tl.load(cache + stride_kv + off, mask=valid[:, None], other=0.0).to(tl.float32)
+        scores = tl.sum(q[:, None, :] * kb[None, :, :], axis=2) * scale  # (REP, BS)
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp(m - m_new)
+        w = tl.exp(scores - m_new[:, None])
+        denom = denom * alpha + tl.sum(w, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * vb[None, :, :], axis=1)
+        m = m_new
+    out = acc / denom[:, None]
+    tl.store(out_ptr + q_off + d[None, :], out.to(dtype))
+
+
+def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: float):
+    """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on these inputs."""
+    hkv, d = kv.shape[2], kv.shape[4]
+    out = torch.empty((1, 1, num_heads * d), dtype=qkv.dtype, device=qkv.device)
+    kernel[(hkv,)](
+        qkv, q_norm, k_norm, cos, sin, pos, kv, out,
+        kv.stride(0), kv.stride(2), kv.stride(3), eps, d**-0.5,
+        HQ=num_heads, HKV=hkv, D=d, BLOCK_S=32,
+    )  # fmt: skip
+    return out
+
+
+@triton_op("fastqwen::decode_attention", mutates_args={"kv"})
+def decode_attention(
+    qkv: torch.Tensor,
+    q_norm: torch.Tensor,
+    k_norm: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    kv: torch.Tensor,
+    num_heads: int,
+    eps: float,
+) -> torch.Tensor:
+    """Attention output (1, 1, Hq * D) for one token.
+
+    qkv: (1, 1, (Hq + 2 Hkv) D) projection output; cos, sin: (1, D); pos: (1,) int64;
+    kv: the layer's (2, 1, Hkv, S, D) cache, written at `pos` in place.
+    """
+    kernel = wrap_triton(_decode_attention_kernel)
+    return launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)
