@@ -26,7 +26,9 @@ def _round(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, D: tl.constexpr, dtype: tl.constexpr):
+def _norm_rope(
+    x, x_rot, w, w_rot, cos, sin, sign, eps: tl.constexpr, D: tl.constexpr, dtype: tl.constexpr
+):
     """RMSNorm then RoPE of rows x (R, D); x_rot is x with its halves swapped."""
     r = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None]
     xn = _round(_round(x * r, dtype) * w, dtype)
@@ -37,7 +39,8 @@ def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, D: tl.constexpr, dtype: 
 @triton.jit
 def _decode_attention_kernel(
     qkv_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr, kv_ptr, out_ptr,
-    stride_kv, stride_h, stride_s, eps, scale,
+    stride_kv, stride_h, stride_s,
+    EPS: tl.constexpr, SCALE: tl.constexpr,
     HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0)
@@ -55,7 +58,7 @@ def _decode_attention_kernel(
     k_base = qkv_ptr + HQ * D + h * D
     k = tl.load(k_base + d).to(tl.float32)[None, :]
     k_rot = tl.load(k_base + d_rot).to(tl.float32)[None, :]
-    k = _norm_rope(k, k_rot, kw[None, :], kw_rot[None, :], cos, sin, sign, eps, D, dtype)
+    k = _norm_rope(k, k_rot, kw[None, :], kw_rot[None, :], cos, sin, sign, EPS, D, dtype)
     v = tl.load(qkv_ptr + (HQ + HKV) * D + h * D + d).to(tl.float32)[None, :]
     cache = kv_ptr + h * stride_h
     tl.store(cache + p * stride_s + d[None, :], k.to(dtype))
@@ -66,10 +69,10 @@ def _decode_attention_kernel(
     q_off = (h * REP + rows)[:, None] * D
     q = tl.load(qkv_ptr + q_off + d[None, :]).to(tl.float32)
     q_rot = tl.load(qkv_ptr + q_off + d_rot[None, :]).to(tl.float32)
-    q = _norm_rope(q, q_rot, qw[None, :], qw_rot[None, :], cos, sin, sign, eps, D, dtype)
+    q = _norm_rope(q, q_rot, qw[None, :], qw_rot[None, :], cos, sin, sign, EPS, D, dtype)
 
     # online softmax, starting from the new token itself
-    m = tl.sum(q * k, axis=1) * scale  # (REP,)
+    m = tl.sum(q * k, axis=1) * SCALE  # (REP,)
     denom = tl.full((REP,), 1.0, tl.float32)
     acc = tl.broadcast_to(v, (REP, D))
     s_idx = tl.arange(0, BLOCK_S)
@@ -79,7 +82,7 @@ def _decode_attention_kernel(
         off = s[:, None] * stride_s + d[None, :]
         kb = tl.load(cache + off, mask=valid[:, None], other=0.0).to(tl.float32)  # (BS, D)
         vb = tl.load(cache + stride_kv + off, mask=valid[:, None], other=0.0).to(tl.float32)
-        scores = tl.sum(q[:, None, :] * kb[None, :, :], axis=2) * scale  # (REP, BS)
+        scores = tl.sum(q[:, None, :] * kb[None, :, :], axis=2) * SCALE  # (REP, BS)
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         alpha = tl.exp(m - m_new)
@@ -97,8 +100,8 @@ def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: 
     out = torch.empty((1, 1, num_heads * d), dtype=qkv.dtype, device=qkv.device)
     kernel[(hkv,)](
         qkv, q_norm, k_norm, cos, sin, pos, kv, out,
-        kv.stride(0), kv.stride(2), kv.stride(3), eps, d**-0.5,
-        HQ=num_heads, HKV=hkv, D=d, BLOCK_S=32,
+        kv.stride(0), kv.stride(2), kv.stride(3),
+        EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d, BLOCK_S=32,
     )  # fmt: skip
     return out
 
