@@ -94,14 +94,18 @@ def _decode_attention_kernel(
     tl.store(out_ptr + q_off + d[None, :], out.to(dtype))
 
 
-def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: float):
-    """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on these inputs."""
+def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: float, **config):
+    """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on these inputs.
+
+    `config` overrides the launch (BLOCK_S, num_warps); bench/attention_configs.py times them.
+    """
+    config = {"BLOCK_S": 32, **config}
     hkv, d = kv.shape[2], kv.shape[4]
     out = torch.empty((1, 1, num_heads * d), dtype=qkv.dtype, device=qkv.device)
     kernel[(hkv,)](
         qkv, q_norm, k_norm, cos, sin, pos, kv, out,
         kv.stride(0), kv.stride(2), kv.stride(3),
-        EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d, BLOCK_S=32,
+        EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d, **config,
     )  # fmt: skip
     return out
 
