@@ -47,7 +47,7 @@ def time_config(S: int, **config) -> float:
 
 def main() -> None:
     rows = []
-    for S, block, warps in itertools.product((16, 256, 512, 2048), (16, 32, 64), (2, 4, 8)):
+    for S, block, warps in itertools.product((16, 256, 512, 2048), (32, 64, 128), (4, 8)):
         try:
             us = time_config(S, BLOCK_S=block, num_warps=warps)
         except Exception as exc:  # a config that does not compile is a result too

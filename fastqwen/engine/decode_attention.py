@@ -8,7 +8,10 @@ share it. The new key and value are written to the cache and used from registers
 no program reads what it has just stored.
 
 It rounds where the reference rounds (the normed q/k and each RoPE product go through
-the model dtype); the rest is float32 with an online softmax. Eager and CPU paths keep
+the model dtype). Scores and the weighted sum are tensor-core `tl.dot`s (the query rows
+padded to 16) with float32 accumulation and an online softmax; as in flash attention,
+the softmax weights enter the second product in the model dtype (exact float32 products
+for a float32 model). Eager and CPU paths keep
 the plain `attention_inputs` + `attend`.
 """
 
@@ -42,6 +45,7 @@ def _decode_attention_kernel(
     stride_kv, stride_h, stride_s,
     EPS: tl.constexpr, SCALE: tl.constexpr,
     HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+    QR: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0)
     REP: tl.constexpr = HQ // HKV
@@ -64,34 +68,38 @@ def _decode_attention_kernel(
     tl.store(cache + p * stride_s + d[None, :], k.to(dtype))
     tl.store(cache + stride_kv + p * stride_s + d[None, :], v.to(dtype))
 
-    rows = tl.arange(0, REP)
+    # the query heads of this KV head, padded to QR rows so the products use tl.dot
+    rows = tl.arange(0, QR)
+    in_group = (rows < REP)[:, None]
     qw, qw_rot = tl.load(q_norm_ptr + d).to(tl.float32), tl.load(q_norm_ptr + d_rot).to(tl.float32)
     q_off = (h * REP + rows)[:, None] * D
-    q = tl.load(qkv_ptr + q_off + d[None, :]).to(tl.float32)
-    q_rot = tl.load(qkv_ptr + q_off + d_rot[None, :]).to(tl.float32)
+    q = tl.load(qkv_ptr + q_off + d[None, :], mask=in_group, other=0.0).to(tl.float32)
+    q_rot = tl.load(qkv_ptr + q_off + d_rot[None, :], mask=in_group, other=0.0).to(tl.float32)
     q = _norm_rope(q, q_rot, qw[None, :], qw_rot[None, :], cos, sin, sign, EPS, D, dtype)
+    q_mm = q.to(dtype)  # exact: q is already rounded to the model dtype
 
     # online softmax, starting from the new token itself
-    m = tl.sum(q * k, axis=1) * SCALE  # (REP,)
-    denom = tl.full((REP,), 1.0, tl.float32)
-    acc = tl.broadcast_to(v, (REP, D))
+    m = tl.sum(q * k, axis=1) * SCALE  # (QR,)
+    denom = tl.full((QR,), 1.0, tl.float32)
+    acc = tl.broadcast_to(v, (QR, D))
     s_idx = tl.arange(0, BLOCK_S)
     for s0 in range(0, p, BLOCK_S):
         s = s0 + s_idx
         valid = s < p
         off = s[:, None] * stride_s + d[None, :]
-        kb = tl.load(cache + off, mask=valid[:, None], other=0.0).to(tl.float32)  # (BS, D)
-        vb = tl.load(cache + stride_kv + off, mask=valid[:, None], other=0.0).to(tl.float32)
-        scores = tl.sum(q[:, None, :] * kb[None, :, :], axis=2) * SCALE  # (REP, BS)
+        kb = tl.load(cache + off, mask=valid[:, None], other=0.0)  # (BS, D)
+        vb = tl.load(cache + stride_kv + off, mask=valid[:, None], other=0.0)
+        scores = tl.dot(q_mm, tl.trans(kb), input_precision=PRECISION) * SCALE  # (QR, BS)
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         alpha = tl.exp(m - m_new)
         w = tl.exp(scores - m_new[:, None])
         denom = denom * alpha + tl.sum(w, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * vb[None, :, :], axis=1)
+        pv = tl.dot(w.to(dtype), vb, input_precision=PRECISION)  # (QR, D)
+        acc = acc * alpha[:, None] + pv
         m = m_new
     out = acc / denom[:, None]
-    tl.store(out_ptr + q_off + d[None, :], out.to(dtype))
+    tl.store(out_ptr + q_off + d[None, :], out.to(dtype), mask=in_group)
 
 
 def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: float, **config):
@@ -99,13 +107,15 @@ def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: 
 
     `config` overrides the launch (BLOCK_S, num_warps); bench/attention_configs.py times them.
     """
-    config = {"BLOCK_S": 32, **config}
+    config = {"BLOCK_S": 64, **config}  # and Triton's default of 4 warps
+    precision = "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32
     hkv, d = kv.shape[2], kv.shape[4]
     out = torch.empty((1, 1, num_heads * d), dtype=qkv.dtype, device=qkv.device)
     kernel[(hkv,)](
         qkv, q_norm, k_norm, cos, sin, pos, kv, out,
         kv.stride(0), kv.stride(2), kv.stride(3),
-        EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d, **config,
+        EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d,
+        QR=max(16, num_heads // hkv), PRECISION=precision, **config,
     )  # fmt: skip
     return out
 

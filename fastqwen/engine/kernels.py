@@ -74,15 +74,17 @@ def embed_code(
     return x if proj_weight is None else linear(x, proj_weight, proj_bias)
 
 
-def compile_fused(fn: Callable) -> Callable:
+def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:
     """`torch.compile` tuned for one-token decode on the GPU.
 
-    Coordinate-descent tuning makes Inductor write each (1, K) x (K, N) product as a
-    Triton reduction that fuses with the elementwise work around it instead of a cuBLAS
-    call plus separate kernels; float32 division is rounded as in eager mode, so the
-    sampling warp sees the same numbers as the reference.
+    Coordinate-descent tuning tunes each Triton reduction, which the (1, K) x (K, N)
+    products become (`layers.linear`). `exact_division` rounds float32 division as eager
+    mode does (Triton's default is approximate); the sampling kernels need it so the
+    warp sees the reference's numbers, the layers do not pay for it.
     """
-    options = {"coordinate_descent_tuning": True, "eager_numerics.division_rounding": True}
+    options = {"coordinate_descent_tuning": True}
+    if exact_division:
+        options["eager_numerics.division_rounding"] = True
     return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
 
 
@@ -99,10 +101,11 @@ class FrameKernels:
         # the layer has a graph per talker cache window (up to 5) plus two predictor shapes
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         return cls(
-            *(
-                compile_fused(f)
-                for f in (decoder_layer, rms_norm, talker_token, predictor_token, embed_code)
-            )
+            layer=compile_fused(decoder_layer),
+            final_norm=compile_fused(rms_norm),
+            talker_token=compile_fused(talker_token, exact_division=True),
+            predictor_token=compile_fused(predictor_token, exact_division=True),
+            embed_code=compile_fused(embed_code),
         )
 
 

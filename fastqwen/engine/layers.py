@@ -215,8 +215,21 @@ def decoder_layer(
         a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, -1)
     x = x + linear(a, o)
     h = rms_norm(x, post_norm, eps)
-    gate, up = linear(h, gate_up).chunk(2, dim=-1)
-    return x + linear(F.silu(gate) * up, down)
+    return x + linear(swiglu(h, gate_up), down)
+
+
+def swiglu(h: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate(h)) * up(h) with the fused (2 I, H) weight.
+
+    Compiled, gate and up are two products of the same shape, which Inductor computes
+    in one kernel with the activation as its epilogue; from one product it would split
+    the result and recompute the activation inside the next product, once per output.
+    """
+    if torch.compiler.is_compiling():
+        gate_w, up_w = gate_up.chunk(2, dim=0)
+        return F.silu(linear(h, gate_w)) * linear(h, up_w)
+    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 @dataclass
