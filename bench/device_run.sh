@@ -84,13 +84,13 @@ for size in ('1.7b', '0.6b'):
 
   local bench=(-m fastqwen bench --device cuda --dtype bfloat16)
   local static_opts=(--engine-option "compile=${BENCH_COMPILE:-true}")
-  step static-1.7b 200 "$OUT/static-1.7b.json" static random:1.7b-custom_voice -- \
+  step static-1.7b 260 "$OUT/static-1.7b.json" static random:1.7b-custom_voice -- \
     "${REF[@]}" "${bench[@]}" --engine static --model random:1.7b-custom_voice --runs "$RUNS" \
     "${static_opts[@]}" --out "$OUT/static-1.7b.json"
   step anchor-1.7b 150 "$OUT/anchor-1.7b.json" anchor random:1.7b-custom_voice -- \
     "${ANCHOR[@]}" bench/anchor_bench.py --model-dir "$ck17" --model-name random:1.7b-custom_voice \
     --runs "$RUNS" --out "$OUT/anchor-1.7b.json"
-  step static-0.6b 120 "$OUT/static-0.6b.json" static random:0.6b-custom_voice -- \
+  step static-0.6b 230 "$OUT/static-0.6b.json" static random:0.6b-custom_voice -- \
     "${REF[@]}" "${bench[@]}" --engine static --model random:0.6b-custom_voice --runs "$RUNS" \
     "${static_opts[@]}" --out "$OUT/static-0.6b.json"
   step anchor-0.6b 120 "$OUT/anchor-0.6b.json" anchor random:0.6b-custom_voice -- \
