@@ -1,6 +1,6 @@
 """Where a frame's time goes: kernels per frame and GPU time by kernel, on the device.
 
-Runs the static engine (compiled layer halves) eagerly under torch.profiler for a few
+Runs the static engine (compiled frame kernels) eagerly under torch.profiler for a few
 frames (kernel times equal those inside the CUDA graph; launch gaps do not), then times
 graph replays with CUDA events. Prints and writes JSON.
 

@@ -37,8 +37,9 @@ class EngineConfig:
         prompt plus 2048 frames.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
-    compile: torch.compile the decoder layer halves before capture (fused kernels; about
-        2x faster per frame at 1.7B, ~30 s of compile on first use). None: on with CUDA graphs.
+    compile: torch.compile the per-frame kernels (`engine.kernels`) before capture (fused
+        Triton kernels; ~80 s of compiling and autotuning on first use at 1.7B). None: on
+        with CUDA graphs.
     """
 
     max_seq_len: int = 2048 + 512
