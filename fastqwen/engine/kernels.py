@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import decoder_layer, linear, rms_norm
+from .layers import decoder_layer, linear, project, rms_norm
 from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
@@ -70,8 +70,7 @@ def embed_code(
     predictor's next input (1, 1, Hp), through `small_to_mtp_projection` if it has one."""
     emb = F.embedding(tok, table)  # (1, H)
     slot.copy_(emb)
-    x = emb.unsqueeze(0)
-    return x if proj_weight is None else linear(x, proj_weight, proj_bias)
+    return project(emb.unsqueeze(0), (proj_weight, proj_bias))
 
 
 def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:

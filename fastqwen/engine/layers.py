@@ -127,6 +127,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     return F.linear(x, w, b)
 
 
+def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+    """`linear(x, *w)`, or x itself when w is (None, None) (an Identity projection)."""
+    return x if w[0] is None else linear(x, *w)
+
+
 def attention_inputs(
     qkv_out: torch.Tensor,
     q_norm: torch.Tensor,

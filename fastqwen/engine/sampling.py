@@ -155,11 +155,11 @@ def sample_token(
 
     top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
     """
-    if not do_sample:
-        return pick_token(scores, False)
-    return pick_token(
-        warp_scores(scores, s, top_p), True, draw_noise(scores.shape[-1], scores.device)
-    )
+    noise = None
+    if do_sample:
+        scores = warp_scores(scores, s, top_p)
+        noise = draw_noise(scores.shape[-1], scores.device)
+    return pick_token(scores, do_sample, noise)
 
 
 def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

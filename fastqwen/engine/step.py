@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
 from .kernels import EAGER, FrameKernels
-from .layers import DecoderWeights, Positions, RopeTable, decoder_forward
+from .layers import DecoderWeights, Positions, RopeTable, decoder_forward, project
 from .sampling import SamplingMode, SamplingTensors, draw_noise
 
 
@@ -112,10 +112,6 @@ def _linear_weights(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch
     if isinstance(module, torch.nn.Identity):
         return None, None
     return module.weight.data, None if module.bias is None else module.bias.data
-
-
-def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
-    return x if w[0] is None else F.linear(x, w[0], w[1])
 
 
 class FrameState:
