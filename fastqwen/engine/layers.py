@@ -132,6 +132,21 @@ def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None])
     return x if w[0] is None else linear(x, *w)
 
 
+def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """`linear(rms_norm(x, norm, eps), w)`. Compiled, for one or two tokens, the row's
+    sum of squares is accumulated in the same reduction as the product and the scale
+    applied after it (x * r @ w = r * (x @ w)), so the norm costs no kernel of its own.
+    EXPERIMENTAL (branch next/norm-fold): bf16 skips the reference's rounding of the
+    normed row; not measured on the GPU yet."""
+    if x.shape[-2] <= 2 and torch.compiler.is_compiling():
+        xf = x.float().unsqueeze(-2)  # (1, T, 1, K)
+        prod = xf * (w.float() * norm.float())  # (1, T, N, K)
+        ssq = (xf * xf).expand_as(prod).sum(-1)  # the same for every n, fused with the product
+        y = prod.sum(-1) * torch.rsqrt(ssq / x.shape[-1] + eps)
+        return y.to(x.dtype)
+    return linear(rms_norm(x, norm, eps), w)
+
+
 def attention_inputs(
     qkv_out: torch.Tensor,
     q_norm: torch.Tensor,
@@ -208,7 +223,7 @@ def decoder_layer(
     write, softmax) is one Triton kernel (`decode_attention`).
     """
     T = x.shape[1]
-    qkv_out = linear(rms_norm(x, input_norm, eps), qkv)
+    qkv_out = norm_linear(x, input_norm, qkv, eps)
     if T == 1 and x.is_cuda and decode_attention is not None and torch.compiler.is_compiling():
         a = decode_attention(qkv_out, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)
     else:
@@ -219,21 +234,23 @@ def decoder_layer(
         a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
         a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, -1)
     x = x + linear(a, o)
-    h = rms_norm(x, post_norm, eps)
-    return x + linear(swiglu(h, gate_up), down)
+    return x + linear(norm_swiglu(x, post_norm, gate_up, eps), down)
 
 
-def swiglu(h: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate(h)) * up(h) with the fused (2 I, H) weight.
+def norm_swiglu(
+    x: torch.Tensor, norm: torch.Tensor, gate_up: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """silu(gate(h)) * up(h) for h = rms_norm(x), with the fused (2 I, H) weight.
 
-    Compiled, gate and up are two products of the same shape, which Inductor computes
-    in one kernel with the activation as its epilogue; from one product it would split
-    the result and recompute the activation inside the next product, once per output.
+    Compiled, gate and up are two products of the same shape (the norm folded into each,
+    `norm_linear`), which Inductor computes in one kernel with the activation as its
+    epilogue; from one product it would split the result and recompute the activation
+    inside the next product, once per output.
     """
     if torch.compiler.is_compiling():
         gate_w, up_w = gate_up.chunk(2, dim=0)
-        return F.silu(linear(h, gate_w)) * linear(h, up_w)
-    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+        return F.silu(norm_linear(x, norm, gate_w, eps)) * norm_linear(x, norm, up_w, eps)
+    gate, up = F.linear(rms_norm(x, norm, eps), gate_up).chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
