@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import decoder_layer, linear, project, rms_norm
+from .layers import decoder_layer, linear, norm_linear, project, rms_norm
 from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
@@ -46,14 +46,17 @@ def talker_token(
 
 def predictor_token(
     hidden: torch.Tensor,
+    final_norm: torch.Tensor,
     head: torch.Tensor,
+    eps: float,
     noise: torch.Tensor | None,
     s: SamplingTensors,
     do_sample: bool,
     top_p: bool,
 ) -> torch.Tensor:
-    """One of codebooks 1..15 from the predictor's (1, Hp) hidden state."""
-    scores = linear(hidden.unsqueeze(1), head)[:, -1].float()
+    """One of codebooks 1..15 from the predictor's (1, Hp) hidden state before its final
+    norm (folded into the head's product)."""
+    scores = norm_linear(hidden.unsqueeze(1), final_norm, head, eps)[:, -1].float()
     if do_sample:
         scores = warp_scores(scores, s, top_p)
     return pick_token(scores, do_sample, noise)

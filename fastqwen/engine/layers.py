@@ -280,15 +280,16 @@ def decoder_forward(
     at: Positions,
     cache: StaticKVCache,
     layer: Callable = decoder_layer,
-    final_norm: Callable = rms_norm,
+    final_norm: Callable | None = rms_norm,
 ) -> torch.Tensor:
     """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
     Args:
         x: (1, T, H) input embeddings.
-        layer, final_norm: `decoder_layer` and `rms_norm`, or compiled versions of them.
+        layer, final_norm: `decoder_layer` and `rms_norm`, or compiled versions of them;
+            final_norm=None leaves the norm to the caller (folded into the next product).
     Returns:
-        (1, T, H) final-normed hidden states.
+        (1, T, H) final-normed hidden states (un-normed when final_norm is None).
     """
     for i, lw in enumerate(w.layers):
         # tensors, not the LayerWeights object, so one compiled graph serves every layer
@@ -312,4 +313,4 @@ def decoder_forward(
             w.head_dim,
             w.eps,
         )
-    return final_norm(x, w.final_norm, w.eps)
+    return x if final_norm is None else final_norm(x, w.final_norm, w.eps)

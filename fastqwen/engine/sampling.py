@@ -20,6 +20,11 @@ import torch
 
 from ..params import SamplingParams
 
+try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
+    from .top_k_kernel import top_k_mask
+except ImportError:  # pragma: no cover
+    top_k_mask = None
+
 
 @dataclass(frozen=True)
 class SamplingMode:
@@ -117,10 +122,13 @@ def in_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept).
 
     A score is that large exactly when fewer than k scores are strictly larger. Under
-    `torch.compile` we count those (one fused V x V comparison, no sort kernel); eagerly
-    we read the k-th value off a sort, which needs no V x V temporary. Both give the same
-    mask: only comparisons, no arithmetic.
+    `torch.compile` we count those (no sort kernel): on CUDA in one Triton kernel
+    (`top_k_kernel`), elsewhere as a fused V x V comparison. Eagerly we read the k-th
+    value off a sort, which needs no V x V temporary. All give the same mask: only
+    comparisons, no arithmetic.
     """
+    if torch.compiler.is_compiling() and scores.is_cuda and top_k_mask is not None:
+        return top_k_mask(scores, k)
     if torch.compiler.is_compiling():
         larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
         return larger < k

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..constants import NUM_CODEBOOKS
 from .cache import StaticKVCache
 from .kernels import EAGER, FrameKernels
-from .layers import DecoderWeights, Positions, RopeTable, decoder_forward, project
+from .layers import DecoderWeights, Positions, RopeTable, decoder_forward, project, rms_norm
 from .sampling import SamplingMode, SamplingTensors, draw_noise
 
 
@@ -146,13 +146,19 @@ def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def predictor_logits(m: EngineModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
-    """(1, Hp) predictor hidden -> (1, 2048) float32 logits of codebook j + 1."""
-    return F.linear(hidden, m.predictor_heads[j]).float()
+    """(1, Hp) predictor hidden, before the final norm -> (1, 2048) float32 logits of
+    codebook j + 1."""
+    w = m.predictor
+    return F.linear(rms_norm(hidden, w.final_norm, w.eps), m.predictor_heads[j]).float()
 
 
-def run_decoder(m: EngineModel, w: DecoderWeights, x, at: Positions, cache) -> torch.Tensor:
-    """`decoder_forward` with the engine's per-frame kernels (compiled on CUDA)."""
-    return decoder_forward(w, x, at, cache, m.kernels.layer, m.kernels.final_norm)
+def run_decoder(
+    m: EngineModel, w: DecoderWeights, x, at: Positions, cache, normed: bool = True
+) -> torch.Tensor:
+    """`decoder_forward` with the engine's per-frame kernels (compiled on CUDA);
+    normed=False skips the final norm (the predictor's heads fold it in)."""
+    final_norm = m.kernels.final_norm if normed else None
+    return decoder_forward(w, x, at, cache, m.kernels.layer, final_norm)
 
 
 PREFILL_BUCKET = 64  # prompts are padded to a multiple of this, so few prefill shapes exist
@@ -207,12 +213,13 @@ def predict_codebooks(
     """Codebooks 1..15 from the talker hidden state and codebook 0; fills `state.embeds`.
 
     `pick(j, hidden)` chooses codebook j + 1 from the predictor's (1, Hp) last hidden
-    state: sampling in `frame_step`, the given codes in teacher-forced parity checks.
+    state before its final norm, which the head folds in: sampling in `frame_step`, the
+    given codes in teacher-forced parity checks.
     """
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
     x = project(torch.cat((state.hidden, embeds[:, :1]), dim=1), m.to_predictor)  # (1, 2, Hp)
-    out = run_decoder(m, m.predictor, x, at[0], m.predictor_cache)
+    out = run_decoder(m, m.predictor, x, at[0], m.predictor_cache, normed=False)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         tok = pick(j, out[:, -1])  # (1,)
@@ -221,7 +228,7 @@ def predict_codebooks(
         proj = (None, None) if last else m.to_predictor
         x = m.kernels.embed_code(tok, m.predictor_embeddings[j], embeds[:, j + 1], *proj)
         if not last:
-            out = run_decoder(m, m.predictor, x, at[j + 1], m.predictor_cache)
+            out = run_decoder(m, m.predictor, x, at[j + 1], m.predictor_cache, normed=False)
     return tokens
 
 
@@ -261,8 +268,16 @@ def frame_step(
     def pick(j: int, hidden: torch.Tensor) -> torch.Tensor:
         head = m.predictor_heads[j]
         noise = draw_noise(head.shape[0], m.device) if mode.sub_do_sample else None
+        w = m.predictor
         return k.predictor_token(
-            hidden, head, noise, sub_sampling, mode.sub_do_sample, mode.sub_top_p
+            hidden,
+            w.final_norm,
+            head,
+            w.eps,
+            noise,
+            sub_sampling,
+            mode.sub_do_sample,
+            mode.sub_top_p,
         )
 
     rest = predict_codebooks(m, state, cb0, pick)

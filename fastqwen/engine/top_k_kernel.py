@@ -1,0 +1,50 @@
+"""HF's top-k test as one Triton kernel (CUDA, compiled path).
+
+A score survives top-k when fewer than k scores are strictly larger (`sampling.in_top_k`).
+Written as a V x V comparison and sum, Inductor makes one looped reduction per score,
+which took 11 us per token on an H100 at V = 2048, the largest single kernel of a
+predictor step. Here each program takes a block of scores and counts, in registers, the
+scores larger than each of them, a tile of the vocabulary at a time; the vocabulary is
+read from L2 by every program. The result is the same boolean mask: only comparisons.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+
+@triton.jit
+def _top_k_mask_kernel(
+    scores_ptr, k_ptr, mask_ptr, V: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr
+):  # fmt: skip
+    i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    s_i = tl.load(scores_ptr + i, mask=i < V, other=float("-inf"))
+    larger = tl.zeros([BLOCK_I], dtype=tl.int32)
+    for j0 in tl.static_range(0, V, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        s_j = tl.load(scores_ptr + j, mask=j < V, other=float("-inf"))  # -inf is never larger
+        larger += tl.sum((s_j[None, :] > s_i[:, None]).to(tl.int32), axis=1)
+    k = tl.sum(tl.load(k_ptr + tl.arange(0, 1)), axis=0)  # 0-d, also interpreted
+    tl.store(mask_ptr + i, larger < k, mask=i < V)
+
+
+def launch(kernel, scores: torch.Tensor, k: torch.Tensor, **config) -> torch.Tensor:
+    """Run `kernel` (the Triton kernel, or it wrapped for torch.compile); `config` overrides
+    BLOCK_I, BLOCK_J and num_warps (bench/kernel_configs.py times them)."""
+    config = {"BLOCK_I": 16, "BLOCK_J": 512, "num_warps": 4, **config}
+    v = scores.shape[-1]
+    mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    kernel[(triton.cdiv(v, config["BLOCK_I"]),)](scores, k, mask, V=v, **config)
+    return mask
+
+
+@triton_op("fastqwen::top_k_mask", mutates_args={})
+def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(1, V) bool: fewer than k of the contiguous float32 (1, V) `scores` are larger.
+
+    k: 0-d int64 tensor, already clamped to 1..V.
+    """
+    return launch(wrap_triton(_top_k_mask_kernel), scores.contiguous(), k)

@@ -1,0 +1,110 @@
+"""The Triton kernels of the CUDA path against the eager code they replace.
+
+Run on the CPU through Triton's interpreter, in float32, each in a subprocess because the
+interpreter is chosen when a kernel is defined. (The interpreter truncates when it
+casts to bf16, so bf16 rounding is checked on the GPU: bench/gpu_check.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+PRELUDE = textwrap.dedent(
+    """
+    import triton.runtime.interpreter as itp
+
+    _patch = itp._patch_lang_tensor
+
+    def _patched(tensor, scope):  # numpy 2 refuses int() of the interpreter's 1-element arrays
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    itp._patch_lang_tensor = _patched
+    """
+)
+
+
+def interpreted(script: str) -> str:
+    """stdout of `script` run with TRITON_INTERPRET=1 after the interpreter patch."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+ATTENTION = textwrap.dedent(
+    """
+    import torch
+    from fastqwen.engine.decode_attention import _decode_attention_kernel, launch
+    from fastqwen.engine.layers import RopeTable, attend, attention_inputs
+
+    torch.manual_seed(0)
+    HQ, HKV, D, S, eps = 16, 8, 128, 80, 1e-6
+    qkv = torch.randn(1, 1, (HQ + 2 * HKV) * D)
+    q_norm, k_norm = 1 + 0.1 * torch.randn(D), 1 + 0.1 * torch.randn(D)
+    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
+    worst_out = worst_cache = 0.0
+    cases = [(p, {}) for p in (0, 1, 31, 32, 33, 70, S - 1)]  # default: one 128-row block
+    cases += [(p, {"BLOCK_S": 32}) for p in (0, 31, 32, 33, 70, S - 1)]  # several blocks
+    for p, config in cases:
+        pos = torch.tensor([p])
+        cos, sin = rope.at(pos)
+        kv = torch.randn(2, 1, HKV, S, D)
+        expected_kv = kv.clone()
+        out = launch(
+            _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
+        )
+        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, HQ, HKV, D, eps)
+        expected_kv.index_copy_(3, pos, new_kv)
+        mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
+        a = attend(q, expected_kv[0], expected_kv[1], mask)
+        expected = a.reshape(1, HQ, 1, D).transpose(1, 2).reshape(1, 1, HQ * D)
+        worst_out = max(worst_out, (out - expected).abs().max().item())
+        worst_cache = max(worst_cache, (kv - expected_kv).abs().max().item())
+    print(worst_out, worst_cache)
+    """
+)
+
+
+def test_decode_attention_kernel_matches_eager_layer():
+    worst_out, worst_cache = map(float, interpreted(ATTENTION).split())
+    assert worst_out < 1e-5, f"attention output differs by {worst_out}"
+    assert worst_cache < 1e-5, f"cache row differs by {worst_cache}"
+
+
+TOP_K = """
+    import torch
+    from fastqwen.engine.sampling import in_top_k
+    from fastqwen.engine.top_k_kernel import _top_k_mask_kernel, launch
+
+    torch.manual_seed(0)
+    checked = 0
+    for v, config in ((2048, {}), (3072, {}), (100, {"BLOCK_I": 32, "BLOCK_J": 64})):
+        scores = torch.randn(1, v)
+        scores[0, ::7] = scores[0, 1::7]  # ties
+        scores[0, 3::11] = float("-inf")  # suppressed tokens
+        for k in (1, 2, 50, v // 2, v):
+            k = torch.tensor(k)
+            got = launch(_top_k_mask_kernel, scores, k, **config)
+            expected = in_top_k(scores, k)  # eagerly: the k-th value off a sort
+            assert torch.equal(got, expected), (v, int(k), (got != expected).sum())
+            checked += 1
+    print(checked)
+"""
+
+
+def test_top_k_kernel_matches_sorted_threshold():
+    assert interpreted(TOP_K).split() == ["15"]
