@@ -132,13 +132,22 @@ def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None])
     return x if w[0] is None else linear(x, *w)
 
 
+FOLD_MAX_WEIGHT = 2**23  # elements; see `norm_linear`
+
+
 def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """`linear(rms_norm(x, norm, eps), w)`. Compiled, for one or two tokens, the row's
-    sum of squares is accumulated in the same reduction as the product and the scale
-    applied after it (x * r @ w = r * (x @ w)), so the norm costs no kernel of its own.
-    EXPERIMENTAL (branch next/norm-fold): bf16 skips the reference's rounding of the
-    normed row; not measured on the GPU yet."""
-    if x.shape[-2] <= 2 and torch.compiler.is_compiling():
+    """`linear(rms_norm(x, norm, eps), w)`.
+
+    Compiled, for one or two tokens and a weight of at most `FOLD_MAX_WEIGHT` elements,
+    the row's sum of squares is accumulated in the same reduction as the product and the
+    scale applied after it (x * r @ w = r * (x @ w)), so the norm costs no kernel of its
+    own (bf16 then skips the reference's rounding of the normed row: the teacher-forced
+    KL in bench/gpu_check.py covers it). On an H100 that made the 1.7B talker's QKV 7.9 us
+    against 9.9 for norm + product, but its gate and up (2 x 6144 x 2048) 28 us against
+    21: the extra work per weight element no longer hides behind the memory reads.
+    """
+    fold = w.numel() <= FOLD_MAX_WEIGHT
+    if fold and x.shape[-2] <= 2 and torch.compiler.is_compiling():
         xf = x.float().unsqueeze(-2)  # (1, T, 1, K)
         prod = xf * (w.float() * norm.float())  # (1, T, N, K)
         ssq = (xf * xf).expand_as(prod).sum(-1)  # the same for every n, fused with the product
@@ -242,14 +251,18 @@ def norm_swiglu(
 ) -> torch.Tensor:
     """silu(gate(h)) * up(h) for h = rms_norm(x), with the fused (2 I, H) weight.
 
-    Compiled, gate and up are two products of the same shape (the norm folded into each,
-    `norm_linear`), which Inductor computes in one kernel with the activation as its
-    epilogue; from one product it would split the result and recompute the activation
-    inside the next product, once per output.
+    Compiled, gate and up are two products of the same shape, which Inductor computes in
+    one kernel, the norm folded into each where `norm_linear` folds it (the activation is
+    then evaluated inside the down product's reduction).
     """
     if torch.compiler.is_compiling():
         gate_w, up_w = gate_up.chunk(2, dim=0)
-        return F.silu(norm_linear(x, norm, gate_w, eps)) * norm_linear(x, norm, up_w, eps)
+        if gate_w.numel() <= FOLD_MAX_WEIGHT:
+            gate, up = norm_linear(x, norm, gate_w, eps), norm_linear(x, norm, up_w, eps)
+        else:
+            h = rms_norm(x, norm, eps)
+            gate, up = linear(h, gate_w), linear(h, up_w)
+        return F.silu(gate) * up
     gate, up = F.linear(rms_norm(x, norm, eps), gate_up).chunk(2, dim=-1)
     return F.silu(gate) * up
 

@@ -109,17 +109,16 @@ def apply_penalties(
 
 def warp_scores(scores: torch.Tensor, s: SamplingTensors, top_p: bool) -> torch.Tensor:
     """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them."""
-    vocab = scores.shape[-1]
     scores = scores / s.temperature
-    k = torch.where((s.top_k <= 0) | (s.top_k > vocab), vocab, s.top_k)  # 0 keeps all
-    scores = scores.masked_fill(~in_top_k(scores, k), float("-inf"))
+    scores = scores.masked_fill(~in_top_k(scores, s.top_k), float("-inf"))
     if top_p:
         scores = _nucleus(scores, s.top_p)
     return scores
 
 
-def in_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept).
+def in_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept), where
+    k is the 0-d `top_k`, or V when top_k is 0 (keep all) or above V.
 
     A score is that large exactly when fewer than k scores are strictly larger. Under
     `torch.compile` we count those (no sort kernel): on CUDA in one Triton kernel
@@ -128,7 +127,9 @@ def in_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     comparisons, no arithmetic.
     """
     if torch.compiler.is_compiling() and scores.is_cuda and top_k_mask is not None:
-        return top_k_mask(scores, k)
+        return top_k_mask(scores, top_k)
+    vocab = scores.shape[-1]
+    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
     if torch.compiler.is_compiling():
         larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
         return larger < k
