@@ -91,9 +91,9 @@ def main() -> None:
         top_k,
         {
             "V": (2048, 3072),
-            "BLOCK_I": (8, 16, 32),
-            "BLOCK_J": (256, 512, 1024),
-            "num_warps": (4, 8),
+            "BLOCK_I": (2, 4, 8, 16),
+            "BLOCK_J": (512, 1024, 2048),
+            "num_warps": (2, 4, 8),
         },
     )
     rows += sweep("top_k", top_k, {"V": (2048, 3072)})  # the defaults
