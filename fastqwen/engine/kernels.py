@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import decoder_layer, linear, norm_linear, project, rms_norm
+from .layers import decoder_layer, linear, mlp_down, norm_linear, project, rms_norm
 from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
@@ -93,6 +93,7 @@ def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:
 @dataclass(frozen=True)
 class FrameKernels:
     layer: Callable = decoder_layer
+    mlp_down: Callable = mlp_down
     final_norm: Callable = rms_norm
     talker_token: Callable = talker_token
     predictor_token: Callable = predictor_token
@@ -104,6 +105,7 @@ class FrameKernels:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         return cls(
             layer=compile_fused(decoder_layer),
+            mlp_down=compile_fused(mlp_down),
             final_norm=compile_fused(rms_norm),
             talker_token=compile_fused(talker_token, exact_division=True),
             predictor_token=compile_fused(predictor_token, exact_division=True),

@@ -218,18 +218,20 @@ def decoder_layer(
     o: torch.Tensor,
     post_norm: torch.Tensor,
     gate_up: torch.Tensor,
-    down: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
     eps: float,
-) -> torch.Tensor:
-    """One decoder layer on x (1, T, H) at positions `pos` (T,), writing its keys and
-    values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder layer on x (1, T, H) at positions `pos` (T,) up to the MLP activation,
+    writing its keys and values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
+    Returns x after the attention residual and h = silu(gate) * up; `mlp_down` finishes.
 
-    The whole layer is one function so that, compiled, the matrix-vector products fuse
-    with their neighbours, and on CUDA a single token's attention (norms, RoPE, cache
-    write, softmax) is one Triton kernel (`decode_attention`).
+    Compiled, the matrix-vector products fuse with their neighbours, and on CUDA a single
+    token's attention (norms, RoPE, cache write, softmax) is one Triton kernel
+    (`decode_attention`). The layer ends at h so that h is stored: compiled in one piece,
+    Inductor evaluated the activation inside the down product, once per output row, and
+    that kernel took 10-17 us at 1.7B on an H100 instead of ~8.
     """
     T = x.shape[1]
     qkv_out = norm_linear(x, input_norm, qkv, eps)
@@ -243,7 +245,12 @@ def decoder_layer(
         a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
         a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, -1)
     x = x + linear(a, o)
-    return x + linear(norm_swiglu(x, post_norm, gate_up, eps), down)
+    return x, norm_swiglu(x, post_norm, gate_up, eps)
+
+
+def mlp_down(x: torch.Tensor, h: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The rest of a decoder layer after `decoder_layer`: the down product and residual."""
+    return x + linear(h, down)
 
 
 def norm_swiglu(
@@ -293,20 +300,22 @@ def decoder_forward(
     at: Positions,
     cache: StaticKVCache,
     layer: Callable = decoder_layer,
+    down: Callable = mlp_down,
     final_norm: Callable | None = rms_norm,
 ) -> torch.Tensor:
     """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
     Args:
         x: (1, T, H) input embeddings.
-        layer, final_norm: `decoder_layer` and `rms_norm`, or compiled versions of them;
+        layer, down, final_norm: `decoder_layer`, `mlp_down` and `rms_norm`, or compiled
+            versions of them;
             final_norm=None leaves the norm to the caller (folded into the next product).
     Returns:
         (1, T, H) final-normed hidden states (un-normed when final_norm is None).
     """
     for i, lw in enumerate(w.layers):
         # tensors, not the LayerWeights object, so one compiled graph serves every layer
-        x = layer(
+        x, h = layer(
             x,
             cache.layer(i),
             at.pos,
@@ -320,10 +329,10 @@ def decoder_forward(
             lw.o,
             lw.post_norm,
             lw.gate_up,
-            lw.down,
             w.num_heads,
             w.num_kv_heads,
             w.head_dim,
             w.eps,
         )
+        x = down(x, h, lw.down)
     return x if final_norm is None else final_norm(x, w.final_norm, w.eps)

@@ -158,7 +158,8 @@ def run_decoder(
     """`decoder_forward` with the engine's per-frame kernels (compiled on CUDA);
     normed=False skips the final norm (the predictor's heads fold it in)."""
     final_norm = m.kernels.final_norm if normed else None
-    return decoder_forward(w, x, at, cache, m.kernels.layer, final_norm)
+    k = m.kernels
+    return decoder_forward(w, x, at, cache, k.layer, k.mlp_down, final_norm)
 
 
 PREFILL_BUCKET = 64  # prompts are padded to a multiple of this, so few prefill shapes exist
