@@ -90,7 +90,12 @@ def environment(device: str) -> dict:
     import torch
     import transformers
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # dirtiness is unknown where the commit is passed in
+    status = (
+        None
+        if os.environ.get("FASTQWEN_GIT_COMMIT")
+        else _git("status", "--porcelain", "--untracked-files=no")
+    )
     return {
         "device_name": torch.cuda.get_device_name(device) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
@@ -99,7 +104,7 @@ def environment(device: str) -> dict:
         "package": f"faster-qwen3-tts {_version('faster-qwen3-tts')} "
         f"(qwen-tts-hf {_version('qwen-tts-hf')})",
         "python": platform.python_version(),
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("FASTQWEN_GIT_COMMIT"),
+        "git_commit": os.environ.get("FASTQWEN_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         # This script's own hash: the anchor code itself is the pinned wheel.
         "source_hash": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12],

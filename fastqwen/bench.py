@@ -93,15 +93,21 @@ def environment(device: torch.device) -> dict:
 
     cpu = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # dirtiness is unknown where the commit is passed in
+    status = (
+        None
+        if os.environ.get("FASTQWEN_GIT_COMMIT")
+        else _git("status", "--porcelain", "--untracked-files=no")
+    )
     return {
         "device_name": device_name,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        # On the device machine the tree travels without .git: the caller may pass the commit.
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("FASTQWEN_GIT_COMMIT"),
+        # On the device machine the tree travels without its .git (a stale one may be
+        # there): the caller's FASTQWEN_GIT_COMMIT wins.
+        "git_commit": os.environ.get("FASTQWEN_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "source_hash": source_hash(),
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

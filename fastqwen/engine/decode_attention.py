@@ -110,7 +110,8 @@ def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: 
     window (3.2 us against 3.9 with 64), 128-position blocks for the talker's (5.8 us
     against 6.7 at 256 positions, 24 against 34 at 2048).
     """
-    config = {"BLOCK_S": 32 if kv.shape[3] <= 32 else 128, "num_warps": 8, **config}
+    long_block = 128 if kv.element_size() <= 2 else 64  # fp32 128-blocks overflow shared memory
+    config = {"BLOCK_S": 32 if kv.shape[3] <= 32 else long_block, "num_warps": 8, **config}
     precision = "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32
     hkv, d = kv.shape[2], kv.shape[4]
     out = torch.empty((1, 1, num_heads * d), dtype=qkv.dtype, device=qkv.device)
