@@ -38,8 +38,8 @@ class EngineConfig:
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
     compile: torch.compile the per-frame kernels (`engine.kernels`) before capture (fused
-        Triton kernels; ~80 s of compiling and autotuning on first use at 1.7B). None: on
-        with CUDA graphs.
+        Triton kernels; 50-90 s of compiling and autotuning on first use at 1.7B on an
+        H100). None: on with CUDA graphs.
     """
 
     max_seq_len: int = 2048 + 512

@@ -9,9 +9,9 @@ cache window select another graph.
 
 Random draws inside the graph use the CUDA generator's graph-safe Philox offsets, so a
 replayed frame draws the same numbers as the same frame run eagerly after the same seed.
-With `compile=True`, the decoder layer (cache write included) and the head-plus-warp of
-every sampled token are `torch.compile`d before capture (see `kernels`), which fuses the
-many small kernels; the random draws stay eager ops inside the graph.
+With `compile=True`, the decoder layer's two halves (cache write included) and the
+head-plus-warp of every sampled token are `torch.compile`d before capture (see `kernels`),
+which fuses the many small kernels; the random draws stay eager ops inside the graph.
 """
 
 from __future__ import annotations

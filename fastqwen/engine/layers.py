@@ -135,6 +135,11 @@ def project(x: torch.Tensor, w: tuple[torch.Tensor | None, torch.Tensor | None])
 FOLD_MAX_WEIGHT = 2**23  # elements; see `norm_linear`
 
 
+def folds_norm(w: torch.Tensor) -> bool:
+    """Whether `norm_linear` folds the norm into a product with weight w (when compiled)."""
+    return w.numel() <= FOLD_MAX_WEIGHT
+
+
 def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """`linear(rms_norm(x, norm, eps), w)`.
 
@@ -146,8 +151,7 @@ def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
     against 9.9 for norm + product, but its gate and up (2 x 6144 x 2048) 28 us against
     21: the extra work per weight element no longer hides behind the memory reads.
     """
-    fold = w.numel() <= FOLD_MAX_WEIGHT
-    if fold and x.shape[-2] <= 2 and torch.compiler.is_compiling():
+    if folds_norm(w) and x.shape[-2] <= 2 and torch.compiler.is_compiling():
         xf = x.float().unsqueeze(-2)  # (1, T, 1, K)
         prod = xf * (w.float() * norm.float())  # (1, T, N, K)
         ssq = (xf * xf).expand_as(prod).sum(-1)  # the same for every n, fused with the product
@@ -259,12 +263,12 @@ def norm_swiglu(
     """silu(gate(h)) * up(h) for h = rms_norm(x), with the fused (2 I, H) weight.
 
     Compiled, gate and up are two products of the same shape, which Inductor computes in
-    one kernel, the norm folded into each where `norm_linear` folds it (the activation is
-    then evaluated inside the down product's reduction).
+    one kernel with the activation, the norm folded into each where `norm_linear` folds it
+    (otherwise normed once for both).
     """
     if torch.compiler.is_compiling():
         gate_w, up_w = gate_up.chunk(2, dim=0)
-        if gate_w.numel() <= FOLD_MAX_WEIGHT:
+        if folds_norm(gate_w):
             gate, up = norm_linear(x, norm, gate_w, eps), norm_linear(x, norm, up_w, eps)
         else:
             h = rms_norm(x, norm, eps)
