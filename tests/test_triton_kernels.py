@@ -85,6 +85,83 @@ def test_decode_attention_kernel_matches_eager_layer():
     assert worst_cache < 1e-5, f"cache row differs by {worst_cache}"
 
 
+ATTENTION_TWO_ROWS = textwrap.dedent(
+    """
+    import torch
+    from fastqwen.engine.decode_attention import _decode_attention_kernel, launch
+    from fastqwen.engine.layers import RopeTable, attend, attention_inputs
+
+    torch.manual_seed(1)
+    HQ, HKV, D, S, eps = 16, 8, 128, 40, 1e-6
+    q_norm, k_norm = 1 + 0.1 * torch.randn(D), 1 + 0.1 * torch.randn(D)
+    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
+    worst_out = worst_cache = 0.0
+    for p, config in ((0, {}), (5, {}), (31, {"BLOCK_S": 32}), (32, {"BLOCK_S": 32})):
+        qkv = torch.randn(1, 2, (HQ + 2 * HKV) * D)
+        pos = torch.tensor([p, p + 1])
+        cos, sin = rope.at(pos)
+        kv = torch.randn(2, 1, HKV, S, D)
+        expected_kv = kv.clone()
+        out = launch(
+            _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
+        )
+        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, HQ, HKV, D, eps)
+        expected_kv.index_copy_(3, pos, new_kv)
+        mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
+        a = attend(q, expected_kv[0], expected_kv[1], mask)
+        expected = a.reshape(1, HQ, 2, D).transpose(1, 2).reshape(1, 2, HQ * D)
+        worst_out = max(worst_out, (out - expected).abs().max().item())
+        worst_cache = max(worst_cache, (kv - expected_kv).abs().max().item())
+    print(worst_out, worst_cache)
+    """
+)
+
+
+def test_decode_attention_kernel_two_rows_see_each_other():
+    """The predictor's first pass: row 1 attends to the key row 0 wrote in the same launch."""
+    worst_out, worst_cache = map(float, interpreted(ATTENTION_TWO_ROWS).split())
+    assert worst_out < 1e-5, f"attention output differs by {worst_out}"
+    assert worst_cache < 1e-5, f"cache row differs by {worst_cache}"
+
+
+MATVEC = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from fastqwen.engine.layers import rms_norm
+    from fastqwen.engine.matvec_kernel import _matvec_kernel, launch
+
+    torch.manual_seed(0)
+    worst, checked = 0.0, 0
+    configs = ({"BLOCK_N": 8, "BLOCK_K": 64}, {"BLOCK_N": 1, "BLOCK_K": 128})  # ragged, one row
+    for T in (1, 2):
+        for N, K in ((100, 96), (64, 256)):
+            for norm_on, swiglu, res_on in ((0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 1, 0)):
+                for config in configs:
+                    x = torch.randn(1, T, K)
+                    w = torch.randn(2 * N if swiglu else N, K) / K**0.5
+                    norm = 1 + 0.1 * torch.randn(K) if norm_on else None
+                    res = torch.randn(1, T, N) if res_on else None
+                    y = launch(_matvec_kernel, x, w, norm, res, 1e-6, bool(swiglu), **config)
+                    e = F.linear(rms_norm(x, norm, 1e-6) if norm_on else x, w)
+                    if swiglu:
+                        gate, up = e.chunk(2, dim=-1)
+                        e = F.silu(gate) * up
+                    e = e if res is None else res + e
+                    assert y.shape == e.shape, (y.shape, e.shape)
+                    worst = max(worst, (y - e).abs().max().item())
+                    checked += 1
+    print(checked, worst)
+    """
+)
+
+
+def test_matvec_kernel_matches_linear_with_norm_swiglu_and_residual():
+    checked, worst = interpreted(MATVEC).split()
+    assert int(checked) == 32
+    assert float(worst) < 1e-5, f"matvec differs by {worst}"
+
+
 TOP_K = """
     import torch
     from fastqwen.engine.sampling import in_top_k

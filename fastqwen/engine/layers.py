@@ -19,8 +19,11 @@ from .cache import StaticKVCache
 
 try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
     from .decode_attention import decode_attention
+    from .matvec_kernel import matvec
 except ImportError:  # pragma: no cover
-    decode_attention = None
+    decode_attention = matvec = None
+
+MATVEC_ROWS = frozenset({1, 2})  # token counts whose layer products use the matvec kernel
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -160,6 +163,35 @@ def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
     return linear(rms_norm(x, norm, eps), w)
 
 
+def layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """A decoder layer's product: [residual +] [rms_norm](x) @ w.T, or silu(gate) * up
+    with `swiglu` (w = gate and up stacked).
+
+    Compiled on CUDA for the token counts in `MATVEC_ROWS`, one `matvec_kernel` launch
+    that reads the weight once for both rows of a two-token pass; otherwise the
+    multiply-and-sum forms of `linear` and `norm_linear` that Inductor fuses, or eager
+    `F.linear`.
+    """
+    if (
+        matvec is not None
+        and x.is_cuda
+        and x.shape[-2] in MATVEC_ROWS
+        and torch.compiler.is_compiling()
+    ):
+        return matvec(x, w, norm, residual, eps, swiglu)
+    if swiglu:
+        return norm_swiglu(x, norm, w, eps)
+    y = linear(x, w) if norm is None else norm_linear(x, norm, w, eps)
+    return y if residual is None else residual + y
+
+
 def attention_inputs(
     qkv_out: torch.Tensor,
     q_norm: torch.Tensor,
@@ -231,15 +263,16 @@ def decoder_layer(
     writing its keys and values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
     Returns x after the attention residual and h = silu(gate) * up; `mlp_down` finishes.
 
-    Compiled, the matrix-vector products fuse with their neighbours, and on CUDA a single
-    token's attention (norms, RoPE, cache write, softmax) is one Triton kernel
-    (`decode_attention`). The layer ends at h so that h is stored: compiled in one piece,
-    Inductor evaluated the activation inside the down product, once per output row, and
-    that kernel took 10-17 us at 1.7B on an H100 instead of ~8.
+    Compiled on CUDA for one or two tokens, a layer is five kernels: four products
+    (`layer_product`: QKV with the input norm, O with the residual, gate/up with the
+    norm and activation, down with the residual) and the attention (norms, RoPE, cache
+    write, softmax: `decode_attention`). The layer ends at h, so h is stored; this also
+    kept Inductor (without the matvec kernel) from evaluating the activation inside the
+    down product once per output row (10-17 us at 1.7B on an H100 instead of ~8).
     """
     T = x.shape[1]
-    qkv_out = norm_linear(x, input_norm, qkv, eps)
-    if T == 1 and x.is_cuda and decode_attention is not None and torch.compiler.is_compiling():
+    qkv_out = layer_product(x, qkv, input_norm, eps=eps)
+    if T <= 2 and x.is_cuda and decode_attention is not None and torch.compiler.is_compiling():
         a = decode_attention(qkv_out, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)
     else:
         q, new_kv = attention_inputs(
@@ -248,13 +281,13 @@ def decoder_layer(
         kv.index_copy_(3, pos, new_kv)
         a = attend(q, kv[0], kv[1], mask).to(x.dtype)  # (1, Hkv, rep T, D)
         a = a.reshape(1, num_heads, T, head_dim).transpose(1, 2).reshape(1, T, -1)
-    x = x + linear(a, o)
-    return x, norm_swiglu(x, post_norm, gate_up, eps)
+    x = layer_product(a, o, residual=x)
+    return x, layer_product(x, gate_up, post_norm, eps=eps, swiglu=True)
 
 
 def mlp_down(x: torch.Tensor, h: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """The rest of a decoder layer after `decoder_layer`: the down product and residual."""
-    return x + linear(h, down)
+    return layer_product(h, down, residual=x)
 
 
 def norm_swiglu(
