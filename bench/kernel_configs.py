@@ -2,9 +2,13 @@
 
 Each configuration is launched 50 times inside one CUDA graph (so launch overhead is not
 counted): the single-token attention at the cache lengths the predictor (16) and the
-talker (256..2048) use, bf16, and the top-k mask at both vocabularies (2048, 3072).
+talker (256..2048) use, bf16, the top-k mask at both vocabularies (2048, 3072), and the
+layer products (`matvec_kernel`) at every decoder shape for one and two tokens, against
+what Inductor makes of the same product. The products cycle through copies of the weight
+that together exceed the L2 cache, so each launch reads its weight from memory, as the
+layers of a frame do.
 
-usage: python bench/kernel_configs.py OUT.json
+usage: python bench/kernel_configs.py OUT.json [attention top_k matvec]
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from collections.abc import Callable
 
 import torch
 
-from fastqwen.engine import decode_attention, top_k_kernel
+from fastqwen.engine import decode_attention, layers, matvec_kernel, top_k_kernel
+from fastqwen.engine.kernels import compile_fused
 
 
-def time_graph(launch: Callable[[], object], repeat: int = 50) -> float:
-    """Microseconds per launch of `launch`, replayed from a CUDA graph."""
+def time_graph(launch: Callable[..., object], repeat: int = 50, inputs: int = 0) -> float:
+    """Microseconds per launch of `launch`, replayed from a CUDA graph; with `inputs` > 0,
+    launch i is `launch(i % inputs)`."""
 
     def run():
-        for _ in range(repeat):
-            launch()
+        for i in range(repeat):
+            launch(i % inputs) if inputs else launch()
 
     run()
     torch.cuda.synchronize()
@@ -65,6 +71,54 @@ def top_k(V: int, **config) -> float:
     )
 
 
+# name: (N, K, norm, residual, swiglu); p_ is the code predictor's (and the 0.6B talker's)
+# layer, t_ the 1.7B talker's
+PRODUCTS = {
+    "p_qkv": (4096, 1024, True, False, False),
+    "p_o": (1024, 2048, False, True, False),
+    "p_gate_up": (3072, 1024, True, False, True),
+    "p_down": (1024, 3072, False, True, False),
+    "t_qkv": (4096, 2048, True, False, False),
+    "t_o": (2048, 2048, False, True, False),
+    "t_gate_up": (6144, 2048, True, False, True),
+    "t_down": (2048, 6144, False, True, False),
+}
+
+
+def product_inputs(case: str, T: int) -> tuple:
+    """x, weight copies (> 256 MB together), norm, residual for a product case."""
+    N, K, norm_on, res_on, swiglu = PRODUCTS[case]
+    dev, dt = "cuda", torch.bfloat16
+    rows = 2 * N if swiglu else N
+    copies = max(2, -(-(256 << 20) // (rows * K * 2)))
+    x = torch.randn(1, T, K, device=dev, dtype=dt)
+    ws = [torch.randn(rows, K, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+    norm = torch.ones(K, device=dev, dtype=dt) if norm_on else None
+    res = torch.randn(1, T, N, device=dev, dtype=dt) if res_on else None
+    return x, ws, norm, res, swiglu
+
+
+def product_inductor(case: str, T: int) -> float:
+    """The same product as Inductor compiles it without the matvec kernel."""
+    x, ws, norm, res, swiglu = product_inputs(case, T)
+    rows, layers.MATVEC_ROWS = layers.MATVEC_ROWS, frozenset()
+    try:
+        fn = compile_fused(lambda x, w, n, r: layers.layer_product(x, w, n, r, 1e-6, swiglu))
+        return time_graph(lambda i: fn(x, ws[i], norm, res), inputs=len(ws))
+    finally:
+        layers.MATVEC_ROWS = rows
+        torch._dynamo.reset()
+
+
+def product(case: str, T: int, **config) -> float:
+    x, ws, norm, res, swiglu = product_inputs(case, T)
+    kernel = matvec_kernel._matvec_kernel
+    return time_graph(
+        lambda i: matvec_kernel.launch(kernel, x, ws[i], norm, res, 1e-6, swiglu, **config),
+        inputs=len(ws),
+    )
+
+
 def sweep(name: str, fn: Callable[..., float], grid: dict[str, tuple]) -> list[dict]:
     rows = []
     for values in itertools.product(*grid.values()):
@@ -80,23 +134,43 @@ def sweep(name: str, fn: Callable[..., float], grid: dict[str, tuple]) -> list[d
 
 
 def main() -> None:
-    rows = sweep(
-        "attention",
-        attention,
-        {"S": (16, 256, 2048), "BLOCK_S": (32, 64, 128), "num_warps": (4, 8)},
-    )
-    rows += sweep("attention", attention, {"S": (16, 256, 2048)})  # the defaults
-    rows += sweep(
-        "top_k",
-        top_k,
-        {
-            "V": (2048, 3072),
-            "BLOCK_I": (2, 4, 8, 16),
-            "BLOCK_J": (512, 1024, 2048),
-            "num_warps": (2, 4, 8),
-        },
-    )
-    rows += sweep("top_k", top_k, {"V": (2048, 3072)})  # the defaults
+    kernels = sys.argv[2:] or ["attention", "top_k", "matvec"]
+    rows = []
+    if "attention" in kernels:
+        rows += sweep(
+            "attention",
+            attention,
+            {"S": (16, 256, 2048), "BLOCK_S": (32, 64, 128), "num_warps": (4, 8)},
+        )
+        rows += sweep("attention", attention, {"S": (16, 256, 2048)})  # the defaults
+    if "top_k" in kernels:
+        rows += sweep(
+            "top_k",
+            top_k,
+            {
+                "V": (2048, 3072),
+                "BLOCK_I": (2, 4, 8, 16),
+                "BLOCK_J": (512, 1024, 2048),
+                "num_warps": (2, 4, 8),
+            },
+        )
+        rows += sweep("top_k", top_k, {"V": (2048, 3072)})  # the defaults
+    if "matvec" in kernels:
+        shapes = [(c, 1) for c in PRODUCTS] + [(c, 2) for c in PRODUCTS if c.startswith("p_")]
+        for case, T in shapes:
+            rows += sweep("matvec_inductor", product_inductor, {"case": (case,), "T": (T,)})
+            rows += sweep(
+                "matvec",
+                product,
+                {
+                    "case": (case,),
+                    "T": (T,),
+                    "BLOCK_N": (1, 2, 4, 8),
+                    "BLOCK_K": (256, 512, 1024),
+                    "num_warps": (2, 4, 8),
+                },
+            )
+            rows += sweep("matvec", product, {"case": (case,), "T": (T,)})  # the defaults
     with open(sys.argv[1], "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
 
