@@ -53,14 +53,12 @@ ATTENTION = textwrap.dedent(
 
     torch.manual_seed(0)
     HQ, HKV, D, S, eps = 16, 8, 128, 80, 1e-6
-    qkv = torch.randn(1, 1, (HQ + 2 * HKV) * D)
     q_norm, k_norm = 1 + 0.1 * torch.randn(D), 1 + 0.1 * torch.randn(D)
     rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
     worst_out = worst_cache = 0.0
-    cases = [(p, {}) for p in (0, 1, 31, 32, 33, 70, S - 1)]  # default: one 128-row block
-    cases += [(p, {"BLOCK_S": 32}) for p in (0, 31, 32, 33, 70, S - 1)]  # several blocks
-    for p, config in cases:
-        pos = torch.tensor([p])
+    for T, p, config in CASES:  # T new tokens at positions p .. p + T - 1
+        qkv = torch.randn(1, T, (HQ + 2 * HKV) * D)
+        pos = torch.arange(p, p + T)
         cos, sin = rope.at(pos)
         kv = torch.randn(2, 1, HKV, S, D)
         expected_kv = kv.clone()
@@ -71,7 +69,7 @@ ATTENTION = textwrap.dedent(
         expected_kv.index_copy_(3, pos, new_kv)
         mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
         a = attend(q, expected_kv[0], expected_kv[1], mask)
-        expected = a.reshape(1, HQ, 1, D).transpose(1, 2).reshape(1, 1, HQ * D)
+        expected = a.reshape(1, HQ, T, D).transpose(1, 2).reshape(1, T, HQ * D)
         worst_out = max(worst_out, (out - expected).abs().max().item())
         worst_cache = max(worst_cache, (kv - expected_kv).abs().max().item())
     print(worst_out, worst_cache)
@@ -79,47 +77,24 @@ ATTENTION = textwrap.dedent(
 )
 
 
+def attention_worst(cases: list[tuple[int, int, dict]]) -> tuple[float, float]:
+    """Largest output and cache differences of the kernel against the eager layer."""
+    worst_out, worst_cache = map(float, interpreted(f"CASES = {cases!r}" + ATTENTION).split())
+    return worst_out, worst_cache
+
+
 def test_decode_attention_kernel_matches_eager_layer():
-    worst_out, worst_cache = map(float, interpreted(ATTENTION).split())
+    cases = [(1, p, {}) for p in (0, 1, 31, 32, 33, 70, 79)]  # default: one 128-row block
+    cases += [(1, p, {"BLOCK_S": 32}) for p in (0, 31, 32, 33, 70, 79)]  # several blocks
+    worst_out, worst_cache = attention_worst(cases)
     assert worst_out < 1e-5, f"attention output differs by {worst_out}"
     assert worst_cache < 1e-5, f"cache row differs by {worst_cache}"
 
 
-ATTENTION_TWO_ROWS = textwrap.dedent(
-    """
-    import torch
-    from fastqwen.engine.decode_attention import _decode_attention_kernel, launch
-    from fastqwen.engine.layers import RopeTable, attend, attention_inputs
-
-    torch.manual_seed(1)
-    HQ, HKV, D, S, eps = 16, 8, 128, 40, 1e-6
-    q_norm, k_norm = 1 + 0.1 * torch.randn(D), 1 + 0.1 * torch.randn(D)
-    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
-    worst_out = worst_cache = 0.0
-    for p, config in ((0, {}), (5, {}), (31, {"BLOCK_S": 32}), (32, {"BLOCK_S": 32})):
-        qkv = torch.randn(1, 2, (HQ + 2 * HKV) * D)
-        pos = torch.tensor([p, p + 1])
-        cos, sin = rope.at(pos)
-        kv = torch.randn(2, 1, HKV, S, D)
-        expected_kv = kv.clone()
-        out = launch(
-            _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
-        )
-        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, HQ, HKV, D, eps)
-        expected_kv.index_copy_(3, pos, new_kv)
-        mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
-        a = attend(q, expected_kv[0], expected_kv[1], mask)
-        expected = a.reshape(1, HQ, 2, D).transpose(1, 2).reshape(1, 2, HQ * D)
-        worst_out = max(worst_out, (out - expected).abs().max().item())
-        worst_cache = max(worst_cache, (kv - expected_kv).abs().max().item())
-    print(worst_out, worst_cache)
-    """
-)
-
-
 def test_decode_attention_kernel_two_rows_see_each_other():
     """The predictor's first pass: row 1 attends to the key row 0 wrote in the same launch."""
-    worst_out, worst_cache = map(float, interpreted(ATTENTION_TWO_ROWS).split())
+    cases = [(2, 0, {}), (2, 5, {}), (2, 31, {"BLOCK_S": 32}), (2, 32, {"BLOCK_S": 32})]
+    worst_out, worst_cache = attention_worst(cases)
     assert worst_out < 1e-5, f"attention output differs by {worst_out}"
     assert worst_cache < 1e-5, f"cache row differs by {worst_cache}"
 
