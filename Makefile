@@ -23,7 +23,7 @@ PYTHON ?= $(shell for p in $(PYTHON_CANDIDATES); do \
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 PYTEST_ARGS ?=
 REPORT_NOTEBOOK := notebooks/customvoice_parity.ipynb
-# Extra arguments for `python -m fastqwen.report`, e.g. REPORT_ARGS="-p max_new_tokens 64".
+# Extra arguments for `python -m fastqwen.tools.report`, e.g. REPORT_ARGS="-p max_new_tokens 64".
 REPORT_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -58,7 +58,7 @@ test: setup ## Run the test suite: tests/ and notebooks/*.ipynb (nbmake, smoke s
 	$(VENV_PY) -m pytest tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS)) $(PYTEST_ARGS)
 
 report: require-notebooks setup ## Run the parity notebooks; HTML reports in reports/, WAVs in samples/parity/
-	$(VENV_PY) -m fastqwen.report $(REPORT_ARGS)
+	$(VENV_PY) -m fastqwen.tools.report $(REPORT_ARGS)
 
 # Checked before `setup`, so a missing notebook fails in a second, not after a 3 GB install.
 require-notebooks:

@@ -1,4 +1,4 @@
-"""faster-qwen3-tts 0.5.4 ("the anchor") on the checkpoint and prompt that fastqwen.bench uses.
+"""faster-qwen3-tts 0.5.4 ("the anchor") on the checkpoint and prompt of fastqwen.tools.bench.run.
 
 Run it in its own process, never beside qwen-tts 0.1.1 (the anchor's qwen-tts-hf has the
 same import name, `qwen_tts`, and needs transformers 5):
@@ -6,11 +6,11 @@ same import name, `qwen_tts`, and needs transformers 5):
     PYTHONPATH=$ANCHOR_PYTHONPATH python3 bench/anchor_bench.py --model-dir DIR \
         --model-name random:1.7b-custom_voice --out anchor-1.7b.json
 
-For that reason the only fastqwen module it imports is `fastqwen.measure` (torch and the
+For that reason the only fastqwen module it imports is `fastqwen.tools.bench.measure` (torch and the
 standard library: median and spread, byte counts, profiler counts), and its record has the
-same keys as fastqwen.bench.FIELDS.
+same keys as fastqwen.tools.bench.run.FIELDS.
 
-What is timed, to match fastqwen.bench:
+What is timed, to match fastqwen.tools.bench.run:
 - ms_per_frame: the anchor's own generation time (prefill + decode loop, CUDA-synced, from
   the timing dict of `faster_qwen3_tts.generate.fast_generate`, which we wrap to read it)
   over its frames. Like fastqwen's `generate_s`, it leaves out prompt building and codec
@@ -45,7 +45,7 @@ SAMPLES_PER_FRAME = 1920
 _REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_REPO))
 # torch-only helpers, safe beside the anchor's transformers 5 (fastqwen/__init__ imports nothing)
-from fastqwen.measure import (  # noqa: E402
+from fastqwen.tools.bench.measure import (  # noqa: E402
     FIELDS,
     PROFILE_TOKENS,
     PROMPT_1,

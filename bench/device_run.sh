@@ -76,7 +76,7 @@ main() {
   echo "anchor: $("${ANCHOR[@]}" -c "$versions" 2>&1 | tail -n 1)"
 
   step checkpoints 180 "" - - -- "${REF[@]}" -c "
-from fastqwen.sources import random_checkpoint
+from fastqwen.models.sources import random_checkpoint
 for size in ('1.7b', '0.6b'):
     print(random_checkpoint(size, 'custom_voice'), flush=True)"
   local ck17=$FASTQWEN_CACHE/random/1.7b-custom_voice ck06=$FASTQWEN_CACHE/random/0.6b-custom_voice

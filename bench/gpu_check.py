@@ -22,14 +22,14 @@ import traceback
 
 import torch
 
-from fastqwen.api import EngineConfig, FastQwen3TTS
-from fastqwen.checkpoints import build_random_checkpoint
+from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen.config import SamplingParams
 from fastqwen.engine.sampling import SamplingMode, SamplingTensors
 from fastqwen.engine.step import frame_step
-from fastqwen.params import SamplingParams
-from fastqwen.parity import compare_codes, teacher_forced
-from fastqwen.prompts import VoiceRequest
-from fastqwen.reference import run_reference
+from fastqwen.models.checkpoints import build_random_checkpoint
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.parity import compare_codes, teacher_forced
+from fastqwen.verify.reference import run_reference
 
 TEXT = (
     "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "

@@ -17,12 +17,12 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fastqwen.api import EngineConfig, FastQwen3TTS
-from fastqwen.checkpoints import build_random_checkpoint
+from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen.config import SamplingParams
 from fastqwen.engine.sampling import SamplingMode
 from fastqwen.engine.step import frame_step
-from fastqwen.params import SamplingParams
-from fastqwen.prompts import VoiceRequest
+from fastqwen.models.checkpoints import build_random_checkpoint
+from fastqwen.prompts.builder import VoiceRequest
 
 REQUEST = VoiceRequest(
     "custom_voice", "We met at the corner cafe after work and talked.", "english", speaker="aiden"

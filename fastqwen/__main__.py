@@ -1,7 +1,7 @@
-"""`python -m fastqwen`: see fastqwen.cli."""
+"""`python -m fastqwen`: see fastqwen.tools.cli."""
 
 import sys
 
-from fastqwen.cli import main
+from fastqwen.tools.cli import main
 
 sys.exit(main())

@@ -11,56 +11,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .audio import load_reference_audio
-from .codec import StreamingDecoder, decode_utterance
-from .engine.graph import GraphedFrameStep
-from .engine.loop import LoopStats, check_fits, run_frames
-from .engine.sampling import SamplingMode, SamplingTensors
-from .engine.step import EngineModel, FrameState, frame_step
-from .params import SamplingParams
-from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
-from .results import GenerationResult
+from fastqwen.codec.decoder import StreamingDecoder, decode_utterance
+from fastqwen.config import EngineConfig, SamplingParams
+from fastqwen.engine.graph import GraphedFrameStep
+from fastqwen.engine.loop import LoopStats, check_fits, run_frames
+from fastqwen.engine.sampling import SamplingMode, SamplingTensors
+from fastqwen.engine.step import EngineModel, FrameState, frame_step
+from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
+from fastqwen.prompts.reference_audio import load_reference_audio
+from fastqwen.results import AudioChunk, GenerationResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the engine allocates and runs.
-
-    max_seq_len: talker cache positions (prompt + frames); the default covers a long
-        prompt plus 2048 frames.
-    sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
-    cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
-    compile: torch.compile the per-frame kernels (`engine.kernels`) before capture (fused
-        Triton kernels; 50-90 s of compiling and autotuning on first use at 1.7B on an
-        H100). None: on with CUDA graphs.
-    """
-
-    max_seq_len: int = 2048 + 512
-    sync_every: int | None = None
-    cuda_graph: bool = True
-    compile: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_seq_len < 16:
-            raise ValueError(f"max_seq_len must be >= 16, got {self.max_seq_len}")
-        if self.sync_every is not None and self.sync_every < 1:
-            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
-
-
-@dataclass
-class AudioChunk:
-    """One piece of streamed audio."""
-
-    audio: np.ndarray  # (samples,) float32
-    sample_rate: int
-    elapsed_s: float  # since the call started
 
 
 class FastQwen3TTS:
@@ -95,7 +60,7 @@ class FastQwen3TTS:
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA.
         """
-        from .sources import load_model
+        from fastqwen.models.sources import load_model
 
         if dtype is None:
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"

@@ -1,4 +1,5 @@
-"""Results returned by both sides of a parity run."""
+"""What a generation returns: `GenerationResult` (one utterance, either side of a parity
+run) and `AudioChunk` (one piece of a stream)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .constants import FRAME_RATE_HZ
+from fastqwen.constants import FRAME_RATE_HZ
 
 
 @dataclass
@@ -61,3 +62,12 @@ class GenerationResult:
             if self.time_to_first_audio_s is None
             else round(1000 * self.time_to_first_audio_s, 3),
         }
+
+
+@dataclass
+class AudioChunk:
+    """One piece of streamed audio."""
+
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    elapsed_s: float  # since the call started

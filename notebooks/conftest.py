@@ -1,9 +1,10 @@
 """Smoke settings for `pytest --nbmake notebooks/` (what `make test` runs).
 
 nbmake executes each notebook in a kernel that inherits this process's environment, and the
-parity notebooks read their settings from environment variables (`fastqwen.samplesets`), so
-the notebooks run unedited but cheaply: one speaker, one prompt, 6 talker steps, no live
-panel, output to a temporary folder. Variables already set in the environment win.
+parity notebooks read their settings from environment variables
+(`fastqwen.tools.samplesets.settings`), so the notebooks run unedited but cheaply: one
+speaker, one prompt, 6 talker steps, no live panel, output to a temporary folder. Variables
+already set in the environment win.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ the transcript is the text we fed in. Three espeak-ng voices give three distinct
     python scripts/make_reference_audio.py --out-dir /tmp/refs
 
 espeak-ng writes 22.05 kHz 16-bit mono; we resample to 24 kHz with the same loader the
-engine uses (`fastqwen.audio.load_reference_audio`), peak-normalise to -1 dBFS and save
-16-bit PCM, so each file is 6-12 s and under 600 KB.
+engine uses (`fastqwen.prompts.reference_audio.load_reference_audio`), peak-normalise to
+-1 dBFS and save 16-bit PCM, so each file is 6-12 s and under 600 KB.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from fastqwen.audio import load_reference_audio
 from fastqwen.constants import SAMPLE_RATE
+from fastqwen.prompts.reference_audio import load_reference_audio
 
 logger = logging.getLogger("make_reference_audio")
 

@@ -2,7 +2,7 @@
 
 Every test session gets its own `FASTQWEN_CACHE` (a pytest temp dir), so tests never read
 or write the user's `~/.cache/fastqwen`. `tiny_model(kind)` loads `random:tiny-<kind>`
-through `fastqwen.sources.load_model` once per session and kind; tests share the loaded
+through `fastqwen.models.sources.load_model` once per session and kind; tests share the loaded
 model, so they must not change its weights (deep-copy it first).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastqwen.sources import LoadedModel, load_model
+from fastqwen.models.sources import LoadedModel, load_model
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,7 +49,7 @@ def fastqwen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(fastqwen_cache: Path) -> Callable[[str], LoadedModel]:
-    """`tiny_model(kind="custom_voice") -> fastqwen.sources.LoadedModel`, float32 on CPU.
+    """`tiny_model(kind="custom_voice") -> fastqwen.models.sources.LoadedModel`, float32 on CPU.
 
     kind: "custom_voice", "base" or "voice_design". Built and loaded once per session.
     """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastqwen.audio import SUPPORTED_FORMATS, append_silence, load_reference_audio
+from fastqwen.prompts.reference_audio import SUPPORTED_FORMATS, append_silence, load_reference_audio
 
 SR = 24_000
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
@@ -62,7 +62,7 @@ def test_stereo_file_is_mixed_down_by_mean(tmp_path, caplog):
     left, right = _tone(2.0, freq=220.0), _tone(2.0, freq=330.0)
     stereo = np.stack([left, right], axis=1)  # (frames, 2)
     path = _write(tmp_path / "stereo.wav", stereo, SR, subtype="FLOAT")
-    with caplog.at_level(logging.INFO, logger="fastqwen.audio"):
+    with caplog.at_level(logging.INFO, logger="fastqwen.prompts.reference_audio"):
         wav, _ = load_reference_audio(path)
     assert wav.shape == (left.size,)
     np.testing.assert_allclose(wav, (left + right) / 2, atol=1e-6)
@@ -82,7 +82,7 @@ def test_multichannel_array_either_layout(layout):
 def test_other_rates_are_resampled_to_24k(tmp_path, orig_sr, caplog):
     seconds = 1.5
     path = _write(tmp_path / f"a_{orig_sr}.wav", _tone(seconds, sr=orig_sr), orig_sr)
-    with caplog.at_level(logging.INFO, logger="fastqwen.audio"):
+    with caplog.at_level(logging.INFO, logger="fastqwen.prompts.reference_audio"):
         wav, sr = load_reference_audio(path)
     assert sr == SR
     assert abs(wav.size - seconds * SR) <= 1

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastqwen import bench, measure
-from fastqwen.cli import main as cli_main
+from fastqwen.tools.bench import measure
+from fastqwen.tools.bench import run as bench
+from fastqwen.tools.cli import main as cli_main
 
 MODEL = "random:tiny-custom_voice"
 FAST = dict(device="cpu", dtype="float32", runs=1, max_new_tokens=12, profile=False)

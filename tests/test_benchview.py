@@ -13,8 +13,8 @@ import nbformat
 import papermill
 import pytest
 
-from fastqwen import bench
-from fastqwen import benchview as B
+from fastqwen.tools.bench import run as bench
+from fastqwen.tools.bench import view as B
 
 NOTEBOOK = B.PROJECT_ROOT / "notebooks" / "benchmark.ipynb"
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from fastqwen import constants as C
-from fastqwen.checkpoints import (
+from fastqwen.models.checkpoints import (
     GENERATION_DEFAULTS,
     MARKER_FILE,
     build_random_checkpoint,
     codec_config,
     model_config,
 )
-from fastqwen.cli import main as cli_main
+from fastqwen.tools.cli import main as cli_main
 
 KINDS = ("custom_voice", "base", "voice_design")
 TEXT = "Hello world, this is a quick test of the speech model."

@@ -19,7 +19,7 @@ from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
 from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Decoder
 from qwen_tts.inference.qwen3_tts_tokenizer import Qwen3TTSTokenizer
 
-from fastqwen.codec import (
+from fastqwen.codec.decoder import (
     REFERENCE_CHUNK_FRAMES,
     REFERENCE_LEFT_CONTEXT_FRAMES,
     StreamingDecoder,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastqwen.api import FastQwen3TTS
+from fastqwen import FastQwen3TTS
+from fastqwen.config import SamplingParams
 from fastqwen.engine.kernels import FrameKernels
-from fastqwen.params import SamplingParams
-from fastqwen.parity import compare_codes
-from fastqwen.prompts import VoiceRequest
-from fastqwen.reference import run_reference
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.parity import compare_codes
+from fastqwen.verify.reference import run_reference
 
 FRAMES = 40
 REQUEST = VoiceRequest("custom_voice", "A short line to compile.", "english", speaker="aiden")

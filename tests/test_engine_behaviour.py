@@ -7,13 +7,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastqwen.api import EngineConfig, FastQwen3TTS
-from fastqwen.codec import frames_to_samples
-from fastqwen.params import SamplingParams
-from fastqwen.parity import compare_codes
-from fastqwen.prompts import VoiceRequest
-from fastqwen.reference import run_reference
-from fastqwen.sources import load_model
+from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen.codec.decoder import frames_to_samples
+from fastqwen.config import SamplingParams
+from fastqwen.models.sources import load_model
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.parity import compare_codes
+from fastqwen.verify.reference import run_reference
 
 TEXT = "On Tuesday morning I missed the bus, so I walked home through the park."
 

@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastqwen.api import FastQwen3TTS
-from fastqwen.params import SamplingParams
-from fastqwen.parity import compare_codes, teacher_forced
-from fastqwen.prompts import VoiceRequest
-from fastqwen.reference import run_reference
+from fastqwen import FastQwen3TTS
+from fastqwen.config import SamplingParams
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.parity import compare_codes, teacher_forced
+from fastqwen.verify.reference import run_reference
 
 FRAMES = 120  # >= 100 frames compared per mode
 TEXT = "We met at the corner cafe after work and talked about weekend plans."

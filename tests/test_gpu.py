@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastqwen.api import EngineConfig, FastQwen3TTS
+from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen.config import SamplingParams
 from fastqwen.engine.sampling import SamplingMode
-from fastqwen.params import SamplingParams
-from fastqwen.parity import compare_codes
-from fastqwen.prompts import VoiceRequest
-from fastqwen.reference import run_reference
-from fastqwen.sources import load_model
+from fastqwen.models.sources import load_model
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.parity import compare_codes
+from fastqwen.verify.reference import run_reference
 
 pytestmark = pytest.mark.gpu
 REQUEST = VoiceRequest(
@@ -56,7 +56,7 @@ def test_frame_replay_makes_no_host_sync(cuda_tts):
 def test_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     """The first chunks are decoded by replaying captured codec graphs; the stream must
     give the same audio as with graphs off, and the graphs must really be captured."""
-    from fastqwen import codec_graph
+    from fastqwen.codec.decoder import graphs as codec_graph
 
     engine = FastQwen3TTS(cuda_tts)
     params = SamplingParams(max_new_tokens=41)

@@ -2,7 +2,7 @@
 
 `pytest --nbmake notebooks/` (in `make test`) runs the notebooks themselves with the smoke
 environment of `notebooks/conftest.py`; here papermill runs them with explicit parameters
-through `python -m fastqwen.report`, and we check what lands on disk.
+through `python -m fastqwen.tools.report`, and we check what lands on disk.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import nbformat
 import papermill
 import pytest
 
-from fastqwen import report
-from fastqwen.samplesets import NOTEBOOKS, PARAMS, PROJECT_ROOT
+from fastqwen.tools import report
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, PARAMS, PROJECT_ROOT
 
 NB_DIR = PROJECT_ROOT / "notebooks"
 SMOKE = {"max_new_tokens": "6", "speakers": "aiden", "prompt_limit": "1"}

@@ -51,7 +51,7 @@ def test_runtime_dependencies_are_declared():
 
 def test_python_range_and_console_script():
     assert PYPROJECT["project"]["requires-python"] == ">=3.10,<3.13"
-    assert PYPROJECT["project"]["scripts"]["fastqwen"] == "fastqwen.cli:main"
+    assert PYPROJECT["project"]["scripts"]["fastqwen"] == "fastqwen.tools.cli:main"
 
 
 def test_pytest_markers_registered():

@@ -1,4 +1,4 @@
-"""The report: `python -m fastqwen.report` arguments, offline HTML, the index, and what the
+"""The report: `python -m fastqwen.tools.report` arguments, offline HTML, the index, and what the
 notebooks display (players, tables, plots, listening panel) on a tiny generated set.
 """
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fastqwen import listen, plots, report, views
-from fastqwen import sampleset_run as R
-from fastqwen.samplesets import PROJECT_ROOT, resolve_settings
+from fastqwen.tools import report
+from fastqwen.tools.notebook import listen, plots, views
+from fastqwen.tools.samplesets import run as R
+from fastqwen.tools.samplesets.settings import PROJECT_ROOT, resolve_settings
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 

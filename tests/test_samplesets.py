@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fastqwen import artifacts as A
-from fastqwen import sampleset_run as R
-from fastqwen.sampleset_readme import render_readme
-from fastqwen.samplesets import (
+from fastqwen.tools.samplesets import artifacts as A
+from fastqwen.tools.samplesets import run as R
+from fastqwen.tools.samplesets.readme import render_readme
+from fastqwen.tools.samplesets.settings import (
     PARAMS,
     PROJECT_ROOT,
     SEED_PROMPTS,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import fastqwen.sources as sources
-from fastqwen.checkpoints import BUILDER_VERSION, MARKER_FILE
-from fastqwen.sources import (
+import fastqwen.models.sources as sources
+from fastqwen.models.checkpoints import BUILDER_VERSION, MARKER_FILE
+from fastqwen.models.sources import (
     RANDOM_BANNER,
     ModelUnavailableError,
     RandomWeightsWarning,
@@ -91,7 +91,7 @@ def test_stale_or_incomplete_cache_is_rebuilt(tmp_path, monkeypatch):
 
 def test_auto_falls_back_loudly_when_offline(offline, caplog, monkeypatch):
     monkeypatch.setattr(sources.torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="fastqwen.sources"):
+    with caplog.at_level(logging.WARNING, logger="fastqwen.models.sources"):
         with pytest.warns(RandomWeightsWarning, match="random weights"):
             source = resolve_model(f"auto:{HF_ID}")
     assert source.is_random and source.fell_back

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastqwen import transcribe as tr
+from fastqwen.tools import transcribe as tr
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 REF_TEXTS = json.loads((SAMPLES_DIR / "ref_texts.json").read_text())

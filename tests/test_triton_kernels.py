@@ -48,7 +48,7 @@ def interpreted(script: str) -> str:
 ATTENTION = textwrap.dedent(
     """
     import torch
-    from fastqwen.engine.decode_attention import _decode_attention_kernel, launch
+    from fastqwen.engine.triton.decode_attention import _decode_attention_kernel, launch
     from fastqwen.engine.layers import RopeTable, attend, attention_inputs
 
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ MATVEC = textwrap.dedent(
     import torch
     import torch.nn.functional as F
     from fastqwen.engine.layers import rms_norm
-    from fastqwen.engine.matvec_kernel import _matvec_kernel, launch
+    from fastqwen.engine.triton.matvec import _matvec_kernel, launch
 
     torch.manual_seed(0)
     worst, checked = 0.0, 0
@@ -140,7 +140,7 @@ def test_matvec_kernel_matches_linear_with_norm_swiglu_and_residual():
 TOP_K = """
     import torch
     from fastqwen.engine.sampling import in_top_k
-    from fastqwen.engine.top_k_kernel import _top_k_mask_kernel, launch
+    from fastqwen.engine.triton.top_k import _top_k_mask_kernel, launch
 
     torch.manual_seed(0)
     checked = 0

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from .kernels import FrameKernels
-from .sampling import SamplingMode, SamplingTensors
-from .step import EngineModel, FrameState, frame_step, padded_prompt_len, prefill
+from fastqwen.engine.kernels import FrameKernels
+from fastqwen.engine.sampling import SamplingMode, SamplingTensors
+from fastqwen.engine.step import EngineModel, FrameState, frame_step, padded_prompt_len, prefill
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import decoder_layer, linear, mlp_down, norm_linear, project, rms_norm
-from .sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
+from fastqwen.engine.layers import decoder_layer, linear, mlp_down, norm_linear, project, rms_norm
+from fastqwen.engine.sampling import SamplingTensors, apply_penalties, pick_token, warp_scores
 
 
 def talker_token(

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .cache import StaticKVCache
+from fastqwen.engine.cache import StaticKVCache
 
 try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
-    from .decode_attention import decode_attention
-    from .matvec_kernel import matvec
+    from fastqwen.engine.triton.decode_attention import decode_attention
+    from fastqwen.engine.triton.matvec import matvec
 except ImportError:  # pragma: no cover
     decode_attention = matvec = None
 

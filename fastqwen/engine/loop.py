@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..params import SamplingParams
-from ..prompts import TalkerPrompt
-from .sampling import SamplingTensors, apply_penalties, sample_token
-from .step import EngineModel, FrameState, eager_prefill, talker_logits
+from fastqwen.config import SamplingParams
+from fastqwen.engine.sampling import SamplingTensors, apply_penalties, sample_token
+from fastqwen.engine.step import EngineModel, FrameState, eager_prefill, talker_logits
+from fastqwen.prompts.builder import TalkerPrompt
 
 
 @dataclass

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..params import SamplingParams
+from fastqwen.config import SamplingParams
 
 try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
-    from .top_k_kernel import top_k_mask
+    from fastqwen.engine.triton.top_k import top_k_mask
 except ImportError:  # pragma: no cover
     top_k_mask = None
 

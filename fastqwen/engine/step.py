@@ -16,11 +16,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..constants import NUM_CODEBOOKS
-from .cache import StaticKVCache
-from .kernels import EAGER, FrameKernels
-from .layers import DecoderWeights, Positions, RopeTable, decoder_forward, project, rms_norm
-from .sampling import SamplingMode, SamplingTensors, draw_noise
+from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.engine.cache import StaticKVCache
+from fastqwen.engine.kernels import EAGER, FrameKernels
+from fastqwen.engine.layers import (
+    DecoderWeights,
+    Positions,
+    RopeTable,
+    decoder_forward,
+    project,
+    rms_norm,
+)
+from fastqwen.engine.sampling import SamplingMode, SamplingTensors, draw_noise
 
 
 @dataclass

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from .codec import decode_utterance
-from .params import SamplingParams
-from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
-from .results import GenerationResult
+from fastqwen.codec.decoder import decode_utterance
+from fastqwen.config import SamplingParams
+from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
+from fastqwen.results import GenerationResult
 
 
 def _sync(device: torch.device) -> None:

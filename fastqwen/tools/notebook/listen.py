@@ -16,9 +16,9 @@ from __future__ import annotations
 import html
 import logging
 
-from fastqwen.sampleset_run import PairOutcome, SetRun, make_request, run_pair
-from fastqwen.samplesets import rel
-from fastqwen.views import SIDE_LABELS, timing_table
+from fastqwen.tools.notebook.views import SIDE_LABELS, timing_table
+from fastqwen.tools.samplesets.run import PairOutcome, SetRun, make_request, run_pair
+from fastqwen.tools.samplesets.settings import rel
 
 log = logging.getLogger(__name__)
 OWN_TEXT = "(own text below)"

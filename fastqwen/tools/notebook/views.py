@@ -15,9 +15,9 @@ import html
 import math
 from pathlib import Path
 
-from fastqwen import plots
-from fastqwen.sampleset_run import PairOutcome, SetRun, banner_text
-from fastqwen.samplesets import SetSettings, rel
+from fastqwen.tools.notebook import plots
+from fastqwen.tools.samplesets.run import PairOutcome, SetRun, banner_text
+from fastqwen.tools.samplesets.settings import SetSettings, rel
 
 SIDE_LABELS = {"static": "static (fastqwen engine)", "dynamic": "dynamic (qwen-tts reference)"}
 _BOX = "padding:0.6em 1em;margin:0.5em 0;border-radius:4px;border:2px solid {c};background:{b}"

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from .constants import FRAME_RATE_HZ
-from .measure import (
+from fastqwen.constants import FRAME_RATE_HZ
+from fastqwen.tools.bench.measure import (
     FIELDS,
     PROFILE_TOKENS,
     PROMPT_1,
@@ -51,7 +51,7 @@ from .measure import (
 
 log = logging.getLogger(__name__)
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[3]
 
 ENGINES = ("static", "dynamic")
 
@@ -69,7 +69,7 @@ def _git(*args: str) -> str | None:
 def source_hash() -> str:
     """sha256 (12 hex) over fastqwen/**/*.py: names the code measured even without git."""
     h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[2]  # the fastqwen package
     for path in sorted(pkg.rglob("*.py")):
         h.update(path.relative_to(pkg).as_posix().encode())
         h.update(path.read_bytes())
@@ -175,7 +175,7 @@ class _Engine:
 
     generate: Callable
     tts: object  # the qwen_tts.Qwen3TTSModel
-    source: object  # fastqwen.sources.ModelSource
+    source: object  # fastqwen.models.sources.ModelSource
     fast: object | None = None  # the FastQwen3TTS (static only)
 
 
@@ -183,13 +183,13 @@ def _load(
     engine: str, model: str, device: str, dtype: str, request, seed: int, options: dict | None
 ) -> _Engine:
     if engine == "static":
-        from .api import EngineConfig, FastQwen3TTS
+        from fastqwen import EngineConfig, FastQwen3TTS
 
         config = EngineConfig(**(options or {}))
         fast = FastQwen3TTS.from_pretrained(model, device=device, dtype=dtype, config=config)
         return _Engine(lambda p: fast.generate(request, p, seed), fast.tts, fast.source, fast)
-    from .reference import run_reference
-    from .sources import load_model
+    from fastqwen.models.sources import load_model
+    from fastqwen.verify.reference import run_reference
 
     if options:
         raise ValueError(f"engine options {options} apply to the static engine only")
@@ -258,7 +258,8 @@ def run_bench(
 
     Args:
         engine: "static" (ours) or "dynamic" (the qwen-tts reference).
-        model: any model string `fastqwen.sources` accepts (`random:1.7b-custom_voice`, a dir).
+        model: any model string `fastqwen.models.sources` accepts (`random:1.7b-custom_voice`,
+            a dir).
         device, dtype: where and in what precision to load it.
         engine_options: `EngineConfig` fields (static only), e.g. {"cuda_graph": False}.
         on_partial: called with the record before profiling, so the timings survive a
@@ -266,8 +267,8 @@ def run_bench(
             not safe on every CUDA stack).
         **settings: `BenchConfig` fields (runs, max_new_tokens, text, speaker, profile, ...).
     """
-    from .params import SamplingParams
-    from .prompts import VoiceRequest
+    from fastqwen.config import SamplingParams
+    from fastqwen.prompts.builder import VoiceRequest
 
     cfg = BenchConfig(**settings)
     if engine not in ENGINES:
@@ -487,7 +488,7 @@ def _write(out: str, record: dict) -> Path:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add `fastqwen bench` to the CLI (fastqwen.cli imports this module as a plugin)."""
+    """Add `fastqwen bench` to the CLI (fastqwen.tools.cli imports this module as a plugin)."""
     p = subparsers.add_parser(
         "bench",
         help="benchmark the static engine and the qwen-tts reference",
@@ -500,9 +501,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fastqwen.bench ...`, the same as `python -m fastqwen bench ...`."""
+    """`python -m fastqwen.tools.bench.run ...`, the same as `python -m fastqwen bench ...`."""
     parser = argparse.ArgumentParser(
-        prog="python -m fastqwen.bench",
+        prog="python -m fastqwen.tools.bench.run",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

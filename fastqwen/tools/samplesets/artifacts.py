@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastqwen.samplesets import PROJECT_ROOT, SETS
+from fastqwen.tools.samplesets.settings import PROJECT_ROOT, SETS
 
 SUMMARY_FILE = "summary.json"
 TRANSCRIPTS_FILE = "icl_transcripts.txt"

@@ -50,7 +50,7 @@ from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import (
     Qwen3TTSTokenizerV2Decoder,
 )
 
-from fastqwen.codec_graph import graphed_decode
+from fastqwen.codec.graphs import graphed_decode
 from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 logger = logging.getLogger(__name__)

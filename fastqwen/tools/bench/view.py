@@ -1,6 +1,6 @@
 """What the benchmark notebook shows: bench records loaded per device call, tables, charts.
 
-Records are the JSON files `fastqwen.bench` and `bench/anchor_bench.py` write (schema
+Records are the JSON files `fastqwen.tools.bench.run` and `bench/anchor_bench.py` write (schema
 `fastqwen-bench/1`, fields in bench/README.md). Timings compare only within one device call,
 so everything here works on one `BenchRun`: the records of one directory under
 `bench/results/` (or of one live run in this process). The newest run is the directory whose
@@ -23,8 +23,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "fastqwen-bench/1"  # fastqwen.bench.SCHEMA (a test checks; that module imports torch)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = (
+    "fastqwen-bench/1"  # fastqwen.tools.bench.run.SCHEMA (a test checks; that module imports torch)
+)
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 ENGINE_ORDER = ("static", "static-eager", "anchor", "dynamic")
 SIZE_ORDER = ("1.7b", "0.6b", "tiny")
@@ -475,7 +477,7 @@ def live_run(settings: BenchSettings, bench_fn: Callable | None = None) -> Bench
     exact peaks use `bench/device_run.sh` (one process per engine). Records are written
     to `settings.live_out` (a new run directory) when it is set.
     """
-    from fastqwen import bench
+    from fastqwen.tools.bench import run as bench
 
     bench_fn = bench_fn or bench.run_bench
     records = []

@@ -3,7 +3,7 @@
 Commands are argparse subparsers. Each sets `func` (called with the parsed namespace,
 returns an exit code). Other modules add commands without editing this file: a module
 listed in `PLUGIN_MODULES` that exists and defines `register(subparsers)` is imported by
-`build_parser()` and registers its own subparser (e.g. `fastqwen.bench` for `bench`).
+`build_parser()` and registers its own subparser (e.g. `fastqwen.tools.bench.run` for `bench`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from fastqwen import constants as C
 log = logging.getLogger(__name__)
 
 # Optional command modules, each with `register(subparsers: argparse._SubParsersAction)`.
-PLUGIN_MODULES = ("fastqwen.bench",)
+PLUGIN_MODULES = ("fastqwen.tools.bench.run",)
 
 
 def _make_checkpoint(args: argparse.Namespace) -> int:
-    from fastqwen.checkpoints import build_random_checkpoint
+    from fastqwen.models.checkpoints import build_random_checkpoint
 
     out = build_random_checkpoint(
         args.size, args.kind, args.out_dir, seed=args.seed, device=args.device
@@ -36,7 +36,7 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from fastqwen.sources import resolve_model
+    from fastqwen.models.sources import resolve_model
 
     source = resolve_model(args.model)
     print(json.dumps(asdict(source), indent=2))

@@ -1,4 +1,5 @@
-"""Generation parameters shared by the engine and the reference runner."""
+"""The two configs: `SamplingParams` (what to generate, per call; shared by the engine, the
+reference runner, the notebooks and the bench) and `EngineConfig` (how the engine runs)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,28 @@ class SamplingParams:
                 f"choose from: {', '.join(sorted(known))}"
             )
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine allocates and runs.
+
+    max_seq_len: talker cache positions (prompt + frames); the default covers a long
+        prompt plus 2048 frames.
+    sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
+    cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
+    compile: torch.compile the per-frame kernels (`engine.kernels`) before capture (fused
+        Triton kernels; 50-90 s of compiling and autotuning on first use at 1.7B on an
+        H100). None: on with CUDA graphs.
+    """
+
+    max_seq_len: int = 2048 + 512
+    sync_every: int | None = None
+    cuda_graph: bool = True
+    compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 16:
+            raise ValueError(f"max_seq_len must be >= 16, got {self.max_seq_len}")
+        if self.sync_every is not None and self.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")

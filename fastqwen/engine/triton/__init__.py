@@ -1,0 +1,1 @@
+"""Hand-written Triton kernels for the compiled CUDA frame (Triton ships with CUDA torch)."""

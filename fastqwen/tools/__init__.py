@@ -1,0 +1,5 @@
+"""Tools on top of the core: sample sets, notebook views, the report, the benchmark, the CLI.
+
+Nothing in the core imports this package; its extra dependencies come with the
+`notebooks` extra (`pip install 'fastqwen[notebooks]'`).
+"""

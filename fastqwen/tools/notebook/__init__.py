@@ -1,0 +1,1 @@
+"""What the parity notebooks display: tables and players, figures, the live listening panel."""

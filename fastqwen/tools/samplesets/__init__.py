@@ -1,0 +1,1 @@
+"""Parity sample sets: settings, the run that writes WAVs and summary, and their README."""

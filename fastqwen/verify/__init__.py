@@ -1,0 +1,1 @@
+"""The proof beside the engine: the official dynamic-cache runner and the parity checks."""
