@@ -56,7 +56,7 @@ def test_frame_replay_makes_no_host_sync(cuda_tts):
 def test_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     """The first chunks are decoded by replaying captured codec graphs; the stream must
     give the same audio as with graphs off, and the graphs must really be captured."""
-    from fastqwen.codec.decoder import graphs as codec_graph
+    from fastqwen.codec import graphs as codec_graph
 
     engine = FastQwen3TTS(cuda_tts)
     params = SamplingParams(max_new_tokens=41)
