@@ -72,3 +72,26 @@ def test_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     eager = stream()
     assert graphed.shape == eager.shape
     assert torch.allclose(graphed, eager, atol=1e-5), (graphed - eager).abs().max()
+
+
+def test_stream_equals_generate_within_codec_rounding():
+    """bf16 on CUDA: the same codes, and streamed audio within the codec's own rounding of
+    the whole decode (which is large in bf16 for a random-weight codec, and the same for the
+    reference decoding a prefix of the codes)."""
+    import numpy as np
+
+    from fastqwen.verify.streaming import compare_stream
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    tts = load_model("random:tiny-custom_voice", device="cuda", dtype="bfloat16").tts
+    engine = FastQwen3TTS(tts)
+    params = SamplingParams(max_new_tokens=41)
+    whole = engine.generate(REQUEST, params, seed=3)
+    streamed = np.concatenate([c.audio for c in engine.stream(REQUEST, params, seed=3)])
+    assert torch.equal(engine.last_results[0].codes, whole.codes)
+    check = compare_stream(
+        streamed, whole.audio, tts.model.speech_tokenizer, whole.codes.to("cuda")
+    )
+    print(check.describe())
+    assert check.within_bound, check.describe()
