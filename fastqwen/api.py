@@ -21,6 +21,7 @@ from fastqwen.engine.graph import GraphedFrameStep
 from fastqwen.engine.loop import LoopStats, check_fits, run_frames
 from fastqwen.engine.sampling import SamplingMode, SamplingTensors
 from fastqwen.engine.step import EngineModel, FrameState, frame_step
+from fastqwen.locking import serialized, serialized_stream
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
 from fastqwen.results import AudioChunk, GenerationResult
@@ -29,7 +30,19 @@ log = logging.getLogger(__name__)
 
 
 class FastQwen3TTS:
-    """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`."""
+    """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`.
+
+    Threads: any number of threads may call any method; each call returns exactly what it
+    would return alone. Until batching has a scheduler, calls take turns (one generation
+    at a time per process, shared with the reference runner: `fastqwen.locking`). A stream
+    holds its turn from its first chunk until it ends or is closed; a thread reading a
+    stream must finish or close() it before its next call. `last_results` is the latest
+    finished call's, whichever thread made it; a thread wanting its own uses `generate()`.
+
+    asyncio: the API blocks, so call it from an event loop through a thread, e.g.
+    `wavs, sr = await asyncio.to_thread(tts.generate_custom_voice, text, speaker="aiden")`,
+    and read a stream with `await asyncio.to_thread(next, chunks, None)` per chunk.
+    """
 
     def __init__(self, tts, config: EngineConfig | None = None, source=None):
         self.tts = tts
@@ -134,6 +147,7 @@ class FastQwen3TTS:
             **extra,
         )
 
+    @serialized
     @torch.inference_mode()
     def generate(
         self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None
@@ -162,6 +176,7 @@ class FastQwen3TTS:
             frame_times_s=_per_frame_times(stats),
         )
 
+    @serialized_stream
     @torch.inference_mode()
     def stream(
         self,
@@ -175,7 +190,8 @@ class FastQwen3TTS:
         """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
 
         The codec decodes each chunk with left context, so the concatenated chunks equal
-        the non-streamed audio (up to float rounding).
+        the non-streamed audio (up to float rounding). The stream holds the generation slot
+        from its first chunk until it ends, is closed, or is garbage-collected.
         """
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
@@ -228,6 +244,7 @@ class FastQwen3TTS:
         ]
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
+    @serialized  # runs the speaker encoder and the codec's encoder
     def create_voice_clone_prompt(
         self, ref_audio, ref_text: str | None = None, x_vector_only_mode: bool = False
     ) -> list:
@@ -254,12 +271,14 @@ class FastQwen3TTS:
             raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
         return self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
 
+    @serialized  # all texts in one turn, so last_results is this call's
     def _run_many(self, texts, make_request, gen: dict, seed: int | None):
         """Loop over one text or a list, as the reference's batch API accepts both."""
         params = SamplingParams.from_kwargs(**gen)
         texts = texts if isinstance(texts, list) else [texts]
-        self.last_results = [self.generate(make_request(t), params, seed) for t in texts]
-        return [r.audio for r in self.last_results], self.last_results[0].sample_rate
+        results = [self.generate(make_request(t), params, seed) for t in texts]
+        self.last_results = results
+        return [r.audio for r in results], results[0].sample_rate
 
     def generate_custom_voice(
         self,
