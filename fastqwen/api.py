@@ -3,14 +3,19 @@
 Switching is one import: the `generate_*` methods take the same arguments and return
 `(wavs, sample_rate)`. `generate(request, ...)` returns the richer `GenerationResult`
 (codes, EOS, prefill and per-frame times), and `stream(...)` yields audio chunks.
+
+The six `generate_<mode>` / `stream_<mode>` methods are built from one table (`_VOICES`):
+they differ only in the voice arguments that make the `VoiceRequest`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from fastqwen.engine.graph import GraphedFrameStep
 from fastqwen.engine.loop import LoopStats, check_fits, run_frames
 from fastqwen.engine.sampling import SamplingMode, SamplingTensors
 from fastqwen.engine.step import EngineModel, FrameState, frame_step
+from fastqwen.locking import serialized, serialized_stream
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
 from fastqwen.results import AudioChunk, GenerationResult
@@ -28,8 +34,121 @@ from fastqwen.results import AudioChunk, GenerationResult
 log = logging.getLogger(__name__)
 
 
+# ---- the generate_<mode> / stream_<mode> methods, from one table ------------------------
+def _arg(name: str, annotation: str, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
+    )
+
+
+class _Voice(NamedTuple):
+    """How one mode's methods differ: their voice arguments, and the words for the docstring."""
+
+    args: tuple[inspect.Parameter, ...]  # between `text` and `non_streaming_mode`
+    doc: str
+
+
+# Named and ordered as in qwen_tts.Qwen3TTSModel.generate_<mode>, so calls port unchanged.
+_VOICES: dict[str, _Voice] = {
+    "custom_voice": _Voice(
+        (
+            _arg("speaker", "str"),
+            _arg("language", "str | None", None),
+            _arg("instruct", "str | None", None),
+        ),
+        "in one of the model's speakers (`get_supported_speakers()`), optionally steered by "
+        "`instruct`",
+    ),
+    "voice_design": _Voice(
+        (_arg("instruct", "str"), _arg("language", "str | None", None)),
+        "in a voice described by `instruct`",
+    ),
+    "voice_clone": _Voice(
+        (
+            _arg("language", "str | None", None),
+            _arg("ref_audio", "str | np.ndarray | tuple[np.ndarray, int] | None", None),
+            _arg("ref_text", "str | None", None),
+            _arg("x_vector_only_mode", "bool", False),
+            _arg("voice_clone_prompt", "list | None", None),
+        ),
+        "in the voice of `ref_audio` (ICL with `ref_text`, or `x_vector_only_mode`), or of a "
+        "`voice_clone_prompt` from `create_voice_clone_prompt`",
+    ),
+}
+_CLONE_INPUTS = ("voice_clone_prompt", "ref_audio", "ref_text", "x_vector_only_mode")
+_COMMON_ARGS = (_arg("non_streaming_mode", "bool | None", None), _arg("seed", "int | None", None))
+_STREAM_ARGS = (_arg("first_chunk_frames", "int", 2), _arg("chunk_frames", "int", 12))
+
+_DOC = """{verb} `text` {voice}.
+
+Takes the arguments of `qwen_tts.Qwen3TTSModel.generate_{mode}`, plus:
+
+Args:
+    seed: RNG seed, set right before the first draw, as the reference runner does
+        (None: torch's current random state).{stream_args}
+    **gen: generation parameters, the fields of `SamplingParams` (`max_new_tokens`,
+        `temperature`, `top_k`, `subtalker_*`, ...); unknown names raise a ValueError.
+
+{returns}
+"""
+_STREAM_DOC = """
+    first_chunk_frames: frames in the first audio chunk (small, for early audio).
+    chunk_frames: frames in each later chunk."""
+_RETURNS = (
+    "Returns:\n    `(wavs, sample_rate)`, one waveform per text; `last_results` has the details."
+)
+_YIELDS = "Yields:\n    `AudioChunk`s, as `stream()` does (one text at a time)."
+
+
+def _voice_method(mode: str, streaming: bool) -> Callable[..., Any]:
+    """Build `generate_<mode>` or `stream_<mode>`, with its real signature and docstring."""
+    name = f"{'stream' if streaming else 'generate'}_{mode}"
+    signature = inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            _arg("text", "str" if streaming else "str | list[str]"),
+            *_VOICES[mode].args,
+            *_COMMON_ARGS,
+            *(_STREAM_ARGS if streaming else ()),
+            inspect.Parameter("gen", inspect.Parameter.VAR_KEYWORD),
+        ],
+        return_annotation="Iterator[AudioChunk]" if streaming else "tuple[list[np.ndarray], int]",
+    )
+
+    def method(self: FastQwen3TTS, *args: Any, **kwargs: Any):
+        bound = signature.bind(self, *args, **kwargs)  # a TypeError names a wrong argument
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        del args["self"]
+        return self._voice_call(mode, streaming, args)
+
+    method.__name__ = name
+    method.__qualname__ = f"FastQwen3TTS.{name}"
+    method.__signature__ = signature
+    method.__doc__ = _DOC.format(
+        verb="Stream" if streaming else "Speak",
+        voice=_VOICES[mode].doc,
+        mode=mode,
+        stream_args=_STREAM_DOC if streaming else "",
+        returns=_YIELDS if streaming else _RETURNS,
+    )
+    return method
+
+
 class FastQwen3TTS:
-    """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`."""
+    """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`.
+
+    Threads: any number of threads may call any method; each call returns exactly what it
+    would return alone. Until batching has a scheduler, calls take turns (one generation
+    at a time per process, shared with the reference runner: `fastqwen.locking`). A stream
+    holds its turn from its first chunk until it ends or is closed; a thread reading a
+    stream must finish or close() it before its next call. `last_results` is the latest
+    finished call's, whichever thread made it; a thread wanting its own uses `generate()`.
+
+    asyncio: the API blocks, so call it from an event loop through a thread, e.g.
+    `wavs, sr = await asyncio.to_thread(tts.generate_custom_voice, text, speaker="aiden")`,
+    and read a stream with `await asyncio.to_thread(next, chunks, None)` per chunk.
+    """
 
     def __init__(self, tts, config: EngineConfig | None = None, source=None):
         self.tts = tts
@@ -134,6 +253,7 @@ class FastQwen3TTS:
             **extra,
         )
 
+    @serialized
     @torch.inference_mode()
     def generate(
         self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None
@@ -162,6 +282,7 @@ class FastQwen3TTS:
             frame_times_s=_per_frame_times(stats),
         )
 
+    @serialized_stream
     @torch.inference_mode()
     def stream(
         self,
@@ -175,7 +296,8 @@ class FastQwen3TTS:
         """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
 
         The codec decodes each chunk with left context, so the concatenated chunks equal
-        the non-streamed audio (up to float rounding).
+        the non-streamed audio (up to float rounding). The stream holds the generation slot
+        from its first chunk until it ends, is closed, or is garbage-collected.
         """
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
@@ -228,6 +350,7 @@ class FastQwen3TTS:
         ]
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
+    @serialized  # runs the speaker encoder and the codec's encoder
     def create_voice_clone_prompt(
         self, ref_audio, ref_text: str | None = None, x_vector_only_mode: bool = False
     ) -> list:
@@ -254,164 +377,39 @@ class FastQwen3TTS:
             raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
         return self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
 
+    @serialized  # all texts in one turn, so last_results is this call's
     def _run_many(self, texts, make_request, gen: dict, seed: int | None):
         """Loop over one text or a list, as the reference's batch API accepts both."""
         params = SamplingParams.from_kwargs(**gen)
         texts = texts if isinstance(texts, list) else [texts]
-        self.last_results = [self.generate(make_request(t), params, seed) for t in texts]
-        return [r.audio for r in self.last_results], self.last_results[0].sample_rate
+        results = [self.generate(make_request(t), params, seed) for t in texts]
+        self.last_results = results
+        return [r.audio for r in results], results[0].sample_rate
 
-    def generate_custom_voice(
-        self,
-        text,
-        speaker: str,
-        language: str | None = None,
-        instruct: str | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        **gen,
-    ):
-        def request(t: str) -> VoiceRequest:
-            return VoiceRequest(
-                "custom_voice",
-                t,
-                language or "auto",
-                speaker=speaker,
-                instruct=instruct,
-                non_streaming_mode=non_streaming_mode,
-            )
-
-        return self._run_many(text, request, gen, seed)
-
-    def generate_voice_design(
-        self,
-        text,
-        instruct: str,
-        language: str | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        **gen,
-    ):
-        def request(t: str) -> VoiceRequest:
-            return VoiceRequest(
-                "voice_design",
-                t,
-                language or "auto",
-                instruct=instruct,
-                non_streaming_mode=non_streaming_mode,
-            )
-
-        return self._run_many(text, request, gen, seed)
-
-    def generate_voice_clone(
-        self,
-        text,
-        language: str | None = None,
-        ref_audio=None,
-        ref_text: str | None = None,
-        x_vector_only_mode: bool = False,
-        voice_clone_prompt: list | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        **gen,
-    ):
-        items = self._clone_items(voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode)
+    def _voice_call(self, mode: str, streaming: bool, args: dict[str, Any]):
+        """The body of every `generate_<mode>` / `stream_<mode>`, given its bound arguments."""
+        gen, text, seed = args.pop("gen"), args.pop("text"), args.pop("seed")
+        chunking = {p.name: args.pop(p.name) for p in _STREAM_ARGS if p.name in args}
+        if mode == "voice_clone":  # the clone inputs become the request's prompt items
+            clone = {k: args.pop(k) for k in _CLONE_INPUTS}
+            args["voice_clone_prompt"] = self._clone_items(**clone)
+        language = args.pop("language") or "auto"
 
         def request(t: str) -> VoiceRequest:
-            return VoiceRequest(
-                "voice_clone",
-                t,
-                language or "auto",
-                voice_clone_prompt=items,
-                non_streaming_mode=non_streaming_mode,
-            )
+            return VoiceRequest(mode, t, language, **args)
 
+        if streaming:
+            return self.stream(request(text), SamplingParams.from_kwargs(**gen), seed, **chunking)
         return self._run_many(text, request, gen, seed)
+
+    generate_custom_voice = _voice_method("custom_voice", streaming=False)
+    generate_voice_design = _voice_method("voice_design", streaming=False)
+    generate_voice_clone = _voice_method("voice_clone", streaming=False)
 
     # ---- streaming, with the generate_* arguments (one text at a time) ------------------
-    def stream_custom_voice(
-        self,
-        text: str,
-        speaker: str,
-        language: str | None = None,
-        instruct: str | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        first_chunk_frames: int = 2,
-        chunk_frames: int = 12,
-        **gen,
-    ) -> Iterator[AudioChunk]:
-        request = VoiceRequest(
-            "custom_voice",
-            text,
-            language or "auto",
-            speaker=speaker,
-            instruct=instruct,
-            non_streaming_mode=non_streaming_mode,
-        )
-        return self.stream(
-            request,
-            SamplingParams.from_kwargs(**gen),
-            seed,
-            first_chunk_frames=first_chunk_frames,
-            chunk_frames=chunk_frames,
-        )
-
-    def stream_voice_design(
-        self,
-        text: str,
-        instruct: str,
-        language: str | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        first_chunk_frames: int = 2,
-        chunk_frames: int = 12,
-        **gen,
-    ) -> Iterator[AudioChunk]:
-        request = VoiceRequest(
-            "voice_design",
-            text,
-            language or "auto",
-            instruct=instruct,
-            non_streaming_mode=non_streaming_mode,
-        )
-        return self.stream(
-            request,
-            SamplingParams.from_kwargs(**gen),
-            seed,
-            first_chunk_frames=first_chunk_frames,
-            chunk_frames=chunk_frames,
-        )
-
-    def stream_voice_clone(
-        self,
-        text: str,
-        language: str | None = None,
-        ref_audio=None,
-        ref_text: str | None = None,
-        x_vector_only_mode: bool = False,
-        voice_clone_prompt: list | None = None,
-        non_streaming_mode: bool | None = None,
-        seed: int | None = None,
-        first_chunk_frames: int = 2,
-        chunk_frames: int = 12,
-        **gen,
-    ) -> Iterator[AudioChunk]:
-        items = self._clone_items(voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode)
-        request = VoiceRequest(
-            "voice_clone",
-            text,
-            language or "auto",
-            voice_clone_prompt=items,
-            non_streaming_mode=non_streaming_mode,
-        )
-        return self.stream(
-            request,
-            SamplingParams.from_kwargs(**gen),
-            seed,
-            first_chunk_frames=first_chunk_frames,
-            chunk_frames=chunk_frames,
-        )
+    stream_custom_voice = _voice_method("custom_voice", streaming=True)
+    stream_voice_design = _voice_method("voice_design", streaming=True)
+    stream_voice_clone = _voice_method("voice_clone", streaming=True)
 
 
 def _per_frame_times(stats: LoopStats) -> list[float]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastqwen.api import FastQwen3TTS
 from fastqwen.models.sources import LoadedModel, load_model
 
 
@@ -59,5 +60,18 @@ def tiny_model(fastqwen_cache: Path) -> Callable[[str], LoadedModel]:
         if kind not in loaded:
             loaded[kind] = load_model(f"random:tiny-{kind}", device="cpu", dtype="float32")
         return loaded[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model: Callable[[str], LoadedModel]) -> Callable[[str], FastQwen3TTS]:
+    """`tiny_engine(kind="custom_voice") -> FastQwen3TTS` on `tiny_model(kind)`, one per kind."""
+    engines: dict[str, FastQwen3TTS] = {}
+
+    def get(kind: str = "custom_voice") -> FastQwen3TTS:
+        if kind not in engines:
+            engines[kind] = FastQwen3TTS(tiny_model(kind).tts)
+        return engines[kind]
 
     return get

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -204,3 +207,31 @@ def test_stream_methods_mirror_generate(custom, tiny_model):
     design = FastQwen3TTS(tiny_model("voice_design").tts)
     streamed = list(design.stream_voice_design(TEXT, instruct="warm", seed=1, max_new_tokens=5))
     assert sum(len(c.audio) for c in streamed) == frames_to_samples(4)
+
+
+@pytest.mark.parametrize("mode", ["custom_voice", "voice_design", "voice_clone"])
+def test_methods_take_the_reference_arguments(mode):
+    """generate_<mode> starts with qwen_tts' parameters, in order (so positional calls port),
+    then seed and the generation kwargs; stream_<mode> adds the chunk sizes."""
+    from qwen_tts import Qwen3TTSModel
+
+    reference = [
+        p for p in inspect.signature(getattr(Qwen3TTSModel, f"generate_{mode}")).parameters
+    ]
+    assert reference[-1] == "kwargs"
+    ours = list(inspect.signature(getattr(FastQwen3TTS, f"generate_{mode}")).parameters)
+    assert ours == reference[:-1] + ["seed", "gen"]
+    streamed = list(inspect.signature(getattr(FastQwen3TTS, f"stream_{mode}")).parameters)
+    assert streamed == reference[:-1] + ["seed", "first_chunk_frames", "chunk_frames", "gen"]
+    signature = inspect.signature(getattr(FastQwen3TTS, f"generate_{mode}"))
+    required = {
+        name: "x"
+        for name, p in list(signature.parameters.items())[2:]
+        if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+    }
+    gen = {f.name: getattr(SamplingParams(), f.name) for f in dataclasses.fields(SamplingParams)}
+    bound = signature.bind(None, "hi", seed=1, **required, **gen)  # every generation parameter
+    assert bound.arguments["gen"] == gen
+    assert (
+        f"qwen_tts.Qwen3TTSModel.generate_{mode}" in getattr(FastQwen3TTS, f"stream_{mode}").__doc__
+    )

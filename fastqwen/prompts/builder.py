@@ -2,17 +2,25 @@
 
 The prompt (role tokens, codec prefix, speaker vector, ICL reference, trailing text)
 is where static and dynamic runs could silently disagree, so we do not rebuild it.
-We call the reference wrapper's own `generate_*` method with the talker's `generate`
-swapped for a function that records its inputs and stops. Both our engine and the
-reference runner then start from the very same tensors.
+We run the reference wrapper's own `generate_*` code, up to the point where it calls the
+talker's `generate`, and record that call's inputs. Both our engine and the reference
+runner then start from the very same tensors.
+
+The recording must not change the shared model: another thread may be running the real
+`talker.generate` at that moment (the reference runner, or the user's own `qwen_tts` calls).
+So the wrapper's code runs on views of the wrapper and its model, whose `talker.generate`
+records and stops; the objects themselves are only read.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from fastqwen.locking import serialized
 
 MODES = ("custom_voice", "voice_clone", "voice_design")
 METHOD_KIND = {
@@ -67,6 +75,29 @@ def _record_and_stop(*args: Any, **kwargs: Any) -> None:
     raise _Captured(kwargs)
 
 
+class _View:
+    """`target` with some attributes replaced, as seen through this view only."""
+
+    def __init__(self, target: Any, **replaced: Any):
+        self._target = target
+        vars(self).update(replaced)
+
+    def __getattr__(self, name: str) -> Any:  # only for names the view does not replace
+        return getattr(self._target, name)
+
+
+def _recording_view(tts) -> _View:
+    """`tts` whose `model.generate` runs the real method, up to a recording `talker.generate`.
+
+    Qwen3TTSModel.generate_<mode> calls `self.model.generate`, which calls
+    `self.talker.generate`; everything else they touch is read through to the real objects.
+    """
+    model = tts.model
+    model_view = _View(model, talker=_View(model.talker, generate=_record_and_stop))
+    model_view.generate = functools.partial(type(model).generate, model_view)
+    return _View(tts, model=model_view)
+
+
 def validate_request(tts, request: VoiceRequest) -> None:
     """Raise a ValueError naming the bad value and the choices, before any model code runs."""
     if request.mode not in MODES:
@@ -109,20 +140,21 @@ def validate_request(tts, request: VoiceRequest) -> None:
 _KIND_SUFFIX = {"custom_voice": "CustomVoice", "base": "Base", "voice_design": "VoiceDesign"}
 
 
+@serialized  # runs model code: it takes turns with generation (see fastqwen.locking)
 def build_talker_prompt(tts, request: VoiceRequest) -> TalkerPrompt:
     """Run the reference wrapper up to the talker's generate and return its inputs.
 
     Args:
-        tts: a loaded `qwen_tts.Qwen3TTSModel`.
+        tts: a loaded `qwen_tts.Qwen3TTSModel`; only read.
         request: the voice request; validated here first.
     """
     validate_request(tts, request)
-    talker = tts.model.talker
     nsm = request.resolved_non_streaming_mode()
-    talker.generate = _record_and_stop  # instance attribute shadows the bound method
+    wrapper, view = type(tts), _recording_view(tts)
     try:
         if request.mode == "custom_voice":
-            tts.generate_custom_voice(
+            wrapper.generate_custom_voice(
+                view,
                 text=request.text,
                 speaker=request.speaker,
                 language=request.language,
@@ -130,14 +162,16 @@ def build_talker_prompt(tts, request: VoiceRequest) -> TalkerPrompt:
                 non_streaming_mode=nsm,
             )
         elif request.mode == "voice_design":
-            tts.generate_voice_design(
+            wrapper.generate_voice_design(
+                view,
                 text=request.text,
                 instruct=request.instruct or "",
                 language=request.language,
                 non_streaming_mode=nsm,
             )
         else:
-            tts.generate_voice_clone(
+            wrapper.generate_voice_clone(
+                view,
                 text=request.text,
                 language=request.language,
                 voice_clone_prompt=request.voice_clone_prompt,
@@ -149,8 +183,6 @@ def build_talker_prompt(tts, request: VoiceRequest) -> TalkerPrompt:
         raise RuntimeError(
             "qwen_tts did not reach the talker's generate; unsupported qwen_tts version?"
         )
-    finally:
-        del talker.generate
 
     mask = kwargs.pop("attention_mask")
     if not bool(mask.all()):

@@ -8,6 +8,9 @@ Two views:
   for codebook 0 (talker) and codebooks 1..15 (code predictor). This separates
   numerical drift from sampling: a small KL with divergent codes means bf16 drift,
   a large KL means a bug.
+
+Every function here that runs a model holds the generation slot (`fastqwen.locking`), so
+they may be called from any thread, beside the engine.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fastqwen.engine.step import (
     predictor_logits,
     talker_logits,
 )
+from fastqwen.locking import serialized
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.results import GenerationResult
 from fastqwen.verify.reference import run_reference
@@ -122,6 +126,7 @@ def _kl(ref: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
     return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
 
 
+@serialized
 @torch.inference_mode()
 def reference_logits(
     tts, prompt: TalkerPrompt, codes: torch.Tensor
@@ -161,6 +166,7 @@ def reference_logits(
     return cb0, sub
 
 
+@serialized  # runs on the engine's frame state
 @torch.inference_mode()
 def engine_logits(
     engine, prompt: TalkerPrompt, codes: torch.Tensor
@@ -191,6 +197,7 @@ def engine_logits(
     return torch.stack(cb0_rows), torch.stack(sub_rows)
 
 
+@serialized
 def teacher_forced(engine, tts, request: VoiceRequest, codes: torch.Tensor) -> TeacherForced:
     """Compare both implementations' logits on the same codes (usually the reference's)."""
     prompt = build_talker_prompt(tts, request)
@@ -226,6 +233,7 @@ class ParityReport:
         return out
 
 
+@serialized  # both sides, and the comparison, in one turn
 def run_parity(
     engine,
     request: VoiceRequest,

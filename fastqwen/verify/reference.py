@@ -4,6 +4,8 @@
 go one level deeper: the prompt comes from the wrapper itself (`prompts.build_talker_prompt`),
 then we call the talker's own Hugging Face `generate` (DynamicCache, HF sampling) with
 all of `SamplingParams`, and post-process exactly as `Qwen3TTSForConditionalGeneration.generate`.
+Its calls take turns with the engine's (`fastqwen.locking`): both run the same model and
+draw from the same process-wide random generators.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from fastqwen.codec.decoder import decode_utterance
 from fastqwen.config import SamplingParams
+from fastqwen.locking import serialized
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.results import GenerationResult
 
@@ -30,6 +33,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@serialized  # it draws from torch's process-wide generators (see fastqwen.locking)
 def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
     """The reference generation loop for one prompt; returns (codes (T, 16), eos_reached)."""
     talker = tts.model.talker
@@ -72,6 +76,7 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
     return codes, eos_reached
 
 
+@serialized
 @torch.no_grad()
 def run_reference(
     tts, request: VoiceRequest, params: SamplingParams, seed: int
