@@ -14,9 +14,10 @@ import pytest
 from fastqwen.tools import report
 from fastqwen.tools.notebook import listen, plots, views
 from fastqwen.tools.samplesets import run as R
-from fastqwen.tools.samplesets.settings import PROJECT_ROOT, resolve_settings
+from fastqwen.tools.samplesets.settings import resolve_settings
 
-NOTEBOOKS = PROJECT_ROOT / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,19 @@ def test_parameters_go_only_to_notebooks_that_declare_them():
     assert icl == {"max_new_tokens": 6, "ref_texts": ["a", None, None], "interactive": False}
 
 
-def test_default_notebooks():
-    names = [p.name for p in report.default_notebooks()]
-    assert names[:2] == ["customvoice_parity.ipynb", "icl_parity.ipynb"]
-    assert ("benchmark.ipynb" in names) == (NOTEBOOKS / "benchmark.ipynb").is_file()
+def test_default_notebooks_are_in_the_project_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
+    paths = report.default_notebooks()
+    assert [p.name for p in paths][:2] == ["customvoice_parity.ipynb", "icl_parity.ipynb"]
+    assert paths[0] == NOTEBOOKS / "customvoice_parity.ipynb"
+    assert ("benchmark.ipynb" in [p.name for p in paths]) == (
+        NOTEBOOKS / "benchmark.ipynb"
+    ).is_file()
+    monkeypatch.chdir(tmp_path)  # elsewhere: that folder's notebooks/, never this checkout's
+    assert report.default_notebooks()[0] == tmp_path / "notebooks" / "customvoice_parity.ipynb"
+    monkeypatch.setenv("FASTQWEN_PROJECT_DIR", str(ROOT))
+    assert report.default_notebooks()[0] == paths[0]
 
 
 def test_bad_arguments_fail_before_running_anything(tmp_path, capsys):
@@ -127,7 +137,6 @@ def test_index_links_reports_with_date_commit_and_models(tmp_path):
         tmp_path / "icl_parity.ipynb",
         tmp_path / "icl_parity.html",
         {},
-        ok=False,
         error="ValueError: y",
     )
     text = report.index_html([run, failed], "2026-01-01 10:00:00 UTC", "abc123-dirty")

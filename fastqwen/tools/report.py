@@ -6,6 +6,11 @@ to `reports/<name>.html` with the code hidden. A failing notebook keeps papermil
 notebook (and its HTML, which shows the error); the others still run, and the exit status
 is 1.
 
+Folders are relative to the project folder (`fastqwen.tools.env.project_dir`: the working
+directory, or `$FASTQWEN_PROJECT_DIR`), and papermill runs the kernels there too, so the
+notebooks' relative defaults (`samples/parity`, `bench/results`) land in the same place
+as when `make report` is run from the project root.
+
 The HTML is self-contained and opens offline: audio players and figures are embedded as
 data URIs, tables are plain HTML, and the template's CDN scripts (require.js, MathJax,
 mermaid, the widget manager) are left out, since no content needs them. Text streams
@@ -25,13 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastqwen.tools.env import git_commit, project_dir
 from fastqwen.tools.samplesets import artifacts as A
-from fastqwen.tools.samplesets.settings import NOTEBOOKS, PROJECT_ROOT, SETS, rel, resolve_settings
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, SETS, rel, resolve_settings
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_NOTEBOOK = "benchmark.ipynb"
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+NOTEBOOK_DIR = Path("notebooks")  # relative to the project folder
+REPORTS_DIR = Path("reports")
 SET_OF_NOTEBOOK = {Path(nb).stem: name for name, nb in NOTEBOOKS.items()}
 # An nbconvert template: the lab template without its CDN scripts (require.js, MathJax,
 # mermaid and the widget manager); content here never needs them.
@@ -43,10 +50,12 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def default_notebooks() -> list[Path]:
-    """The parity notebooks, plus the benchmark notebook when it exists."""
-    paths = [NOTEBOOK_DIR / NOTEBOOKS[name] for name in SETS]
-    bench = NOTEBOOK_DIR / BENCHMARK_NOTEBOOK
+def default_notebooks(project: Path | None = None) -> list[Path]:
+    """The parity notebooks, plus the benchmark notebook when it exists, under `project`'s
+    `notebooks/` (default: the project folder)."""
+    folder = (project or project_dir()) / NOTEBOOK_DIR
+    paths = [folder / NOTEBOOKS[name] for name in SETS]
+    bench = folder / BENCHMARK_NOTEBOOK
     return paths + ([bench] if bench.is_file() else [])
 
 
@@ -124,8 +133,11 @@ class NotebookRun:
     pairs: str = ""
 
 
-def run_notebook(notebook: Path, reports_dir: Path, params: dict, kernel: str) -> NotebookRun:
-    """papermill, then HTML (also for a failed run, from papermill's error notebook)."""
+def run_notebook(
+    notebook: Path, reports_dir: Path, params: dict, kernel: str, *, cwd: Path | None = None
+) -> NotebookRun:
+    """papermill in `cwd` (default: the project folder), then HTML (also for a failed run,
+    from papermill's error notebook)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -139,7 +151,7 @@ def run_notebook(notebook: Path, reports_dir: Path, params: dict, kernel: str) -
             str(run.ipynb),
             parameters=params,
             kernel_name=kernel,
-            cwd=str(notebook.parent),
+            cwd=str(cwd or project_dir()),
             stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
             progress_bar=False,
         )
@@ -211,21 +223,23 @@ border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastqwen.tools.report",
-        description="Run the parity notebooks with papermill and build HTML reports.",
+        description="Run the parity notebooks with papermill and build HTML reports. Relative "
+        "folders start at the project folder: the working directory, or $FASTQWEN_PROJECT_DIR.",
     )
     p.add_argument(
         "--notebooks",
         nargs="+",
         type=Path,
         default=None,
-        help="notebooks to run (default: the parity notebooks, and "
-        "notebooks/benchmark.ipynb when it exists)",
+        help="notebooks to run (default: the parity notebooks in the project folder's "
+        "notebooks/, and notebooks/benchmark.ipynb when it exists)",
     )
     p.add_argument(
         "--reports-dir",
         type=Path,
-        default=PROJECT_ROOT / "reports",
-        help="where <name>.ipynb, <name>.html and index.html go (default: reports/)",
+        default=None,
+        help="where <name>.ipynb, <name>.html and index.html go (default: reports/ in the "
+        "project folder)",
     )
     p.add_argument(
         "-p",
@@ -244,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    notebooks = [n.resolve() for n in (args.notebooks or default_notebooks())]
+    project = project_dir()
+    notebooks = [n.resolve() for n in (args.notebooks or default_notebooks(project))]
     missing = [str(n) for n in notebooks if not n.is_file()]
     if missing:
         print(f"error: notebook(s) not found: {', '.join(missing)}", file=sys.stderr)
@@ -258,12 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    reports = args.reports_dir.resolve()
+    reports = (project / (args.reports_dir or REPORTS_DIR)).resolve()
     reports.mkdir(parents=True, exist_ok=True)
-    started, commit = A.utc_now(), A.git_commit()
+    started, commit = A.utc_now(), git_commit(project)
     runs = []
     for nb in notebooks:
-        run = run_notebook(nb, reports, notebook_parameters(nb, given), args.kernel)
+        params = notebook_parameters(nb, given)
+        run = run_notebook(nb, reports, params, args.kernel, cwd=project)
         _set_info(run, given, started)
         runs.append(run)
     A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))

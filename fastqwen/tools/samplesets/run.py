@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from fastqwen import __version__
 from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.tools.env import git_commit, package_version
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets.settings import (
     ASR_METHODS,
@@ -401,10 +402,10 @@ def run_sample_set(
             "started": started,
             "finished": A.utc_now(),
             "wall_s": round(time.perf_counter() - t0, 2),
-            "git_commit": A.git_commit(),
+            "git_commit": git_commit(settings.project_dir),
             "fastqwen": __version__,
             "torch": torch.__version__,
-            "qwen_tts": _version("qwen-tts"),
+            "qwen_tts": package_version("qwen-tts"),
             "torch_threads": threads,
             "warm_up": "one 2-step run per side before the first pair",
         },
@@ -444,15 +445,6 @@ def transcripts_text(references: list[Reference]) -> str:
             lines.append(f"  word error rate of the transcript: {100 * ref.word_error_rate:.1f}%")
         lines.append("")
     return "\n".join(lines)
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 __all__ = [
