@@ -1,5 +1,7 @@
 """Packaging and entry points: the pins, the commands the README promises, and CI."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -104,3 +106,61 @@ def test_package_is_installed_from_this_tree():
     import fastqwen
 
     assert Path(fastqwen.__file__).resolve().parent == ROOT / "fastqwen"
+
+
+def test_no_repository_paths_in_the_package():
+    # Folders come from arguments or the project folder (the working directory), never
+    # from where the package happens to sit: an installed copy has no checkout around it.
+    escapes = re.compile(r"__file__.*(\.parents\[|\.parent\.parent)|PROJECT_ROOT|_REPO\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "fastqwen").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if escapes.search(line)
+    ]
+    assert not found, "repository paths in the library:\n" + "\n".join(found)
+
+
+def test_tools_work_from_a_copy_of_the_package_in_any_folder(tmp_path):
+    # A non-editable install, in effect: the package alone on sys.path, run from a folder
+    # that is not this checkout. Every default folder lies under that working directory.
+    site, work = tmp_path / "site", tmp_path / "work"
+    shutil.copytree(ROOT / "fastqwen", site / "fastqwen", ignore=shutil.ignore_patterns("*.pyc"))
+    work.mkdir()
+    script = """
+import json, fastqwen
+from fastqwen.tools import report
+from fastqwen.tools.bench import records
+from fastqwen.tools.env import git_commit
+from fastqwen.tools.samplesets.settings import resolve_settings
+s = resolve_settings("icl", {}, env={})
+print(json.dumps({
+    "package": fastqwen.__file__,
+    "output_dir": str(s.output_dir),
+    "ref_audio": s.voices[0],
+    "notebook": str(report.default_notebooks()[0]),
+    "results": str(records.results_root()),
+    "runs": len(records.list_runs()),
+    "commit": git_commit(),
+}))
+"""
+    unset = ("PYTHONPATH", "FASTQWEN_PROJECT_DIR", "FASTQWEN_GIT_COMMIT")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(PYTHONPATH=str(site), GIT_CEILING_DIRECTORIES=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["package"].startswith(str(site))
+    work = work.resolve()
+    assert got["output_dir"] == str(work / "samples" / "parity")
+    assert got["ref_audio"] == str(work / "samples" / "ref_audio.wav")
+    assert got["notebook"] == str(work / "notebooks" / "customvoice_parity.ipynb")
+    assert got["results"] == str(work / "bench" / "results") and got["runs"] == 0
+    assert got["commit"] is None  # not a git checkout: nothing read from this repository
