@@ -450,3 +450,60 @@ def test_icl_runner_with_given_text(tmp_path, tiny_model):
     section = A.read_summary(tmp_path)["sets"]["icl"]
     assert section["references"][0]["text_source"] == "parameter"
     assert section["transcription"] is None
+
+
+# ------------------------------------------------------------------ warm-up
+
+
+class FakeEngine:
+    """Records what the warm-up runs; a stream counts how far it was read."""
+
+    tts = "the qwen_tts model"
+
+    def __init__(self):
+        self.calls, self.chunks_read, self.stream_done = [], 0, False
+
+    def generate(self, request, params, seed):
+        self.calls.append(("generate", request, params, seed))
+
+    def stream(self, request, params, seed):
+        self.calls.append(("stream", request, params, seed))
+        for _ in range(3):
+            self.chunks_read += 1
+            yield object()
+        self.stream_done = True
+
+
+def test_warm_up_runs_generate_and_a_whole_stream_with_the_timed_settings():
+    engine, refs = FakeEngine(), []
+    params = SamplingParams(max_new_tokens=168, temperature=0.5)
+    R.warm_up(engine, "request", params, 7, reference=lambda *a: refs.append(a))
+    assert [c[0] for c in engine.calls] == ["generate", "stream"]
+    # The timed run's own request and params: the same cache window and prefill bucket.
+    assert all(c[1:] == ("request", params, 7) for c in engine.calls)
+    assert engine.stream_done and engine.chunks_read == 3  # read to the end: codec spans too
+    (ref,) = refs
+    assert ref[0] == engine.tts and ref[1] == "request" and ref[3] == 7
+    assert ref[2] == dataclasses.replace(params, max_new_tokens=2, min_new_tokens=0)
+
+    later = FakeEngine()
+    R.warm_up(later, "request 2", params, 7, full=False, reference=lambda *a: refs.append(a))
+    assert [c[0] for c in later.calls] == ["generate"] and len(refs) == 1
+
+
+def test_runner_warms_up_before_each_pair_and_fully_before_the_first(
+    cv_settings, tiny_model, monkeypatch
+):
+    seen = []
+    real = R.warm_up
+
+    def recording(engine, request, params, seed, *, full=True):
+        seen.append((request.text, params, seed, full))
+        real(engine, request, params, seed, full=full)
+
+    monkeypatch.setattr(R, "warm_up", recording)
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert [o.ok for o in run.outcomes] == [True, True]
+    params, seed = cv_settings.sampling, cv_settings.seed
+    assert seen == [(SEED_PROMPTS[0], params, seed, True), (SEED_PROMPTS[1], params, seed, False)]
+    assert "stream read to the end" in run.section["run"]["warm_up"]
