@@ -145,4 +145,4 @@ def test_failed_notebook_keeps_the_error_notebook(tmp_path, clean_env):
     ]
     assert errors and "unknown speaker(s) ['bob']" in errors[0].evalue
     assert "unknown speaker" in (reports / "customvoice_parity.html").read_text()
-    assert "FAILED: ValueError: unknown speaker" in (reports / "index.html").read_text()
+    assert "FAILED: run failed: ValueError: unknown speaker" in (reports / "index.html").read_text()
