@@ -164,3 +164,35 @@ print(json.dumps({
     assert got["notebook"] == str(work / "notebooks" / "customvoice_parity.ipynb")
     assert got["results"] == str(work / "bench" / "results") and got["runs"] == 0
     assert got["commit"] is None  # not a git checkout: nothing read from this repository
+
+
+def _first_column(table: str) -> list[tuple[set[str], str]]:
+    """(backticked names in the first cell, the whole row) for each row of a Markdown table."""
+    rows = [r for r in table.splitlines() if r.startswith("| `")]
+    return [(set(re.findall(r"`([^`]+)`", r.split("|")[1])), r) for r in rows]
+
+
+def test_readme_layout_matches_the_tree():
+    layout = README[README.index("## Layout") :]
+    core, tools = layout.split("Tools (`fastqwen/tools/`)")
+    listed = {name.rstrip("/") for names, _ in _first_column(core) for name in names}
+    top = {p.name for p in (ROOT / "fastqwen").iterdir() if not p.name.startswith((".", "__"))}
+    missing = sorted(top - {"tools"} - listed)
+    assert not missing, f"not in the README layout: {missing}"
+    assert all((ROOT / "fastqwen" / p).exists() for p in listed), listed
+    tools_root = ROOT / "fastqwen" / "tools"
+    rows = _first_column(tools)
+    assert all((tools_root / n).exists() for names, _ in rows for n in names)
+    for path in tools_root.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        module = path.relative_to(tools_root)
+        row = next(
+            (
+                r
+                for names, r in rows
+                if f"{module.parts[0]}{'/' * (len(module.parts) > 1)}" in names
+            ),
+            "",
+        )
+        assert f"`{module.name}`" in row, f"fastqwen/tools/{module.as_posix()} is not in the layout"
