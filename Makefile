@@ -30,7 +30,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # HF_HUB_OFFLINE is deliberately not set here: users with hub access may download real
 # checkpoints. Set it in your shell to forbid downloads.
 
-.PHONY: help setup test report require-notebooks lint clean
+.PHONY: help setup test report lab require-notebooks lint clean
 
 help: ## Show this help
 	@echo "Usage: make <target>"
@@ -59,6 +59,11 @@ test: setup ## Run the test suite: tests/ and notebooks/*.ipynb (nbmake, smoke s
 
 report: require-notebooks setup ## Run the parity notebooks; HTML reports in reports/, WAVs in samples/parity/
 	$(VENV_PY) -m fastqwen.tools.report $(REPORT_ARGS)
+
+# Jupyter starts each kernel in the notebook's folder; the tools resolve relative folders
+# (samples/, bench/results) from FASTQWEN_PROJECT_DIR, so point it here.
+lab: setup ## Open the notebooks in JupyterLab (live, with the listening panel)
+	FASTQWEN_PROJECT_DIR=$(CURDIR) $(VENV)/bin/jupyter lab notebooks/
 
 # Checked before `setup`, so a missing notebook fails in a second, not after a 3 GB install.
 require-notebooks:

@@ -6,9 +6,11 @@ same import name, `qwen_tts`, and needs transformers 5):
     PYTHONPATH=$ANCHOR_PYTHONPATH python3 bench/anchor_bench.py --model-dir DIR \
         --model-name random:1.7b-custom_voice --out anchor-1.7b.json
 
-For that reason the only fastqwen module it imports is `fastqwen.tools.bench.measure` (torch and the
-standard library: median and spread, byte counts, profiler counts), and its record has the
-same keys as fastqwen.tools.bench.run.FIELDS.
+For that reason the only fastqwen modules it imports are `fastqwen.tools.bench.measure`
+(torch and the standard library: median and spread, byte counts, profiler counts, the record
+schema), `fastqwen.tools.defaults` (the demo request), `fastqwen.tools.env` (versions, git)
+and `fastqwen.constants`, none of which loads qwen_tts or transformers; its record has the
+same keys as fastqwen.tools.bench.records.FIELDS.
 
 What is timed, to match fastqwen.tools.bench.run:
 - ms_per_frame: the anchor's own generation time (prefill + decode loop, CUDA-synced, from
@@ -29,22 +31,18 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import platform
-import subprocess
 import sys
 import time
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 log = logging.getLogger("anchor_bench")
 
-FRAME_RATE_HZ = 12.5
-SAMPLES_PER_FRAME = 1920
-_REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(_REPO))
-# torch-only helpers, safe beside the anchor's transformers 5 (fastqwen/__init__ imports nothing)
+# The checkout this script sits in, so its fastqwen imports without an install.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Safe beside the anchor's transformers 5 (fastqwen/__init__ loads its public names lazily).
+from fastqwen.constants import FRAME_RATE_HZ  # noqa: E402
 from fastqwen.tools.bench.measure import (  # noqa: E402
     FIELDS,
     PROFILE_TOKENS,
@@ -55,23 +53,10 @@ from fastqwen.tools.bench.measure import (  # noqa: E402
     spread,
     tensor_bytes,
 )
+from fastqwen.tools.defaults import BENCH_RUNS, DEFAULT_SEED, DEMO_MAX_NEW_TOKENS  # noqa: E402
+from fastqwen.tools.env import git_state, package_version  # noqa: E402
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def cache_tensors(cache) -> list:
@@ -90,22 +75,17 @@ def environment(device: str) -> dict:
     import torch
     import transformers
 
-    # dirtiness is unknown where the commit is passed in
-    status = (
-        None
-        if os.environ.get("FASTQWEN_GIT_COMMIT")
-        else _git("status", "--porcelain", "--untracked-files=no")
-    )
+    commit, dirty = git_state()  # in the working directory (device_run.sh: the checkout)
     return {
         "device_name": torch.cuda.get_device_name(device) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
-        "package": f"faster-qwen3-tts {_version('faster-qwen3-tts')} "
-        f"(qwen-tts-hf {_version('qwen-tts-hf')})",
+        "package": f"faster-qwen3-tts {package_version('faster-qwen3-tts')} "
+        f"(qwen-tts-hf {package_version('qwen-tts-hf')})",
         "python": platform.python_version(),
-        "git_commit": os.environ.get("FASTQWEN_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         # This script's own hash: the anchor code itself is the pinned wheel.
         "source_hash": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12],
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -309,13 +289,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-name", default=None, help="label for the record (default: the dir)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    p.add_argument("--runs", type=int, default=3, help="timed warm runs after one warm-up")
-    p.add_argument("--max-new-tokens", type=int, default=168)
+    p.add_argument("--runs", type=int, default=BENCH_RUNS, help="timed warm runs after one warm-up")
+    p.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
     p.add_argument("--warmup-max-new-tokens", type=int, default=None)
     p.add_argument("--text", default=PROMPT_1)
     p.add_argument("--speaker", default="aiden")
     p.add_argument("--language", default="english")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument(
         "--chunk-size", type=int, default=12, help="streaming chunk (the anchor's default)"
     )

@@ -28,14 +28,11 @@ from fastqwen.engine.sampling import SamplingMode, SamplingTensors
 from fastqwen.engine.step import frame_step
 from fastqwen.models.checkpoints import build_random_checkpoint
 from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.tools.defaults import DEFAULT_SEED, SEED_PROMPTS
 from fastqwen.verify.parity import compare_codes, teacher_forced
 from fastqwen.verify.reference import run_reference
 
-TEXT = (
-    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
-    "the lights were warm, and the time passed quickly. We stayed a bit longer."
-)
-REQUEST = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+REQUEST = VoiceRequest("custom_voice", SEED_PROMPTS[0], "english", speaker="aiden")
 
 
 def load(path: str, dtype: torch.dtype):
@@ -61,11 +58,11 @@ def exact_codes(tts, frames: int, compile_too: bool) -> dict:
         ),
         "sampled": SamplingParams(max_new_tokens=frames + 1),
     }.items():
-        ref = run_reference(tts, REQUEST, params, seed=1337)
+        ref = run_reference(tts, REQUEST, params, seed=DEFAULT_SEED)
         row = {"reference_frames": ref.frames, "reference_eos": ref.eos_reached}
         for name, eng in engines.items():
             try:
-                res = eng.generate(REQUEST, params, seed=1337)
+                res = eng.generate(REQUEST, params, seed=DEFAULT_SEED)
                 p = compare_codes(res, ref)
                 row[name] = {
                     "identical": p.identical,
@@ -115,7 +112,7 @@ def sync_free(tts) -> dict:
 
 def bf16_checks(tts, frames: int, compile_too: bool) -> dict:
     params = SamplingParams(max_new_tokens=frames + 1)
-    ref = run_reference(tts, REQUEST, params, seed=1337)
+    ref = run_reference(tts, REQUEST, params, seed=DEFAULT_SEED)
     out = {"reference_frames": ref.frames, "reference_ms_per_frame": ref.ms_per_frame}
     eng = FastQwen3TTS(tts, EngineConfig(cuda_graph=True, compile=compile_too))
     forced = teacher_forced(eng, tts, REQUEST, ref.codes)

@@ -5,6 +5,10 @@ parity notebooks read their settings from environment variables
 (`fastqwen.tools.samplesets.settings`), so the notebooks run unedited but cheaply: one
 speaker, one prompt, 6 talker steps, no live panel, output to a temporary folder. Variables
 already set in the environment win.
+
+nbmake starts each kernel in `notebooks/`, so `FASTQWEN_PROJECT_DIR` names this checkout:
+the tools' relative folders (`samples/ref_audio*.wav`, `bench/results`) resolve there, as
+they do for `make report` run from the project root.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
 SMOKE_ENV = {
+    "FASTQWEN_PROJECT_DIR": str(Path(__file__).resolve().parents[1]),
     "PARITY_SPEAKERS": "aiden",
     "PARITY_PROMPT_LIMIT": "1",
     "PARITY_MAX_NEW_TOKENS": "6",

@@ -6,6 +6,8 @@ memory) are null here and checked by the GPU test at the end.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -13,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastqwen.config import SamplingParams
 from fastqwen.tools.bench import measure
 from fastqwen.tools.bench import run as bench
 from fastqwen.tools.cli import main as cli_main
+from fastqwen.tools.defaults import DEFAULT_SEED, DEMO_MAX_NEW_TOKENS
 
 MODEL = "random:tiny-custom_voice"
-FAST = dict(device="cpu", dtype="float32", runs=1, max_new_tokens=12, profile=False)
+SAMPLING = SamplingParams(max_new_tokens=12)
+FAST = dict(device="cpu", dtype="float32", runs=1, sampling=SAMPLING, profile=False)
 CUDA_ONLY = (
     "peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame gpu_busy_ms_per_frame "
     "launches_per_frame graph_launches_per_frame syncs_per_frame profile_frames"
@@ -53,6 +58,7 @@ def _check_common(record: dict, engine: str) -> None:
     assert record["frames"] == 11 and record["frames_all_runs"] == [11]
     assert record["warmup_frames"] == 11 and record["warmup_s"] > 0
     assert record["eos_reached"] is False
+    assert record["max_new_tokens"] == 12 and record["sampling"] == dataclasses.asdict(SAMPLING)
     assert record["audio_s"] == pytest.approx(11 * 1920 / 24000, abs=1e-3)
     assert record["ms_per_frame_min"] <= record["ms_per_frame"] <= record["ms_per_frame_max"]
     assert record["ms_per_frame"] > 0 and len(record["ms_per_frame_runs"]) == 1
@@ -122,6 +128,22 @@ def test_cli_error_record_and_out_dir(tmp_path, capsys, monkeypatch):
     record = json.loads(written.read_text())
     assert "CUDA is not available" in record["error"] and record["engine"] == "static"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"] == record["error"]
+
+
+def test_cli_has_one_option_per_sampling_field():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args([])
+    assert bench.sampling_from_args(args) == SamplingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    assert args.seed == DEFAULT_SEED
+    args = parser.parse_args(
+        ["--max-new-tokens", "20", "--subtalker-temperature", "0.5", "--no-do-sample"]
+    )
+    assert bench.sampling_from_args(args) == SamplingParams(
+        max_new_tokens=20, subtalker_temperature=0.5, do_sample=False
+    )
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(SamplingParams)} <= flags
 
 
 def test_output_path_names(tmp_path):

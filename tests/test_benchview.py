@@ -1,4 +1,5 @@
-"""The benchmark notebook's library: loading runs, tables, speedups, targets, charts, live run.
+"""The benchmark notebook's library: loading runs (`records`), tables, speedups and targets
+(`tables`), charts, settings and the live run (`live`), and what is shown (`view`).
 
 Fake records in temporary run directories, plus one check of the committed `bench/results`.
 """
@@ -8,15 +9,20 @@ from __future__ import annotations
 import ast
 import json
 import math
+from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
+from fastqwen.config import SamplingParams
+from fastqwen.tools.bench import charts, live, records, tables, view
 from fastqwen.tools.bench import run as bench
-from fastqwen.tools.bench import view as B
+from fastqwen.tools.defaults import BENCH_RUNS, DEMO_MAX_NEW_TOKENS
+from fastqwen.tools.notebook import display
 
-NOTEBOOK = B.PROJECT_ROOT / "notebooks" / "benchmark.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "benchmark.ipynb"
 
 
 def record(engine: str, size: str = "1.7b", ms: float | None = 10.0, **extra) -> dict:
@@ -85,11 +91,18 @@ def run_dir(tmp_path):
 
 @pytest.fixture
 def run(run_dir):
-    return B.load_run(run_dir)
+    return records.load_run(run_dir)
 
 
-def test_schema_matches_the_bench_program():
-    assert B.SCHEMA == bench.SCHEMA
+@pytest.fixture
+def in_project(monkeypatch):
+    """The checkout as the project folder (relative folders such as bench/results)."""
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
+
+
+def test_one_schema_for_writing_and_reading():
+    assert records.SCHEMA is bench.SCHEMA and records.FIELDS is bench.FIELDS
 
 
 # ------------------------------------------------------------------ loading
@@ -113,14 +126,14 @@ def test_load_run_keeps_bench_records_only_and_sorts_them(run):
 
 
 def test_labels():
-    assert B.label(record("static")) == "static"
-    assert B.label(record("static", engine_config={"cuda_graph": False})) == "static-eager"
-    assert B.label(record("static", engine_config={"compile": False})) == "static"
-    assert B.config_text(record("static")) == "graph+compile"
-    assert B.config_text(record("static", engine_config={"cuda_graph": False})) == "eager"
+    assert records.label(record("static")) == "static"
+    assert records.label(record("static", engine_config={"cuda_graph": False})) == "static-eager"
+    assert records.label(record("static", engine_config={"compile": False})) == "static"
+    assert records.config_text(record("static")) == "graph+compile"
+    assert records.config_text(record("static", engine_config={"cuda_graph": False})) == "eager"
     anchor = record("anchor", engine_config={"backend": "torch", "attn_implementation": "sdpa"})
-    assert B.config_text(anchor) == "torch/sdpa"
-    assert B.label(record("anchor", engine_config={"backend": "torch"})) == "anchor"
+    assert records.config_text(anchor) == "torch/sdpa"
+    assert records.label(record("anchor", engine_config={"backend": "torch"})) == "anchor"
 
 
 def test_newest_run_is_by_record_time_not_by_name(tmp_path):
@@ -129,35 +142,35 @@ def test_newest_run_is_by_record_time_not_by_name(tmp_path):
     write_dir(root / "a_newer", {"s.json": record("static", timestamp="2026-02-01T00:00:00Z")})
     write_dir(root / "no_records", {}, {"gpu.json": json.dumps({"device": "x"})})
     (root / "gpu_check_x.json").write_text(json.dumps({"device": "x"}))  # not a run dir
-    assert [r.name for r in B.list_runs(root)] == ["b_older", "a_newer"]
-    assert B.select_run(None, root).name == "a_newer"
-    assert B.select_run("b_older", root).name == "b_older"  # a name under root
-    assert B.select_run(str(root / "b_older"), root).name == "b_older"  # a path
+    assert [r.name for r in records.list_runs(root)] == ["b_older", "a_newer"]
+    assert records.select_run(None, root).name == "a_newer"
+    assert records.select_run("b_older", root).name == "b_older"  # a name under root
+    assert records.select_run(str(root / "b_older"), root).name == "b_older"  # a path
     with pytest.raises(ValueError, match="runs in .*: b_older, a_newer"):
-        B.select_run("nope", root)
+        records.select_run("nope", root)
     with pytest.raises(ValueError, match="holds no fastqwen-bench/1 records"):
-        B.select_run("no_records", root)
-    assert B.select_run(None, tmp_path / "empty") is None
+        records.select_run("no_records", root)
+    assert records.select_run(None, tmp_path / "empty") is None
 
 
 # ------------------------------------------------------------------ tables
 
 
 def test_engines_table(run):
-    table = B.engines_table(run)
+    table = tables.engines_table(run)
     assert len(table) == 6
     static = table.iloc[0]
     assert static["engine"] == "static" and static["ms/frame"] == 4.0
     assert static["ms/frame min"] == pytest.approx(3.6) and static["peak GiB"] == 3.0
     assert math.isnan(table.iloc[2]["peak GiB"])
     assert table.iloc[5]["error"] == "RuntimeError: boom"
-    shown = B.formatted(table)
+    shown = tables.formatted(table)
     assert shown.iloc[0]["kernels/frame"] == "1,400" and shown.iloc[0]["ms/frame"] == "4.00"
     assert shown.iloc[2]["kernels/frame"] == "-" and shown.iloc[0]["frames"] == "167"
 
 
 def test_speedups_within_the_run(run):
-    table = B.speedups(run)
+    table = tables.speedups(run)
     # 0.6B has no anchor measurement (its run failed) and no dynamic run: no row.
     pairs = list(zip(table["size"], table["static vs"], strict=True))
     assert pairs == [("1.7b", "anchor"), ("1.7b", "dynamic")]
@@ -169,7 +182,7 @@ def test_speedups_within_the_run(run):
 
 
 def test_targets_are_reported_honestly(run):
-    table = B.targets_table(run).set_index("target")
+    table = tables.targets_table(run).set_index("target")
     met = table["met?"].to_dict()
     assert met["decode (1.7B)"] == "yes"  # 4.0 <= 4
     assert met["decode (0.6B)"] == "no"  # 3.5 > 3
@@ -184,31 +197,31 @@ def test_targets_are_reported_honestly(run):
 
 
 def test_header_names_run_device_commit_and_skips(run):
-    text = B.header_markdown(run)
+    text = tables.header_markdown(run)
     for part in (run.name, "NVIDIA Fake", "abc1234", "random weights", "broken.json"):
         assert part in text
     assert "not be comparable" not in text
     run.records[1]["git_commit"] = "def5678"
-    assert "not be comparable" in B.header_markdown(run)
+    assert "not be comparable" in tables.header_markdown(run)
 
 
 def test_charts_are_pngs(run):
-    for png in (B.ms_per_frame_figure(run), B.ttfa_figure(run)):
+    for png in (charts.ms_per_frame_figure(run), charts.ttfa_figure(run)):
         assert png.startswith(b"\x89PNG")
-    empty = B.BenchRun("empty", [{**record("dynamic"), "label": "dynamic", "file": "d.json"}])
-    assert B.ttfa_figure(empty).startswith(b"\x89PNG")  # "not measured", no crash
+    empty = records.BenchRun("empty", [{**record("dynamic"), "label": "dynamic", "file": "d.json"}])
+    assert charts.ttfa_figure(empty).startswith(b"\x89PNG")  # "not measured", no crash
 
 
 def test_show_functions_display_tables_charts_and_notes(run, run_dir, monkeypatch):
     shown = []
-    monkeypatch.setattr(B, "_display", lambda *objs: shown.extend(objs))
-    B.show_run(run)
+    monkeypatch.setattr(display, "show", lambda *objs: shown.extend(objs))
+    view.show_run(run)
     kinds = [type(o).__name__ for o in shown]
     assert kinds.count("DataFrame") == 3 and kinds.count("Image") == 2
     shown.clear()
-    B.show_run(None)
-    B.show_runs_list(run, run_dir.parent)
-    B.show_skipped_live(B.BenchSettings())
+    view.show_run(None)
+    view.show_runs_list(run, run_dir.parent)
+    view.show_skipped_live(live.BenchSettings())
     text = "\n".join(o.data for o in shown)
     assert "No bench results" in text and "No live run: no CUDA GPU here" in text
     assert f"`{run.name}`: NVIDIA Fake, commit abc1234" in text and "(shown above)" in text
@@ -218,12 +231,15 @@ def test_show_functions_display_tables_charts_and_notes(run, run_dir, monkeypatc
 
 
 def test_notebook_settings():
-    before = {"benchview", "Optional"}
-    ns = {"benchview": 0, "Optional": 0, "_hidden": 1, "runs": 2, "live_engines": "static"}
-    settings = B.notebook_settings(ns, before)
+    before = {"view", "Optional"}
+    ns = {"view": 0, "Optional": 0, "_hidden": 1, "runs": 2, "live_engines": "static"}
+    settings = live.notebook_settings(ns, before)
     assert settings.runs == 2 and settings.live_engines == ("static",)
+    defaults = live.notebook_settings({**ns, "runs": None, "max_new_tokens": None}, before)
+    assert defaults.runs == BENCH_RUNS and defaults.max_new_tokens == DEMO_MAX_NEW_TOKENS
+    assert defaults.sampling == SamplingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS)
     with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) \['rnus'\]"):
-        B.notebook_settings({**ns, "rnus": 3}, before)
+        live.notebook_settings({**ns, "rnus": 3}, before)
 
 
 @pytest.mark.parametrize(
@@ -238,13 +254,13 @@ def test_notebook_settings():
     ],
 )
 def test_live_rule(run_live, results_dir, cuda, wanted):
-    settings = B.BenchSettings(results_dir=results_dir, run_live=run_live)
+    settings = live.BenchSettings(results_dir=results_dir, run_live=run_live)
     assert settings.live_wanted(cuda) is wanted
 
 
 def test_live_run_true_without_cuda_is_an_error():
     with pytest.raises(ValueError, match="run_live=True needs CUDA"):
-        B.BenchSettings(run_live=True).live_wanted(False)
+        live.BenchSettings(run_live=True).live_wanted(False)
 
 
 def test_live_run_keeps_going_after_a_failure_and_writes_records(tmp_path):
@@ -257,33 +273,34 @@ def test_live_run_keeps_going_after_a_failure_and_writes_records(tmp_path):
         return [record(engine, ms=5.0)]
 
     out = tmp_path / "live"
-    settings = B.BenchSettings(runs=2, max_new_tokens=20, live_out=str(out))
-    run = B.live_run(settings, bench_fn=fake_bench)
+    settings = live.BenchSettings(runs=2, max_new_tokens=20, live_out=str(out))
+    run = live.live_run(settings, bench_fn=fake_bench)
     assert [c[0] for c in calls] == ["static", "dynamic"]
-    common = dict(device="cuda", dtype="bfloat16", runs=2, max_new_tokens=20)
+    sampling = SamplingParams(max_new_tokens=20)  # handed to run_bench as one object
+    common = dict(device="cuda", dtype="bfloat16", runs=2, sampling=sampling)
     assert calls[0][2] == {**common, "engine_options": {"compile": True}}
     assert calls[1][2] == {**common, "engine_options": None}
     assert [r["label"] for r in run.records] == ["static", "dynamic"]
     assert run.records[1]["error"] == "RuntimeError: out of memory"
     assert run.path == out
-    reloaded = B.load_run(out)
+    reloaded = records.load_run(out)
     assert sorted(r["file"] for r in reloaded.records) == ["dynamic-model.json", "static-1.7b.json"]
     assert "label" not in json.loads((out / "static-1.7b.json").read_text())
     with pytest.raises(ValueError, match="never overwritten"):
-        B.write_run(run, out)
+        records.write_run(run, out)
 
 
 # ------------------------------------------------------------------ committed results, notebook
 
 
-def test_committed_newest_run_has_static_and_anchor():
-    run = B.select_run()
+def test_committed_newest_run_has_static_and_anchor(in_project):
+    run = records.select_run()
     assert run is not None, "no bench records under bench/results/"
     labels = {(r["label"], r["size"]) for r in run.records}
     assert {("static", "1.7b"), ("anchor", "1.7b")} <= labels
     assert len(run.values("device_name")) == 1 and run.values("git_commit")
-    assert B.select_run(f"bench/results/{run.name}").path == run.path  # from the project root
-    table = B.speedups(run)
+    assert records.select_run(f"bench/results/{run.name}").path == run.path  # from the project
+    table = tables.speedups(run)
     row = table[(table["size"] == "1.7b") & (table["static vs"] == "anchor")]
     assert len(row) == 1 and row["ms/frame speedup"].iloc[0] > 0
 
@@ -298,10 +315,24 @@ def test_committed_notebook_form():
 
 def test_notebook_parameters_match_the_library():
     declared = papermill.inspect_notebook(str(NOTEBOOK))
-    assert tuple(declared) == B.PARAMETERS
-    defaults = B.BenchSettings()
+    assert tuple(declared) == live.PARAMETERS
+    defaults = live.BenchSettings()
     for name, info in declared.items():
         assert info["help"], f"{name} needs a comment"
         value = ast.literal_eval(info["default"])
         expected = getattr(defaults, name)
-        assert (tuple(value) if isinstance(value, list) else value) == expected, name
+        if name in ("runs", "max_new_tokens"):  # defined once, in fastqwen.tools.defaults
+            assert value is None, f"{name} must default to None (the library's default)"
+        else:
+            assert (tuple(value) if isinstance(value, list) else value) == expected, name
+
+
+def test_relative_folders_start_at_the_project_folder(run_dir, monkeypatch):
+    results = run_dir.parent
+    monkeypatch.chdir(results.parent)  # <tmp>: results/ is the folder's bench results
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+    assert records.results_root() == results.parent / "bench" / "results"
+    assert records.select_run(None) is None  # no bench/results here, and never the checkout's
+    assert records.select_run("results/2026-01-01_fake_abc1234").path == run_dir
+    monkeypatch.setenv("FASTQWEN_PROJECT_DIR", str(ROOT))
+    assert records.results_root() == ROOT / "bench" / "results"

@@ -11,24 +11,28 @@ import ast
 import json
 import os
 import re
+from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
 from fastqwen.tools import report
-from fastqwen.tools.samplesets.settings import NOTEBOOKS, PARAMS, PROJECT_ROOT
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, PARAMS, SAMPLING_FIELDS
 
-NB_DIR = PROJECT_ROOT / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
 SMOKE = {"max_new_tokens": "6", "speakers": "aiden", "prompt_limit": "1"}
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    """No PARITY_* / QWEN_TTS_* variables (nbmake's smoke settings may be in os.environ)."""
+    """No PARITY_* / QWEN_TTS_* variables (nbmake's smoke settings may be in os.environ), and
+    the checkout as the project folder, as for `make report` run from its root."""
     for name in list(os.environ):
-        if name.startswith(("PARITY_", "QWEN_TTS_")):
+        if name.startswith(("PARITY_", "QWEN_TTS_", "FASTQWEN_PROJECT_DIR")):
             monkeypatch.delenv(name)
+    monkeypatch.chdir(ROOT)
 
 
 @pytest.mark.parametrize("set_name", sorted(NOTEBOOKS))
@@ -51,8 +55,14 @@ def test_parameters_cell_matches_the_library(set_name):
         default = ast.literal_eval(d["default"])
         if p.env:  # None means "the environment variable, else the built-in default"
             assert default is None, f"{p.name} has ${p.env}, so it must default to None"
+            assert f"${p.env}" in d["help"], f"{p.name}: the comment must name ${p.env}"
+        elif p.name in SAMPLING_FIELDS:  # defaults live in SamplingParams only
+            assert default is None, f"{p.name} must default to None (SamplingParams' default)"
         else:
             assert default is None or default == p.default, p.name
+        if p.name in SAMPLING_FIELDS:  # the same scope as the library's help text
+            for scope in ("codebook 0", "codebooks 1-15"):
+                assert (scope in d["help"]) == (scope in p.help), (p.name, d["help"])
 
 
 def _run_report(tmp_path, *extra):
@@ -135,4 +145,4 @@ def test_failed_notebook_keeps_the_error_notebook(tmp_path, clean_env):
     ]
     assert errors and "unknown speaker(s) ['bob']" in errors[0].evalue
     assert "unknown speaker" in (reports / "customvoice_parity.html").read_text()
-    assert "FAILED: ValueError: unknown speaker" in (reports / "index.html").read_text()
+    assert "FAILED: run failed: ValueError: unknown speaker" in (reports / "index.html").read_text()

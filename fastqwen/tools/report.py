@@ -2,9 +2,15 @@
 
 Each notebook (the two parity notebooks, and `notebooks/benchmark.ipynb` when it exists) is
 executed by papermill into `reports/<name>.ipynb` with `interactive=False`, then converted
-to `reports/<name>.html` with the code hidden. A failing notebook keeps papermill's error
-notebook (and its HTML, which shows the error); the others still run, and the exit status
-is 1.
+to `reports/<name>.html` with the code hidden. Each notebook's run and its conversion are
+independent: a failing notebook keeps papermill's error notebook (and its HTML, which shows
+the error), a failing conversion loses only that HTML, and the others still run. The index
+names what failed and why, and the exit status is 1.
+
+Folders are relative to the project folder (`fastqwen.tools.env.project_dir`: the working
+directory, or `$FASTQWEN_PROJECT_DIR`), and papermill runs the kernels there too, so the
+notebooks' relative defaults (`samples/parity`, `bench/results`) land in the same place
+as when `make report` is run from the project root.
 
 The HTML is self-contained and opens offline: audio players and figures are embedded as
 data URIs, tables are plain HTML, and the template's CDN scripts (require.js, MathJax,
@@ -21,17 +27,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastqwen.tools.env import git_commit, project_dir
 from fastqwen.tools.samplesets import artifacts as A
-from fastqwen.tools.samplesets.settings import NOTEBOOKS, PROJECT_ROOT, SETS, rel, resolve_settings
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, SETS, rel, resolve_settings
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_NOTEBOOK = "benchmark.ipynb"
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+NOTEBOOK_DIR = Path("notebooks")  # relative to the project folder
+REPORTS_DIR = Path("reports")
 SET_OF_NOTEBOOK = {Path(nb).stem: name for name, nb in NOTEBOOKS.items()}
 # An nbconvert template: the lab template without its CDN scripts (require.js, MathJax,
 # mermaid and the widget manager); content here never needs them.
@@ -43,10 +51,12 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def default_notebooks() -> list[Path]:
-    """The parity notebooks, plus the benchmark notebook when it exists."""
-    paths = [NOTEBOOK_DIR / NOTEBOOKS[name] for name in SETS]
-    bench = NOTEBOOK_DIR / BENCHMARK_NOTEBOOK
+def default_notebooks(project: Path | None = None) -> list[Path]:
+    """The parity notebooks, plus the benchmark notebook when it exists, under `project`'s
+    `notebooks/` (default: the project folder)."""
+    folder = (project or project_dir()) / NOTEBOOK_DIR
+    paths = [folder / NOTEBOOKS[name] for name in SETS]
+    bench = folder / BENCHMARK_NOTEBOOK
     return paths + ([bench] if bench.is_file() else [])
 
 
@@ -113,43 +123,91 @@ def notebook_html(ipynb: Path) -> str:
 
 @dataclass
 class NotebookRun:
+    """One notebook of the report: its run and its HTML conversion, each ok or failed."""
+
     notebook: Path
     ipynb: Path
     html: Path
     parameters: dict
-    ok: bool = False
-    error: str | None = None
+    error: str | None = None  # why the run failed
+    html_error: str | None = None  # why the HTML conversion failed
+    ran: bool = False  # the run finished without error
     wall_s: float = 0.0
     models: list[str] = field(default_factory=list)
     pairs: str = ""
 
+    @property
+    def ok(self) -> bool:
+        return self.ran and self.html_error is None
 
-def run_notebook(notebook: Path, reports_dir: Path, params: dict, kernel: str) -> NotebookRun:
-    """papermill, then HTML (also for a failed run, from papermill's error notebook)."""
+    @property
+    def status(self) -> str:
+        """ "ok", or what failed and why, in a line."""
+        problems = []
+        if not self.ran:
+            problems.append(f"run failed: {self.error or 'no output'}")
+        if self.html_error:
+            problems.append(f"HTML conversion failed: {self.html_error}")
+        return "; ".join(problems) or "ok"
+
+
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one line, cut to `limit` characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def execute_with_papermill(notebook: Path, output: Path, params: dict, kernel: str, cwd: Path):
+    """Run `notebook` into `output` in a `kernel` started in `cwd`."""
     import papermill
-    from papermill.exceptions import PapermillExecutionError
 
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=params,
+        kernel_name=kernel,
+        cwd=str(cwd),
+        stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
+        progress_bar=False,
+    )
+
+
+def run_notebook(
+    notebook: Path,
+    reports_dir: Path,
+    params: dict,
+    kernel: str,
+    *,
+    cwd: Path | None = None,
+    execute: Callable[..., None] = execute_with_papermill,
+    convert: Callable[[Path], str] = notebook_html,
+) -> NotebookRun:
+    """Run, then convert to HTML (also a failed run's error notebook); never raises for
+    either, so the caller goes on with the next notebook.
+
+    Args:
+        cwd: the kernel's working directory (default: the project folder).
+        execute: `(notebook, output, params, kernel, cwd)`, papermill by default.
+        convert: executed notebook -> HTML text, `notebook_html` by default.
+    """
     name = notebook.stem
     run = NotebookRun(notebook, reports_dir / f"{name}.ipynb", reports_dir / f"{name}.html", params)
     log.info("running %s with %s", rel(notebook), params)
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(run.ipynb),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(notebook.parent),
-            stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
-            progress_bar=False,
-        )
-        run.ok = True
-    except PapermillExecutionError as exc:
-        run.error = f"{exc.ename}: {exc.evalue}"
+        execute(notebook, run.ipynb, params, kernel, cwd or project_dir())
+        run.ran = True
+    except Exception as exc:  # a failed notebook must not stop the others
+        ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+        run.error = f"{ename}: {evalue}" if ename else _brief(exc)  # papermill: the cell's
         log.error("%s failed: %s (see %s)", name, run.error, rel(run.ipynb))
     run.wall_s = time.perf_counter() - t0
     if run.ipynb.is_file():
-        A.atomic_write_text(run.html, notebook_html(run.ipynb))
+        try:
+            A.atomic_write_text(run.html, convert(run.ipynb))
+        except Exception as exc:  # nor may a failed conversion
+            run.html_error = _brief(exc)
+            log.error("%s: HTML conversion failed: %s", name, run.html_error)
     return run
 
 
@@ -180,7 +238,7 @@ def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str
     """`reports/index.html`: one row per report."""
     rows = []
     for r in runs:
-        status = "ok" if r.ok else f"FAILED: {html.escape(r.error or 'no output')}"
+        status = "ok" if r.ok else f"FAILED: {html.escape(r.status)}"
         link = (
             f'<a href="{r.html.name}">{r.notebook.stem}</a>'
             if r.html.is_file()
@@ -211,21 +269,23 @@ border-bottom:1px solid #ddd;vertical-align:top}}</style></head><body>
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastqwen.tools.report",
-        description="Run the parity notebooks with papermill and build HTML reports.",
+        description="Run the parity notebooks with papermill and build HTML reports. Relative "
+        "folders start at the project folder: the working directory, or $FASTQWEN_PROJECT_DIR.",
     )
     p.add_argument(
         "--notebooks",
         nargs="+",
         type=Path,
         default=None,
-        help="notebooks to run (default: the parity notebooks, and "
-        "notebooks/benchmark.ipynb when it exists)",
+        help="notebooks to run (default: the parity notebooks in the project folder's "
+        "notebooks/, and notebooks/benchmark.ipynb when it exists)",
     )
     p.add_argument(
         "--reports-dir",
         type=Path,
-        default=PROJECT_ROOT / "reports",
-        help="where <name>.ipynb, <name>.html and index.html go (default: reports/)",
+        default=None,
+        help="where <name>.ipynb, <name>.html and index.html go (default: reports/ in the "
+        "project folder)",
     )
     p.add_argument(
         "-p",
@@ -241,10 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    execute: Callable[..., None] = execute_with_papermill,
+    convert: Callable[[Path], str] = notebook_html,
+) -> int:
+    """Run, convert and index the notebooks; 0 when all of them ran and converted, 1 when
+    any failed, 2 for bad arguments. `execute` and `convert` are `run_notebook`'s."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    notebooks = [n.resolve() for n in (args.notebooks or default_notebooks())]
+    project = project_dir()
+    notebooks = [n.resolve() for n in (args.notebooks or default_notebooks(project))]
     missing = [str(n) for n in notebooks if not n.is_file()]
     if missing:
         print(f"error: notebook(s) not found: {', '.join(missing)}", file=sys.stderr)
@@ -258,12 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    reports = args.reports_dir.resolve()
+    reports = (project / (args.reports_dir or REPORTS_DIR)).resolve()
     reports.mkdir(parents=True, exist_ok=True)
-    started, commit = A.utc_now(), A.git_commit()
+    started, commit = A.utc_now(), git_commit(project)
     runs = []
     for nb in notebooks:
-        run = run_notebook(nb, reports, notebook_parameters(nb, given), args.kernel)
+        params = notebook_parameters(nb, given)
+        run = run_notebook(
+            nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
+        )
         _set_info(run, given, started)
         runs.append(run)
     A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
@@ -271,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(
             "%s: %s in %.0f s -> %s",
             r.notebook.stem,
-            "ok" if r.ok else "FAILED",
+            r.status,
             r.wall_s,
             rel(r.html),
         )

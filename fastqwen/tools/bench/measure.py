@@ -1,7 +1,9 @@
-"""The bench record schema and measuring helpers, shared by the bench and the anchor script.
+"""Measuring helpers shared by the bench and the anchor script: spread, bytes, profiler counts.
 
-Only torch and the standard library: `bench/anchor_bench.py` imports this module in the
-anchor's own environment (faster-qwen3-tts, transformers 5), where qwen-tts 0.1.1 must not load.
+Only torch and the standard library (plus the record schema of `records` and the demo
+request of `fastqwen.tools.defaults`, both standard library only): `bench/anchor_bench.py`
+imports this module in the anchor's own environment (faster-qwen3-tts, transformers 5),
+where qwen-tts 0.1.1 must not load.
 """
 
 from __future__ import annotations
@@ -12,25 +14,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-SCHEMA = "fastqwen-bench/1"
-# The seed's prompt 1 (shared/anchors.md measured the anchor on it).
-PROMPT_1 = (
-    "We met at the corner cafe after work and talked about weekend plans. The street was quiet, "
-    "the lights were warm, and the time passed quickly. We stayed a bit longer."
-)
-# Every record has these keys, in this order (bench/README.md says what each one means);
-# the anchor script writes the same. A field an engine cannot measure is null.
-FIELDS = (
-    "schema engine model model_path size kind random_weights dtype device device_name "
-    "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
-    "text speaker language seed max_new_tokens runs engine_config load_s warmup_s warmup_frames "
-    "frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min ms_per_frame_max "
-    "ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min ttfa_ms_max "
-    "ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes talker_weight_bytes "
-    "kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame memops_per_frame "
-    "gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame syncs_per_frame "
-    "profile_frames profile_error error"
-).split()
+from fastqwen.tools.bench.records import FIELDS, SCHEMA
+from fastqwen.tools.defaults import SEED_PROMPTS
+
+PROMPT_1 = SEED_PROMPTS[0]  # the seed's prompt 1 (shared/anchors.md measured the anchor on it)
 PROFILE_TOKENS = (8, 24)  # two short generations; their difference gives per-frame counts
 # CUDA runtime/driver calls worth counting per frame (host side of the profile).
 _LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
@@ -119,3 +106,15 @@ def profile_counts(
         "syncs_per_frame": per_frame(_SYNC_CALLS),
         "profile_frames": [f0, f1],
     }
+
+
+__all__ = [
+    "FIELDS",
+    "PROFILE_TOKENS",
+    "PROMPT_1",
+    "SCHEMA",
+    "module_tensors",
+    "profile_counts",
+    "spread",
+    "tensor_bytes",
+]

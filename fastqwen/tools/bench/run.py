@@ -7,6 +7,10 @@ Engines:
 The third engine of the comparison, faster-qwen3-tts ("anchor"), needs transformers 5 and
 runs in its own process (`bench/anchor_bench.py`); it writes records of the same shape.
 
+Every engine generates with one `SamplingParams` (default: `demo_sampling()`, the
+`SamplingParams` defaults with `DEMO_MAX_NEW_TOKENS`), handed to it unchanged; the CLI has
+one option per field, and the record keeps it under `sampling`.
+
 What is measured, per record (bench/README.md describes every field):
 - speed: ms per frame (generation incl. prefill, excl. codec decode) as median, min and max
   over `runs` warm runs, after one warm-up run that is reported on its own;
@@ -28,7 +32,6 @@ import hashlib
 import json
 import logging
 import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -37,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+import fastqwen
+from fastqwen.config import SamplingParams
 from fastqwen.constants import FRAME_RATE_HZ
 from fastqwen.tools.bench.measure import (
     FIELDS,
@@ -48,67 +53,42 @@ from fastqwen.tools.bench.measure import (
     spread,
     tensor_bytes,
 )
+from fastqwen.tools.defaults import BENCH_RUNS, DEFAULT_SEED, demo_sampling
+from fastqwen.tools.env import git_state, package_version
 
 log = logging.getLogger(__name__)
-
-_REPO = Path(__file__).resolve().parents[3]
 
 ENGINES = ("static", "dynamic")
 
 # ---------------------------------------------------------------- environment
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def source_hash() -> str:
     """sha256 (12 hex) over fastqwen/**/*.py: names the code measured even without git."""
     h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parents[2]  # the fastqwen package
+    pkg = Path(fastqwen.__file__).resolve().parent  # the installed package, wherever it is
     for path in sorted(pkg.rglob("*.py")):
         h.update(path.relative_to(pkg).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 def environment(device: torch.device) -> dict:
-    """Machine, library versions and code identity for a record."""
-    import os
-
+    """Machine, library versions and code identity (git in the working directory) for a
+    record."""
     import transformers
 
     cpu = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    # dirtiness is unknown where the commit is passed in
-    status = (
-        None
-        if os.environ.get("FASTQWEN_GIT_COMMIT")
-        else _git("status", "--porcelain", "--untracked-files=no")
-    )
+    commit, dirty = git_state()
     return {
         "device_name": device_name,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        # On the device machine the tree travels without its .git (a stale one may be
-        # there): the caller's FASTQWEN_GIT_COMMIT wins.
-        "git_commit": os.environ.get("FASTQWEN_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "source_hash": source_hash(),
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -147,15 +127,15 @@ def memory_fields(device: torch.device, weights: int, talker: int, kv: int | Non
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What each engine is asked to do; the CLI has one option per field."""
+    """How each engine is run (what it generates is a `SamplingParams`); the CLI has one
+    option per field."""
 
-    runs: int = 3  # timed warm runs, after one warm-up run
-    max_new_tokens: int = 168  # talker steps: 167 frames when no EOS comes
+    runs: int = BENCH_RUNS  # timed warm runs, after one warm-up run
     warmup_max_new_tokens: int | None = None  # a shorter warm-up (default: max_new_tokens)
     text: str = PROMPT_1  # the seed's prompt 1
     speaker: str = "aiden"
     language: str = "english"
-    seed: int = 1337  # the same seed for every run: every run makes the same frames
+    seed: int = DEFAULT_SEED  # the same seed for every run: every run makes the same frames
     first_chunk_frames: int = 2  # streaming (static): frames in the first audio chunk
     chunk_frames: int = 12  # streaming (static): frames in each later chunk
     profile: bool = True  # kernels per frame from torch.profiler (CUDA only)
@@ -251,6 +231,7 @@ def run_bench(
     device: str = "cuda",
     dtype: str = "bfloat16",
     engine_options: dict | None = None,
+    sampling: SamplingParams | None = None,
     on_partial: Callable[[dict], None] | None = None,
     **settings,
 ) -> list[dict]:
@@ -262,15 +243,18 @@ def run_bench(
             a dir).
         device, dtype: where and in what precision to load it.
         engine_options: `EngineConfig` fields (static only), e.g. {"cuda_graph": False}.
+        sampling: what every timed run generates with, passed to the engine unchanged
+            (default: `demo_sampling()`); the warm-up and profiled runs change only
+            `max_new_tokens`.
         on_partial: called with the record before profiling, so the timings survive a
             process that dies in the profiler (attaching CUPTI after graph capture is
             not safe on every CUDA stack).
-        **settings: `BenchConfig` fields (runs, max_new_tokens, text, speaker, profile, ...).
+        **settings: `BenchConfig` fields (runs, text, speaker, seed, profile, ...).
     """
-    from fastqwen.config import SamplingParams
     from fastqwen.prompts.builder import VoiceRequest
 
     cfg = BenchConfig(**settings)
+    params = sampling or demo_sampling()
     if engine not in ENGINES:
         raise ValueError(
             f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
@@ -285,7 +269,6 @@ def run_bench(
         torch.cuda.reset_peak_memory_stats(dev)  # the peak of this engine alone
 
     request = VoiceRequest("custom_voice", cfg.text, cfg.language, speaker=cfg.speaker)
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens)
     rec = dict.fromkeys(FIELDS)
     rec.update(
         schema=SCHEMA,
@@ -298,7 +281,8 @@ def run_bench(
         speaker=cfg.speaker,
         language=cfg.language,
         seed=cfg.seed,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=params.max_new_tokens,
+        sampling=dataclasses.asdict(params),
         runs=cfg.runs,
     )
 
@@ -312,14 +296,13 @@ def run_bench(
         size=src.size,
         kind=src.kind,
         random_weights=src.is_random,
-        package=f"qwen-tts {_version('qwen-tts')}",
+        package=f"qwen-tts {package_version('qwen-tts')}",
         engine_config=dataclasses.asdict(eng.fast.config) if eng.fast else None,
     )
 
     t0 = time.perf_counter()
-    warm = eng.generate(
-        SamplingParams(max_new_tokens=cfg.warmup_max_new_tokens or cfg.max_new_tokens)
-    )
+    warm_tokens = cfg.warmup_max_new_tokens or params.max_new_tokens
+    warm = eng.generate(dataclasses.replace(params, max_new_tokens=warm_tokens))
     _sync(dev)
     rec.update(warmup_s=round(time.perf_counter() - t0, 3), warmup_frames=warm.frames)
     log.info("%s warm-up: %s", engine, warm.summary())
@@ -348,7 +331,7 @@ def run_bench(
     rec.update(memory_fields(dev, weights, talker, kv))
 
     def frames_of(n: int) -> int:
-        return eng.generate(SamplingParams(max_new_tokens=n)).frames
+        return eng.generate(dataclasses.replace(params, max_new_tokens=n)).frames
 
     if cfg.profile and dev.type == "cuda":
         if on_partial is not None:
@@ -405,7 +388,8 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The CLI options: engine, model, device, output, and one per BenchConfig field."""
+    """The CLI options: engine, model, device, output, one per BenchConfig field and one per
+    SamplingParams field."""
     p.add_argument(
         "--engine",
         nargs="+",
@@ -449,6 +433,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         else:
             kind = int if f.type in ("int", "int | None") else str
             p.add_argument(flag, type=kind, default=f.default, help="default: %(default)s")
+    demo = demo_sampling()
+    for f in dataclasses.fields(SamplingParams):
+        flag, default = "--" + f.name.replace("_", "-"), getattr(demo, f.name)
+        help_text = f"SamplingParams.{f.name} (default: {default})"
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(flag, type={"int": int, "float": float}[f.type], help=help_text)
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
+    """The `SamplingParams` the CLI options ask for (unset ones: `demo_sampling()`'s)."""
+    return demo_sampling(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingParams)}
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -465,6 +464,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 device=args.device,
                 dtype=dtype,
                 engine_options=_parse_options(args.engine_option),
+                sampling=sampling_from_args(args),
                 on_partial=(lambda r: _write(args.out, r)) if args.out else None,
                 **settings,
             )

@@ -3,8 +3,9 @@
 Pick a speaker or reference, one of the prompts or your own text, the seed and the main
 sampling settings, press Generate, and hear the static engine and the `qwen_tts` reference
 side by side with their timing. It reuses the set's loaded model and the same library calls
-as the batch run (`sampleset_run.make_request`, `sampleset_run.run_pair`); nothing is
-written to disk.
+as the batch run (`samplesets.run.make_request`, `samplesets.run.run_pair`); nothing is
+written to disk. The sliders set codebook 0 (the talker), as the parameters of the same
+names do; the code predictor keeps the set's `subtalker_*` settings.
 
 The panel is shown only when `settings.interactive` is true, which `make report` and the
 notebook tests turn off. Displaying it never waits for input, so even a batch run that
@@ -53,7 +54,7 @@ def build_panel(run: SetRun):
     import ipywidgets as W
     from IPython.display import HTML, display
 
-    s = run.settings
+    s, sp = run.settings, run.settings.sampling
     voice_options = [(rel(v) if s.set_name == "icl" else v, v) for v in s.voices]
     voice = W.Dropdown(options=voice_options, description="voice")
     prompts = [(f"{k}: {p[:60]}...", p) for k, p in enumerate(s.prompts, start=1)]
@@ -63,18 +64,22 @@ def build_panel(run: SetRun):
     )
     seed = W.IntText(value=s.seed, description="seed")
     max_new = W.IntSlider(
-        value=min(s.max_new_tokens, 256),
+        value=min(sp.max_new_tokens, 256),
         min=2,
-        max=max(512, s.max_new_tokens),
+        max=max(512, sp.max_new_tokens),
         description="max tokens",
     )
     temperature = W.FloatSlider(
-        value=s.temperature, min=0.05, max=1.5, step=0.05, description="temperature"
+        value=sp.temperature, min=0.05, max=1.5, step=0.05, description="temperature"
     )
-    top_k = W.IntSlider(value=s.top_k, min=0, max=200, description="top_k")
-    top_p = W.FloatSlider(value=s.top_p, min=0.05, max=1.0, step=0.05, description="top_p")
+    top_k = W.IntSlider(value=sp.top_k, min=0, max=200, description="top_k")
+    top_p = W.FloatSlider(value=sp.top_p, min=0.05, max=1.0, step=0.05, description="top_p")
     rep = W.FloatSlider(
-        value=s.repetition_penalty, min=1.0, max=1.5, step=0.01, description="rep. penalty"
+        value=sp.repetition_penalty, min=1.0, max=1.5, step=0.01, description="rep. penalty"
+    )
+    note = W.HTML(
+        "<small>Sampling sliders set codebook 0; codebooks 1-15 keep the set's "
+        "<code>subtalker_*</code> settings.</small>"
     )
     button = W.Button(description="Generate", button_style="primary")
     out = W.Output()
@@ -124,6 +129,7 @@ def build_panel(run: SetRun):
             W.HBox([seed, max_new]),
             W.HBox([temperature, top_k]),
             W.HBox([top_p, rep]),
+            note,
             button,
         ]
     )

@@ -9,19 +9,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from matplotlib.figure import Figure
 
+from fastqwen.tools.notebook.display import png
+
 KL_FLOOR = 1e-12  # log-scale floor: exact zeros and float-rounding negatives are drawn here
 NFFT, HOP = 512, 128  # ~21 ms windows, ~5 ms hop at 24 kHz
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def audio_figure(static: np.ndarray, dynamic: np.ndarray, sample_rate: int, title: str) -> bytes:
@@ -63,7 +57,7 @@ def audio_figure(static: np.ndarray, dynamic: np.ndarray, sample_rate: int, titl
     axes[0, 0].set_title("waveform")
     axes[0, 1].set_title("spectrogram")
     fig.suptitle(title)
-    return _png(fig)
+    return png(fig)
 
 
 def divergence_figure(
@@ -96,7 +90,7 @@ def divergence_figure(
     ax.set_ylabel(f"KL (floor {KL_FLOOR:g})")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize="small")
-    return _png(fig)
+    return png(fig)
 
 
 __all__ = ["audio_figure", "divergence_figure"]

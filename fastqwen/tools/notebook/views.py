@@ -15,7 +15,7 @@ import html
 import math
 from pathlib import Path
 
-from fastqwen.tools.notebook import plots
+from fastqwen.tools.notebook import display, plots
 from fastqwen.tools.samplesets.run import PairOutcome, SetRun, banner_text
 from fastqwen.tools.samplesets.settings import SetSettings, rel
 
@@ -210,23 +210,14 @@ def error_html(outcome: PairOutcome) -> str:
 # ------------------------------------------------------------------ display
 
 
-def _display(*objs) -> None:
-    """IPython's display, with whole table cells (pandas would cut them at 50 characters)."""
-    import pandas as pd
-    from IPython.display import display
-
-    with pd.option_context("display.max_colwidth", None):
-        display(*objs)
-
-
 def show_header(settings: SetSettings, source) -> None:
     """The banner (random weights) and the settings table, at the top of a notebook."""
     from IPython.display import HTML, Markdown
 
     banner = banner_text(source, settings.device)
     if banner:
-        _display(HTML(banner_html(banner)))
-    _display(
+        display.show(HTML(banner_html(banner)))
+    display.show(
         Markdown(
             "**Settings** (*from*: a papermill parameter, an environment variable, or the default)"
         ),
@@ -240,7 +231,7 @@ def show_run(run: SetRun) -> None:
 
     ok = sum(o.ok for o in run.outcomes)
     info = run.section["run"]
-    _display(
+    display.show(
         Markdown(
             f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s into "
             f"`{rel(run.output_dir)}` (torch threads: {run.threads}; "
@@ -248,7 +239,7 @@ def show_run(run: SetRun) -> None:
         )
     )
     if run.references:
-        _display(HTML(references_html(run)))
+        display.show(HTML(references_html(run)))
 
 
 def show_pair(outcome: PairOutcome) -> None:
@@ -256,21 +247,21 @@ def show_pair(outcome: PairOutcome) -> None:
     from IPython.display import HTML, Image, Markdown
 
     voice = rel(outcome.voice) if outcome.set_name == "icl" else outcome.voice
-    _display(
+    display.show(
         Markdown(f"### {outcome.pair}\n\nVoice `{voice}`, prompt {outcome.k}: *{outcome.prompt}*")
     )
     if not outcome.ok:
-        _display(HTML(error_html(outcome)))
+        display.show(HTML(error_html(outcome)))
         return
     rep = outcome.report
-    _display(
+    display.show(
         HTML(players_html(outcome)),
         Markdown("**Timing**"),
         timing_table(outcome),
         Markdown("**Parity**"),
         parity_table(outcome),
     )
-    _display(
+    display.show(
         Image(
             data=plots.audio_figure(
                 rep.static.audio,
@@ -282,7 +273,7 @@ def show_pair(outcome: PairOutcome) -> None:
         )
     )
     if rep.forced is not None:
-        _display(
+        display.show(
             Image(
                 data=plots.divergence_figure(
                     rep.forced.cb0_kl,
@@ -300,7 +291,7 @@ def show_summary(run: SetRun) -> None:
     from IPython.display import Markdown
 
     where = f"`{rel(run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
-    _display(summary_table(run), Markdown(f"Also written to {where}."))
+    display.show(summary_table(run), Markdown(f"Also written to {where}."))
 
 
 __all__ = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastqwen.tools.samplesets.settings import PROJECT_ROOT, SETS
+from fastqwen.tools.samplesets.settings import SETS
 
 SUMMARY_FILE = "summary.json"
 TRANSCRIPTS_FILE = "icl_transcripts.txt"
@@ -105,29 +104,6 @@ def update_summary(output_dir: Path, section: dict) -> dict:
         data["sets"] = {k: data["sets"][k] for k in SETS if k in data["sets"]}
         atomic_write_text(Path(output_dir) / SUMMARY_FILE, json.dumps(data, indent=2) + "\n")
     return data
-
-
-def git_commit() -> str | None:
-    """Short commit of the project checkout, with "-dirty" for local changes; None outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty.strip() else "")
 
 
 def utc_now() -> str:

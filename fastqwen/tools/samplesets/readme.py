@@ -7,20 +7,10 @@ regenerate everything with commands and environment variables.
 
 from __future__ import annotations
 
-from fastqwen.tools.samplesets.settings import NOTEBOOKS, SETS, env_var_table
+from fastqwen.tools.samplesets.settings import NOTEBOOKS, SAMPLING_FIELDS, SETS, env_var_table
 
 TITLES = {"customvoice": "CustomVoice set", "icl": "ICL (voice clone) set"}
-SETTING_KEYS = (
-    "max_new_tokens",
-    "min_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "seed",
-    "device",
-    "dtype",
-)
+SETTING_KEYS = (*SAMPLING_FIELDS, "seed", "device", "dtype")
 
 
 def _md(text: object) -> str:
@@ -67,7 +57,8 @@ def _set_section(name: str, section: dict) -> list[str]:
     else:
         out.append(f"| reference recordings | {', '.join(f'`{v}`' for v in s['voices'])} |")
     for key in SETTING_KEYS:
-        out.append(f"| {key} | {s[key]}{_origin(section, key)} |")
+        if key in s:  # a section written before a field existed lacks it
+            out.append(f"| {key} | {s[key]}{_origin(section, key)} |")
     out += ["", "Prompts (`gen<k>` in the file names is prompt k):", ""]
     out += [f"{k}. {p}" for k, p in enumerate(s["prompts"], start=1)]
     out.append("")
@@ -136,14 +127,17 @@ def _regenerate() -> list[str]:
         "QWEN_TTS_MODEL=Qwen/Qwen3-TTS-12Hz-1.7B-Base make report    # the real models",
         "PARITY_SPEAKERS=aiden PARITY_MAX_NEW_TOKENS=64 make report   # a smaller set",
         ".venv/bin/papermill notebooks/customvoice_parity.ipynb /tmp/cv.ipynb \\",
-        "    -p speakers aiden,serena -p max_new_tokens 168 -p seed 1337",
+        "    -p speakers aiden -p temperature 0.7 -p subtalker_temperature 0.7",
         ".venv/bin/papermill notebooks/icl_parity.ipynb /tmp/icl.ipynb \\",
         "    -y 'ref_texts: [\"first text\", null, null]'",
         "```",
         "",
         "Each setting comes from the notebook parameter when it is given (`papermill -p`), "
         "else from its environment variable when set and non-empty, else the default above. "
-        "`.venv/bin/papermill --help-notebook notebooks/<name>.ipynb` lists the parameters.",
+        "`.venv/bin/papermill --help-notebook notebooks/<name>.ipynb` lists the parameters. "
+        "The generation parameters are the fields of `fastqwen.SamplingParams`: `temperature`, "
+        "`top_k`, `top_p`, `do_sample` and `repetition_penalty` act on codebook 0, the "
+        "`subtalker_*` ones on codebooks 1-15 (the code predictor).",
         "",
         "| variable | parameter | meaning |",
         "|---|---|---|",

@@ -3,8 +3,8 @@
 `run_sample_set(settings)` loads the model once, then for each pair runs, with the same
 seed: the static engine's non-streaming `generate`, the `qwen_tts` reference (both through
 `fastqwen.verify.parity.run_parity`, teacher-forced logits included), and one streaming run of the
-static engine for its time to first audio. One warm-up run per side comes first, so the
-first pair's timings are not compile or allocation times.
+static engine for its time to first audio. Untimed warm-up runs come first (see `warm_up`),
+so no row's timings include graph capture, compiling or first-call allocations.
 
 A failing pair becomes an "error" row; the others still run. Inputs that make the whole
 set meaningless stop it early with an error naming the file or variable: a missing
@@ -17,6 +17,7 @@ made two threads several times slower than one (the test suite does the same).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from fastqwen import __version__
 from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.tools.env import git_commit, package_version
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets.settings import (
     ASR_METHODS,
@@ -44,6 +46,7 @@ from fastqwen.tools.samplesets.settings import (
     wav_name,
 )
 from fastqwen.verify.parity import ParityReport, run_parity
+from fastqwen.verify.reference import run_reference
 
 log = logging.getLogger(__name__)
 GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
@@ -281,11 +284,44 @@ def run_pair(
     return report, stream_check(engine, request, params, seed, report.static.audio)
 
 
-def warm_up(engine, request: VoiceRequest, settings: SetSettings) -> None:
-    """Two-step runs of both sides, so the first timed pair is not a cold start."""
-    params = settings.sampling_params(max_new_tokens=2, min_new_tokens=0)
-    run_parity(engine, request, params, settings.seed, with_teacher_forcing=False)
-    list(engine.stream(request, params, settings.seed))
+WARM_UP_NOTE = (
+    "before each pair, an untimed static generate of its request and settings; before the "
+    "first, also a stream read to the end and a 2-step reference run"
+)
+
+
+def warm_up(
+    engine,
+    request: VoiceRequest,
+    params,
+    seed: int,
+    *,
+    full: bool = True,
+    reference: Callable = run_reference,
+) -> None:
+    """Run, untimed, what the pair's timed runs will need for the first time.
+
+    On CUDA the static engine captures on first use a frame graph per (cache window,
+    sampling mode), a prefill graph per (window, prompt bucket) and codec graphs per stream
+    span, and compiles. The window grows with prompt length + `max_new_tokens`, so a short
+    warm-up would capture a smaller window than the timed run uses: we warm up with the
+    pair's own request and params. A later pair whose prompt lands in another window or
+    bucket would capture during its timed `generate`, so `full=False` (every pair after the
+    first) repeats only the static generate; `full=True` also reads a stream to the end (the
+    stream path and codec span graphs) and runs the reference for 2 steps (its first-call
+    allocations; it has no graphs).
+
+    Args:
+        engine: a `FastQwen3TTS` (or anything with its `generate`, `stream` and `tts`).
+        reference: `run_reference`'s signature; a stand-in for tests.
+    """
+    engine.generate(request, params, seed)
+    if not full:
+        return
+    for _ in engine.stream(request, params, seed):
+        pass
+    short = dataclasses.replace(params, max_new_tokens=2, min_new_tokens=0)
+    reference(engine.tts, request, short, seed)
 
 
 # ------------------------------------------------------------------ the set
@@ -367,9 +403,8 @@ def run_sample_set(
         bar.set_postfix_str(outcome.pair)
         try:
             request = make_request(settings, voice, text, references)
-            if not warmed:
-                warm_up(engine, request, settings)
-                warmed = True
+            warm_up(engine, request, params, settings.seed, full=not warmed)
+            warmed = True
             outcome.report, outcome.stream = run_pair(engine, request, params, settings.seed)
             for side in ("static", "dynamic"):
                 result = getattr(outcome.report, side)
@@ -401,12 +436,12 @@ def run_sample_set(
             "started": started,
             "finished": A.utc_now(),
             "wall_s": round(time.perf_counter() - t0, 2),
-            "git_commit": A.git_commit(),
+            "git_commit": git_commit(settings.project_dir),
             "fastqwen": __version__,
             "torch": torch.__version__,
-            "qwen_tts": _version("qwen-tts"),
+            "qwen_tts": package_version("qwen-tts"),
             "torch_threads": threads,
-            "warm_up": "one 2-step run per side before the first pair",
+            "warm_up": WARM_UP_NOTE,
         },
         "references": [r.to_json() for r in references],
         "transcription": asr_method(settings.asr_backend)[1]
@@ -446,15 +481,6 @@ def transcripts_text(references: list[Reference]) -> str:
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 __all__ = [
     "PairOutcome",
     "Reference",
@@ -465,5 +491,6 @@ __all__ = [
     "resolve_source",
     "run_pair",
     "run_sample_set",
+    "warm_up",
     "word_error_rate",
 ]

@@ -14,6 +14,14 @@ Settings precedence, per parameter (see `PARAMS`):
 Notebook parameters that have an environment variable default to None, so an explicit
 `papermill -p` always wins and the environment fills in the rest.
 
+The generation parameters are the fields of `fastqwen.SamplingParams`, derived from the
+dataclass (name, type, default), and reach the engine as one `SamplingParams`:
+`temperature`, `top_k`, `top_p`, `do_sample` and `repetition_penalty` act on codebook 0
+(the talker), the `subtalker_*` ones on codebooks 1-15 (the code predictor), as in
+`qwen_tts`. Defaults are the dataclass's, except `max_new_tokens` (`DEMO_MAX_NEW_TOKENS`).
+Relative folders start at the project folder (`fastqwen.tools.env.project_dir`: the working
+directory, or `$FASTQWEN_PROJECT_DIR`).
+
 Reliability: every file is written to a temporary sibling and renamed into place; a failing
 pair becomes an "error" row instead of stopping the set; `summary.json` holds one section
 per set, replaced under a file lock, and `README.md` is regenerated from it.
@@ -21,6 +29,7 @@ per set, replaced under a file lock, and `README.md` is regenerated from it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -31,19 +40,16 @@ from typing import Any
 
 import torch
 
+from fastqwen.config import SamplingParams
+from fastqwen.tools.defaults import DEFAULT_SEED, DEMO_MAX_NEW_TOKENS, SEED_PROMPTS
+from fastqwen.tools.env import project_dir, project_path, rel
+
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETS = ("customvoice", "icl")
 FILE_PREFIX = {"customvoice": "custom", "icl": "icl"}
 NOTEBOOKS = {"customvoice": "customvoice_parity.ipynb", "icl": "icl_parity.ipynb"}
 SIDES = ("static", "dynamic")
-SEED_PROMPTS = (
-    "We met at the corner cafe after work and talked about weekend plans. The street was "
-    "quiet, the lights were warm, and the time passed quickly. We stayed a bit longer.",
-    "On Tuesday morning I missed the bus, so I walked home through the park. I took the long "
-    "path and listened to the wind in the trees before heading back. I took my time.",
-)
 REF_SUFFIXES = ("", "_2", "_3")  # PARITY_REF_AUDIO, PARITY_REF_AUDIO_2, PARITY_REF_AUDIO_3
 DEFAULT_REF_AUDIOS = tuple(f"samples/ref_audio{s}.wav" for s in REF_SUFFIXES)
 ASR_METHODS = {
@@ -67,6 +73,41 @@ class Param:
     kind: str = "str"  # str | int | float | bool | list (comma-separated in env) | texts
 
 
+# What each SamplingParams field means here (the dataclass gives name, type and default);
+# a test checks that every field has a line, so a new field cannot go undocumented.
+SAMPLING_HELP = {
+    "max_new_tokens": "talker steps per sample (no EOS: N steps give N-1 frames)",
+    "min_new_tokens": "steps before EOS is allowed",
+    "do_sample": "sample codebook 0 (false: greedy)",
+    "temperature": "sampling temperature of codebook 0 (the talker)",
+    "top_k": "top-k of codebook 0 (0 disables)",
+    "top_p": "nucleus threshold of codebook 0",
+    "repetition_penalty": "repetition penalty of codebook 0",
+    "subtalker_dosample": "sample codebooks 1-15 (the code predictor; false: greedy)",
+    "subtalker_temperature": "sampling temperature of codebooks 1-15 (the code predictor)",
+    "subtalker_top_k": "top-k of codebooks 1-15 (0 disables)",
+    "subtalker_top_p": "nucleus threshold of codebooks 1-15",
+}
+SAMPLING_ENV = {
+    "max_new_tokens": "PARITY_MAX_NEW_TOKENS",
+    "min_new_tokens": "PARITY_MIN_NEW_TOKENS",
+}
+SAMPLING_DEFAULTS = {"max_new_tokens": DEMO_MAX_NEW_TOKENS}  # the rest: SamplingParams'
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _sampling_params() -> tuple[Param, ...]:
+    """One parameter per `SamplingParams` field, in the dataclass's order."""
+    out = []
+    for f in dataclasses.fields(SamplingParams):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind not in ("int", "float", "bool"):
+            raise TypeError(f"SamplingParams.{f.name}: no parameter kind for type {kind!r}")
+        default = SAMPLING_DEFAULTS.get(f.name, f.default)
+        out.append(Param(f.name, default, SAMPLING_HELP[f.name], SAMPLING_ENV.get(f.name), kind))
+    return tuple(out)
+
+
 def _common_params() -> tuple[Param, ...]:
     return (
         Param(
@@ -80,29 +121,12 @@ def _common_params() -> tuple[Param, ...]:
             kind="int",
         ),
         Param("language", "English", "language of the prompts"),
-        Param(
-            "max_new_tokens",
-            168,
-            "talker steps per sample (no EOS: N steps give N-1 frames)",
-            env="PARITY_MAX_NEW_TOKENS",
-            kind="int",
-        ),
-        Param(
-            "min_new_tokens",
-            2,
-            "steps before EOS is allowed",
-            env="PARITY_MIN_NEW_TOKENS",
-            kind="int",
-        ),
-        Param("temperature", 0.9, "sampling temperature (codebook 0 and predictor)", kind="float"),
-        Param("top_k", 50, "top-k sampling (0 disables)", kind="int"),
-        Param("top_p", 1.0, "nucleus sampling threshold", kind="float"),
-        Param("repetition_penalty", 1.05, "codebook-0 repetition penalty", kind="float"),
-        Param("seed", 1337, "RNG seed for both engines", env="PARITY_SEED", kind="int"),
+        *_sampling_params(),
+        Param("seed", DEFAULT_SEED, "RNG seed for both engines", env="PARITY_SEED", kind="int"),
         Param(
             "output_dir",
             "samples/parity",
-            "where WAVs, summary.json and README.md go (relative to the project root)",
+            "where WAVs, summary.json and README.md go (relative to the project folder)",
             env="PARITY_OUTPUT_DIR",
         ),
         Param(
@@ -234,32 +258,19 @@ class SetSettings:
     ref_texts: tuple[str | None, ...]  # ICL: given transcript per recording (None: transcribe)
     prompts: tuple[str, ...]
     language: str
-    max_new_tokens: int
-    min_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    repetition_penalty: float
+    sampling: SamplingParams  # every generation parameter, passed to both engines as is
     seed: int
     output_dir: Path
     device: str
     dtype: str
     interactive: bool
     asr_backend: str = "auto"
+    project_dir: Path = field(default_factory=project_dir)  # where relative paths start
     origins: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def sampling_params(self, **overrides):
-        from fastqwen.config import SamplingParams
-
-        base = dict(
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-        )
-        return SamplingParams(**{**base, **overrides})
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """`sampling`, with some fields replaced (the listening panel's sliders)."""
+        return dataclasses.replace(self.sampling, **overrides)
 
     def pairs(self) -> list[tuple[str, int, str]]:
         """(voice, k, prompt) for every pair, voices outermost; k counts from 1."""
@@ -269,17 +280,12 @@ class SetSettings:
         out = {
             "set": self.set_name,
             "model": self.model,
-            "voices": [rel(v) for v in self.voices],
+            "voices": [rel(v, self.project_dir) for v in self.voices],
             "prompts": list(self.prompts),
             "language": self.language,
-            "max_new_tokens": self.max_new_tokens,
-            "min_new_tokens": self.min_new_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty,
+            **dataclasses.asdict(self.sampling),
             "seed": self.seed,
-            "output_dir": rel(self.output_dir),
+            "output_dir": rel(self.output_dir, self.project_dir),
             "device": self.device,
             "dtype": self.dtype,
         }
@@ -288,27 +294,13 @@ class SetSettings:
         return out
 
 
-def project_path(value: str | os.PathLike) -> Path:
-    """Relative paths are taken from the project root, so notebooks/ and the root agree."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
-
-
-def rel(path: str | os.PathLike) -> str:
-    """`path` relative to the project root when inside it (for portable summaries)."""
-    p = Path(path)
-    if not p.is_absolute():  # a speaker name or an already relative path
-        return p.as_posix()
-    try:
-        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(p)
-
-
 def resolve_settings(
     set_name: str, params: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> SetSettings:
     """Build `SetSettings` from notebook parameters, then the environment, then defaults.
+
+    Relative paths (`output_dir`, `ref_audios`) start at the project folder of `env`
+    (`fastqwen.tools.env.project_dir`).
 
     Raises:
         ValueError: an unknown set or parameter name, or a value of the wrong type (the
@@ -318,6 +310,7 @@ def resolve_settings(
         raise ValueError(f"unknown sample set {set_name!r}; choose one of {', '.join(SETS)}")
     params = dict(params or {})
     env = os.environ if env is None else env
+    base = project_dir(env)
     known = {p.name for p in PARAMS[set_name]}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -352,7 +345,7 @@ def resolve_settings(
         ref_texts: tuple[str | None, ...] = ()
         origins["voices"] = origins["speakers"]
     else:
-        voices, ref_texts = _resolve_refs(values, origins, env)
+        voices, ref_texts = _resolve_refs(values, origins, env, base)
     if len(set(voices)) != len(voices):
         raise ValueError(f"duplicate voices in {list(voices)}")
     return SetSettings(
@@ -362,23 +355,19 @@ def resolve_settings(
         ref_texts=ref_texts,
         prompts=prompts,
         language=values["language"],
-        max_new_tokens=values["max_new_tokens"],
-        min_new_tokens=values["min_new_tokens"],
-        temperature=values["temperature"],
-        top_k=values["top_k"],
-        top_p=values["top_p"],
-        repetition_penalty=values["repetition_penalty"],
+        sampling=SamplingParams(**{name: values[name] for name in SAMPLING_FIELDS}),
         seed=values["seed"],
-        output_dir=project_path(values["output_dir"]),
+        output_dir=project_path(values["output_dir"], base),
         device=device,
         dtype=dtype,
         interactive=values["interactive"],
         asr_backend=values.get("asr_backend", "auto"),
+        project_dir=base,
         origins=origins,
     )
 
 
-def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str]):
+def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str], base: Path):
     """Slot i of the references: parameter, else PARITY_REF_AUDIO<s>/PARITY_REF_TEXT<s>."""
     audios = list(values["ref_audios"])
     if origins["ref_audios"] == "default":
@@ -397,7 +386,7 @@ def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str]):
             texts[i], origins[f"ref_texts[{i}]"] = env[var].strip(), var
         else:
             texts[i] = None
-    return tuple(str(project_path(a)) for a in audios), tuple(texts)
+    return tuple(str(project_path(a, base)) for a in audios), tuple(texts)
 
 
 def notebook_settings(
@@ -446,7 +435,7 @@ def set_wav_pattern(set_name: str) -> re.Pattern:
 
 __all__ = [
     "PARAMS",
-    "PROJECT_ROOT",
+    "SAMPLING_FIELDS",
     "SEED_PROMPTS",
     "SETS",
     "Param",
@@ -454,7 +443,6 @@ __all__ = [
     "env_var_table",
     "notebook_settings",
     "pair_id",
-    "project_path",
     "rel",
     "resolve_settings",
     "set_wav_pattern",

@@ -1,0 +1,200 @@
+"""The benchmark's tables: engines, speedups within one run, the targets; and its header.
+
+Each builder takes one `BenchRun` (one device call) and returns a pandas DataFrame or
+Markdown text, so it is tested without a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastqwen.tools.bench.records import BenchRun, config_text
+
+BASELINES = ("anchor", "dynamic")  # what the static engine's speedup is measured against
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from issue 4: `field` of the static engine's record (or a speedup) vs a limit."""
+
+    name: str
+    size: str
+    field: str  # a record field, or "speedup_vs_anchor" (anchor ms/frame / static ms/frame)
+    limit: float
+    op: str  # "<=" or ">="
+    unit: str
+
+
+TARGETS = (
+    Target("decode", "1.7b", "ms_per_frame", 4.0, "<=", "ms/frame"),
+    Target("decode", "0.6b", "ms_per_frame", 3.0, "<=", "ms/frame"),
+    Target("time to first audio", "1.7b", "ttfa_ms", 50.0, "<=", "ms"),
+    Target("time to first audio", "0.6b", "ttfa_ms", 50.0, "<=", "ms"),
+    Target("kernels per frame", "1.7b", "kernels_per_frame", 1500, "<=", ""),
+    Target("kernels per frame", "0.6b", "kernels_per_frame", 1500, "<=", ""),
+    Target("peak / (weights + KV)", "1.7b", "peak_over_weights_kv", 1.3, "<=", "x"),
+    Target("peak / (weights + KV)", "0.6b", "peak_over_weights_kv", 1.3, "<=", "x"),
+    Target("speedup over the anchor", "1.7b", "speedup_vs_anchor", 5.0, ">=", "x"),
+    Target("speedup over the anchor", "0.6b", "speedup_vs_anchor", 5.0, ">=", "x"),
+)
+_OPS = {"<=": operator.le, ">=": operator.ge}
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def engines_table(run: BenchRun):
+    """DataFrame, one row per record: speed, spread, TTFA, kernels, memory, error."""
+    import pandas as pd
+
+    rows = []
+    for r in run.records:
+        peak = r.get("peak_gpu_bytes")
+        rows.append(
+            {
+                "engine": r["label"],
+                "size": r.get("size"),
+                "dtype": r.get("dtype"),
+                "config": config_text(r),
+                "frames": r.get("frames"),
+                "ms/frame": _num(r.get("ms_per_frame")),
+                "ms/frame min": _num(r.get("ms_per_frame_min")),
+                "ms/frame max": _num(r.get("ms_per_frame_max")),
+                "runs": r.get("runs"),
+                "x real time": _num(r.get("rtf")),
+                "TTFA ms": _num(r.get("ttfa_ms")),
+                "first chunk frames": r.get("ttfa_first_chunk_frames"),
+                "prefill ms": _num(r.get("prefill_ms")),
+                "kernels/frame": _num(r.get("kernels_per_frame")),
+                "GPU busy ms/frame": _num(r.get("gpu_busy_ms_per_frame")),
+                "peak GiB": _num(None if peak is None else peak / 2**30),
+                "peak/(weights+KV)": _num(r.get("peak_over_weights_kv")),
+                "error": r.get("error") or r.get("profile_error") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _ratio(a, b) -> float:
+    """a / b, NaN when either is missing or b is zero."""
+    if a is None or b is None or not b:
+        return math.nan
+    return float(a) / float(b)
+
+
+def speedups(run: BenchRun):
+    """DataFrame, one row per (size, baseline): baseline / static for ms/frame and TTFA."""
+    import pandas as pd
+
+    rows = []
+    for size in run.values("size"):
+        static = run.find("static", size)
+        for base in BASELINES:
+            other = run.find(base, size)
+            if static is None or other is None:
+                continue
+            rows.append(
+                {
+                    "size": size,
+                    "static vs": base,
+                    "static ms/frame": _num(static.get("ms_per_frame")),
+                    "their ms/frame": _num(other.get("ms_per_frame")),
+                    "ms/frame speedup": _ratio(
+                        other.get("ms_per_frame"), static.get("ms_per_frame")
+                    ),
+                    "static TTFA ms": _num(static.get("ttfa_ms")),
+                    "their TTFA ms": _num(other.get("ttfa_ms")),
+                    "TTFA speedup": _ratio(other.get("ttfa_ms"), static.get("ttfa_ms")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def target_value(run: BenchRun, target: Target) -> float | None:
+    """The static engine's value for `target` in `run`, None when not measured."""
+    static = run.find("static", target.size)
+    if static is None:
+        return None
+    if target.field == "speedup_vs_anchor":
+        anchor = run.find("anchor", target.size)
+        ratio = _ratio(anchor and anchor["ms_per_frame"], static["ms_per_frame"])
+        return None if math.isnan(ratio) else ratio
+    value = static.get(target.field)
+    return None if value is None else float(value)
+
+
+def targets_table(run: BenchRun, targets: Sequence[Target] = TARGETS):
+    """DataFrame: target / measured / met? for the static engine (strings, for display)."""
+    import pandas as pd
+
+    rows = []
+    for t in targets:
+        value = target_value(run, t)
+        met = "not measured" if value is None else ("yes" if _OPS[t.op](value, t.limit) else "no")
+        digits = 0 if t.field == "kernels_per_frame" else 2
+        rows.append(
+            {
+                "target": f"{t.name} ({t.size.upper()})",
+                "limit": f"{t.op.replace('<=', '≤').replace('>=', '≥')} {t.limit:,g} {t.unit}",
+                "measured": "-" if value is None else f"{value:,.{digits}f} {t.unit}",
+                "met?": met,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+_INTEGER_COLUMNS = ("frames", "runs", "first chunk frames", "kernels/frame")
+
+
+def formatted(df):
+    """A copy for display: numbers to 2 decimals (counts to integers), missing as `-`."""
+    import pandas as pd
+
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype.kind not in "fi" and col not in _INTEGER_COLUMNS:
+            continue
+        fmt = "{:,.0f}" if col in _INTEGER_COLUMNS else "{:,.2f}"
+        out[col] = ["-" if pd.isna(v) else fmt.format(v) for v in out[col]]
+    return out
+
+
+def header_markdown(run: BenchRun) -> str:
+    """Which run, on which device, at which commit, and what was skipped."""
+
+    def join(key: str) -> str:
+        return ", ".join(f"`{v}`" for v in run.values(key)) or "unknown"
+
+    dirty = any(r.get("git_dirty") for r in run.records)
+    stamps = sorted(r["timestamp"] for r in run.records if r.get("timestamp"))
+    when = f"{stamps[0]} to {stamps[-1]}" if stamps else "unknown time"
+    lines = [
+        f"**Run `{run.name}`**: {len(run.records)} records, {when}",
+        f"- device: {join('device_name')}; torch {join('torch')}, CUDA {join('cuda')}",
+        f"- git commit: {join('git_commit')}{' (with local changes)' if dirty else ''}",
+        f"- models: {join('model')}",
+    ]
+    if any(r.get("random_weights") for r in run.records):
+        lines.append("- random weights: audio is noise, but every shape and timing is real")
+    if len(run.values("device_name")) > 1 or len(run.values("git_commit")) > 1:
+        lines.append("- **mixed devices or commits: these timings may not be comparable**")
+    if run.skipped:
+        lines.append(f"- skipped (not bench records): {', '.join(run.skipped)}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BASELINES",
+    "TARGETS",
+    "Target",
+    "engines_table",
+    "formatted",
+    "header_markdown",
+    "speedups",
+    "target_value",
+    "targets_table",
+]

@@ -1,0 +1,29 @@
+"""Output helpers shared by every notebook view: figures as PNG bytes, and IPython display.
+
+Builders elsewhere return PNG bytes, HTML or DataFrames so they are tested without a
+kernel; `show` is the one place that hands them to IPython.
+"""
+
+from __future__ import annotations
+
+import io
+
+
+def png(fig) -> bytes:
+    """A matplotlib `Figure` as PNG bytes (no pyplot state, any backend)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def show(*objs) -> None:
+    """IPython's display, with whole table cells and every column (pandas would cut cells
+    at 50 characters and hide middle columns)."""
+    import pandas as pd
+    from IPython.display import display
+
+    with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
+        display(*objs)
+
+
+__all__ = ["png", "show"]
