@@ -395,6 +395,9 @@ def test_runner_writes_set_and_reruns_reproduce_codes(cv_settings, tiny_model):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert rows[0]["static"]["ttfa_ms"] > 0 and rows[0]["codes"]["first_divergent_frame"] is None
     assert rows[0]["teacher_forced"]["cb0_kl_max"] < 1e-3
+    stream = rows[0]["stream"]
+    assert stream["within_bound"] is True and stream["same_length"] is True
+    assert stream["max_abs_diff_vs_generate"] <= stream["bound"] < 1e-3  # fp32 on the CPU
     readme = (out / "README.md").read_text()
     assert all(f"`{n}`" in readme for n in names)
     again = R.run_sample_set(
@@ -443,6 +446,7 @@ def test_icl_runner_with_given_text(tmp_path, tiny_model):
     )
     run = R.run_sample_set(s, loader=_loader(tiny_model, "base"), progress=False)
     assert run.outcomes[0].ok, run.outcomes[0].traceback
+    assert run.outcomes[0].stream.parity.within_bound, run.outcomes[0].stream.parity.describe()
     assert (tmp_path / "icl_ref_audio_3_gen1_static.wav").is_file()
     transcripts = (tmp_path / "icl_transcripts.txt").read_text()
     assert "ref_audio_3.wav" in transcripts and "source: parameter" in transcripts

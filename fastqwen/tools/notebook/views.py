@@ -127,7 +127,10 @@ def parity_table(outcome: PairOutcome):
             }
         )
     if outcome.stream is not None:
-        rows["streaming vs non-streaming audio: max |diff|"] = _sci(outcome.stream.max_abs_diff)
+        stream = outcome.stream.parity
+        rows["streaming vs non-streaming audio: max |diff|"] = _sci(stream.max_abs_diff)
+        rows["bound: 2 x the codec's own rounding on these codes"] = _sci(stream.bound)
+        rows["streaming within the bound"] = "yes" if stream.within_bound else "NO"
     return pd.DataFrame({"value": rows})
 
 
