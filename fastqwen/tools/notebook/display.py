@@ -26,4 +26,11 @@ def show(*objs) -> None:
         display(*objs)
 
 
-__all__ = ["png", "show"]
+def show_png(data: bytes) -> None:
+    """Display PNG bytes (a figure from a builder) as an image."""
+    from IPython.display import Image
+
+    show(Image(data=data, format="png"))
+
+
+__all__ = ["png", "show", "show_png"]

@@ -247,7 +247,7 @@ def show_run(run: SetRun) -> None:
 
 def show_pair(outcome: PairOutcome) -> None:
     """Heading, players, timing and parity tables, audio and divergence plots of one pair."""
-    from IPython.display import HTML, Image, Markdown
+    from IPython.display import HTML, Markdown
 
     voice = rel(outcome.voice) if outcome.set_name == "icl" else outcome.voice
     display.show(
@@ -264,27 +264,21 @@ def show_pair(outcome: PairOutcome) -> None:
         Markdown("**Parity**"),
         parity_table(outcome),
     )
-    display.show(
-        Image(
-            data=plots.audio_figure(
-                rep.static.audio,
-                rep.dynamic.audio,
-                rep.static.sample_rate,
-                f"{outcome.pair}: static (top) and dynamic (bottom)",
-            ),
-            format="png",
+    display.show_png(
+        plots.audio_figure(
+            rep.static.audio,
+            rep.dynamic.audio,
+            rep.static.sample_rate,
+            f"{outcome.pair}: static (top) and dynamic (bottom)",
         )
     )
     if rep.forced is not None:
-        display.show(
-            Image(
-                data=plots.divergence_figure(
-                    rep.forced.cb0_kl,
-                    rep.forced.sub_kl,
-                    rep.codes.first_divergent_frame,
-                    f"{outcome.pair}: teacher-forced KL(reference || static) per frame",
-                ),
-                format="png",
+        display.show_png(
+            plots.divergence_figure(
+                rep.forced.cb0_kl,
+                rep.forced.sub_kl,
+                rep.codes.first_divergent_frame,
+                f"{outcome.pair}: teacher-forced KL(reference || static) per frame",
             )
         )
 
