@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fastqwen.config import SamplingParams
+from fastqwen.device import synchronize
 from fastqwen.engine.sampling import SamplingTensors, apply_penalties, sample_token
 from fastqwen.engine.step import EngineModel, FrameState, eager_prefill, talker_logits
 from fastqwen.prompts.builder import TalkerPrompt
@@ -30,11 +31,6 @@ class LoopStats:
     block_frames: list[int] = field(default_factory=list)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int:
     """Frames this call may produce; raises if prompt + frames overflow the static cache."""
     max_frames = params.max_new_tokens - 1
@@ -46,6 +42,15 @@ def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int
             "or load the engine with a larger max_seq_len"
         )
     return max_frames
+
+
+def trim_at_eos(codes: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, bool]:
+    """(T, 16) codes cut before the first frame whose codebook 0 is EOS (as the reference
+    post-processes its output), and whether there was one."""
+    is_eos = codes[:, 0] == eos_id
+    if not bool(is_eos.any()):
+        return codes, False
+    return codes[: int(is_eos.int().argmax())], True
 
 
 def run_frames(
@@ -80,7 +85,7 @@ def run_frames(
         torch.manual_seed(seed)
     t0 = time.perf_counter()
     prefill(m, state, prompt.inputs_embeds)
-    _sync(m.device)
+    synchronize(m.device)
     stats.prefill_s = time.perf_counter() - t0
 
     done = 0
@@ -90,10 +95,7 @@ def run_frames(
         for _ in range(n):
             step()
         block = state.codes[done : done + n].to("cpu")  # the one host sync per block
-        is_eos = block[:, 0] == m.eos_id
-        if bool(is_eos.any()):
-            block = block[: int(is_eos.int().argmax())]
-            stats.eos_reached = True
+        block, stats.eos_reached = trim_at_eos(block, m.eos_id)
         stats.block_times_s.append(time.perf_counter() - t_block)
         stats.block_frames.append(int(block.shape[0]))
         stats.frames += int(block.shape[0])

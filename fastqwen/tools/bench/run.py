@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from fastqwen.constants import FRAME_RATE_HZ
+from fastqwen.device import synchronize
 from fastqwen.tools.bench.measure import (
     FIELDS,
     PROFILE_TOKENS,
@@ -115,11 +116,6 @@ def environment(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------- measurement helpers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def qwen_tts_weight_bytes(tts) -> tuple[int, int]:
@@ -207,7 +203,7 @@ def _static_kv_bytes(fast) -> int | None:
 
 def _time_to_first_audio(fast, request, params, cfg: BenchConfig, device: torch.device) -> float:
     """ms from calling stream() to its first audio chunk; the rest of the stream is dropped."""
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     chunks = fast.stream(
         request,
@@ -304,7 +300,7 @@ def run_bench(
 
     t0 = time.perf_counter()
     eng = _load(engine, model, device, dtype, request, cfg.seed, engine_options)
-    _sync(dev)
+    synchronize(dev)
     src = eng.source
     rec.update(
         load_s=round(time.perf_counter() - t0, 3),
@@ -320,7 +316,7 @@ def run_bench(
     warm = eng.generate(
         SamplingParams(max_new_tokens=cfg.warmup_max_new_tokens or cfg.max_new_tokens)
     )
-    _sync(dev)
+    synchronize(dev)
     rec.update(warmup_s=round(time.perf_counter() - t0, 3), warmup_frames=warm.frames)
     log.info("%s warm-up: %s", engine, warm.summary())
     results = []
