@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.constants import NUM_CODEBOOKS, NUM_CONTROL_CODES
 from fastqwen.engine.cache import StaticKVCache
 from fastqwen.engine.kernels import EAGER, FrameKernels
 from fastqwen.engine.layers import (
@@ -36,16 +36,16 @@ class EngineModel:
 
     talker: DecoderWeights
     predictor: DecoderWeights
-    codec_embedding: torch.Tensor  # (3072, H) talker codebook-0 embedding
-    codec_head: torch.Tensor  # (3072, H)
-    predictor_embeddings: list[torch.Tensor]  # 15 x (2048, H), codebooks 1..15
-    predictor_heads: list[torch.Tensor]  # 15 x (2048, Hp), codebooks 1..15
+    codec_embedding: torch.Tensor  # (V, H) talker codebook-0 embedding, V = TALKER_VOCAB_SIZE
+    codec_head: torch.Tensor  # (V, H)
+    predictor_embeddings: list[torch.Tensor]  # 15 x (CODEBOOK_SIZE, H), codebooks 1..15
+    predictor_heads: list[torch.Tensor]  # 15 x (CODEBOOK_SIZE, Hp), codebooks 1..15
     to_predictor: tuple[torch.Tensor | None, torch.Tensor | None]  # small_to_mtp_projection
     talker_cache: StaticKVCache
     predictor_cache: StaticKVCache
     talker_rope: RopeTable
     predictor_positions: list[Positions]  # [0, 1] (prefill), then [2] .. [15]
-    suppress_mask: torch.Tensor  # (1, 3072) bool
+    suppress_mask: torch.Tensor  # (1, V) bool
     eos_id: int
     kernels: FrameKernels = EAGER  # per-frame functions; compiled ones on CUDA
 
@@ -61,7 +61,7 @@ class EngineModel:
         tcfg = model.config.talker_config
         vocab = tcfg.vocab_size
         suppress = torch.zeros((1, vocab), dtype=torch.bool, device=device)
-        suppress[:, vocab - 1024 :] = True  # ids 2048..3071 are control codes, never audio
+        suppress[:, vocab - NUM_CONTROL_CODES :] = True  # control codes are never audio
         suppress[:, tcfg.codec_eos_token_id] = False
         predictor_len = NUM_CODEBOOKS  # hidden + codebooks 0..14 are ever fed in
         m = cls(
@@ -153,8 +153,8 @@ def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def predictor_logits(m: EngineModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
-    """(1, Hp) predictor hidden, before the final norm -> (1, 2048) float32 logits of
-    codebook j + 1."""
+    """(1, Hp) predictor hidden, before the final norm -> (1, CODEBOOK_SIZE) float32 logits
+    of codebook j + 1."""
     w = m.predictor
     return F.linear(rms_norm(hidden, w.final_norm, w.eps), m.predictor_heads[j]).float()
 

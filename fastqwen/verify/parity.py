@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fastqwen.config import SamplingParams
-from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.constants import CODEBOOK_SIZE, NUM_CODEBOOKS
 from fastqwen.engine.step import (
     advance_talker,
     eager_prefill,
@@ -128,7 +128,7 @@ def reference_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the `qwen_tts` modules for given codes, with no cache at all (full forwards).
 
-    Returns cb0 logits (T, 3072) and sub-talker logits (T, 15, 2048), float32.
+    Returns cb0 logits (T, V) and sub-talker logits (T, 15, CODEBOOK_SIZE), float32.
     """
     talker = tts.model.talker
     cp = talker.code_predictor
@@ -187,7 +187,8 @@ def engine_logits(
         if i + 1 < codes.shape[0]:
             advance_talker(m, state)
     if not cb0_rows:
-        return torch.zeros((0, 3072)), torch.zeros((0, NUM_CODEBOOKS - 1, 2048))
+        vocab = m.codec_head.shape[0]
+        return torch.zeros((0, vocab)), torch.zeros((0, NUM_CODEBOOKS - 1, CODEBOOK_SIZE))
     return torch.stack(cb0_rows), torch.stack(sub_rows)
 
 
