@@ -48,8 +48,10 @@ def interpreted(script: str) -> str:
 ATTENTION = textwrap.dedent(
     """
     import torch
+    from fastqwen.engine.layers import RopeTable, attention_inputs
+    from fastqwen.engine.model import LayerDims
+    from fastqwen.engine.ops import attend
     from fastqwen.engine.triton.decode_attention import _decode_attention_kernel, launch
-    from fastqwen.engine.layers import RopeTable, attend, attention_inputs
 
     torch.manual_seed(0)
     HQ, HKV, D, S, eps = 16, 8, 128, 80, 1e-6
@@ -65,7 +67,7 @@ ATTENTION = textwrap.dedent(
         out = launch(
             _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
         )
-        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, HQ, HKV, D, eps)
+        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, LayerDims(HQ, HKV, D, eps))
         expected_kv.index_copy_(3, pos, new_kv)
         mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
         a = attend(q, expected_kv[0], expected_kv[1], mask)

@@ -194,7 +194,8 @@ def _load(
 
 
 def _static_kv_bytes(fast) -> int | None:
-    caches = [getattr(fast.engine, name, None) for name in ("talker_cache", "predictor_cache")]
+    model = fast.runner.model
+    caches = [getattr(model, name, None) for name in ("talker_cache", "predictor_cache")]
     if any(c is None for c in caches):
         log.warning("engine has no talker_cache/predictor_cache: KV bytes not reported")
         return None
