@@ -162,3 +162,48 @@ TOP_K = """
 
 def test_top_k_kernel_matches_sorted_threshold():
     assert interpreted(TOP_K).split() == ["21"]
+
+
+TRITON_OPS = """
+    import torch
+    from fastqwen.engine.cache import StaticKVCache
+    from fastqwen.engine.layers import Positions, RopeTable, decoder_layer, mlp_down
+    from fastqwen.engine.model import LayerDims, LayerWeights
+    from fastqwen.engine.ops import REFERENCE, TRITON
+
+    torch.manual_seed(0)
+    H, I, HQ, HKV, D, S = 64, 96, 4, 2, 16, 40
+    dims = LayerDims(HQ, HKV, D, 1e-6)
+
+    def r(*shape):
+        return 0.1 * torch.randn(*shape)
+
+    w = LayerWeights(
+        1 + r(H), r((HQ + 2 * HKV) * D, H), 1 + r(D), 1 + r(D), r(H, HQ * D), 1 + r(H),
+        r(2 * I, H), r(H, I),
+    )
+    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
+    cache = StaticKVCache(1, HKV, D, S, dtype=torch.float32, device="cpu")
+    filled = torch.randn_like(cache.kv)
+    worst = 0.0
+    for T, p in ((1, 7), (2, 0), (2, 20)):  # a decode step, the predictor's first passes
+        at = Positions.at(torch.arange(p, p + T), rope, cache, dims.rep)
+        x = torch.randn(1, T, H)
+        out = []
+        for ops in (REFERENCE, TRITON):
+            cache.kv.copy_(filled)
+            y, h = decoder_layer(x, cache.layer(0), at, w, dims, ops)
+            out.append((y, h, mlp_down(y, h, w.down, ops), cache.kv.clone()))
+        worst = max(worst, *((a - b).abs().max().item() for a, b in zip(*out)))
+    scores = torch.randn(1, 3072)
+    k = torch.tensor(50)
+    print(worst, torch.equal(TRITON.top_k(scores, k), REFERENCE.top_k(scores, k)))
+"""
+
+
+def test_triton_op_set_matches_reference_ops():
+    """`ops.TRITON` (what compiled CUDA frames use) against `ops.REFERENCE` through the public
+    decoder layer, the down product and the top-k mask, every kernel interpreted."""
+    worst, same_top_k = interpreted(TRITON_OPS).split()
+    assert float(worst) < 1e-5, f"the Triton op set differs from the reference ops by {worst}"
+    assert same_top_k == "True"
