@@ -24,8 +24,7 @@ import torch
 
 from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.config import SamplingParams
-from fastqwen.engine.sampling import SamplingMode, SamplingTensors
-from fastqwen.engine.step import frame_step
+from fastqwen.engine.sampling import SamplingMode
 from fastqwen.models.checkpoints import build_random_checkpoint
 from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.tools.defaults import DEFAULT_SEED, SEED_PROMPTS
@@ -80,7 +79,7 @@ def sync_free(tts) -> dict:
     eng = FastQwen3TTS(tts, EngineConfig(cuda_graph=True))
     params = SamplingParams(max_new_tokens=20)
     eng.generate(REQUEST, params, seed=0)  # captures
-    replay = next(iter(eng.graphed.graphs.values())).replay
+    replay = next(iter(eng.runner.frame_graphs.values())).replay
     result = {}
     torch.cuda.synchronize()
     try:
@@ -93,15 +92,12 @@ def sync_free(tts) -> dict:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     eager = FastQwen3TTS(tts, EngineConfig(cuda_graph=False))
-    eager.generate(REQUEST, params, seed=0)
-    t, s = (
-        SamplingTensors(eager.device).load_talker(params),
-        SamplingTensors(eager.device).load_subtalker(params),
-    )
+    eager.generate(REQUEST, params, seed=0)  # leaves params in the runner's sampling tensors
+    step = eager.runner.step(next(iter(eager.runner.windows.values())), SamplingMode())
     torch.cuda.synchronize()
     try:
         torch.cuda.set_sync_debug_mode("error")
-        frame_step(next(iter(eager._windows.values())), eager.state, t, s, SamplingMode())
+        step()
         result["eager_step"] = "no sync"
     except Exception as e:
         result["eager_step"] = repr(e)

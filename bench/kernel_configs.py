@@ -20,8 +20,11 @@ from collections.abc import Callable
 
 import torch
 
-from fastqwen.engine import decode_attention, layers, matvec_kernel, top_k_kernel
-from fastqwen.engine.kernels import compile_fused
+from fastqwen.engine.ops import FUSED
+from fastqwen.engine.step import compile_fused
+from fastqwen.engine.triton import decode_attention
+from fastqwen.engine.triton import matvec as matvec_kernel
+from fastqwen.engine.triton import top_k as top_k_kernel
 
 
 def time_graph(launch: Callable[..., object], repeat: int = 50, inputs: int = 0) -> float:
@@ -99,14 +102,12 @@ def product_inputs(case: str, T: int) -> tuple:
 
 
 def product_inductor(case: str, T: int) -> float:
-    """The same product as Inductor compiles it without the matvec kernel."""
+    """The same product as Inductor compiles it without the matvec kernel (`ops.FUSED`)."""
     x, ws, norm, res, swiglu = product_inputs(case, T)
-    rows, layers.MATVEC_ROWS = layers.MATVEC_ROWS, frozenset()
     try:
-        fn = compile_fused(lambda x, w, n, r: layers.layer_product(x, w, n, r, 1e-6, swiglu))
+        fn = compile_fused(lambda x, w, n, r: FUSED.layer_product(x, w, n, r, 1e-6, swiglu))
         return time_graph(lambda i: fn(x, ws[i], norm, res), inputs=len(ws))
     finally:
-        layers.MATVEC_ROWS = rows
         torch._dynamo.reset()
 
 

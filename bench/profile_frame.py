@@ -44,9 +44,10 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=40)
     eng.generate(REQUEST, params, seed=0)  # compile + capture
     eng.generate(REQUEST, params, seed=0)
-    state = eng.state
-    window = next(iter(eng._windows.values()))
-    step_args = (window, state, eng.talker_sampling, eng.sub_sampling, SamplingMode())
+    runner = eng.runner
+    window = next(iter(runner.windows.values()))
+    sampling = (runner.talker_sampling, runner.sub_sampling, SamplingMode())
+    step_args = (window, runner.state, runner.functions, *sampling)
     for _ in range(3):
         frame_step(*step_args)
     torch.cuda.synchronize()
@@ -85,11 +86,10 @@ def main() -> None:
         ],
     }
     # graph replay timing
-    replay = eng.graphed.prepare(window, SamplingMode())
+    replay = runner.step(window, SamplingMode())
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    eng.state.reset(
-        1, torch.zeros_like(eng.state.trailing[:, :1]), torch.zeros_like(eng.state.trailing[:, :1])
-    )
+    state = runner.state
+    state.reset(1, torch.zeros_like(state.trailing[:, :1]), torch.zeros_like(state.trailing[:, :1]))
     start.record()
     for _ in range(20):
         replay()

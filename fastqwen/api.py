@@ -10,7 +10,6 @@ they differ only in the voice arguments that make the `VoiceRequest`.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import time
@@ -22,10 +21,9 @@ import torch
 
 from fastqwen.codec.decoder import StreamingDecoder, decode_utterance
 from fastqwen.config import EngineConfig, SamplingParams
-from fastqwen.engine.graph import GraphedFrameStep
-from fastqwen.engine.loop import LoopStats, check_fits, run_frames
-from fastqwen.engine.sampling import SamplingMode, SamplingTensors
-from fastqwen.engine.step import EngineModel, FrameState, frame_step
+from fastqwen.engine.loop import LoopStats
+from fastqwen.engine.model import StaticModel
+from fastqwen.engine.runner import FrameRunner
 from fastqwen.locking import serialized, serialized_stream
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
@@ -154,17 +152,8 @@ class FastQwen3TTS:
         self.tts = tts
         self.config = config or EngineConfig()
         self.source = source
-        self.engine = EngineModel.from_qwen_tts(tts.model, self.config.max_seq_len)
-        self.state = FrameState(self.engine, self.config.max_seq_len)
-        self.talker_sampling = SamplingTensors(self.device)
-        self.sub_sampling = SamplingTensors(self.device)
-        self.graphed: GraphedFrameStep | None = None
-        if self.device.type == "cuda" and self.config.cuda_graph:
-            compile_ = True if self.config.compile is None else self.config.compile
-            self.graphed = GraphedFrameStep(
-                self.engine, self.state, self.talker_sampling, self.sub_sampling, compile=compile_
-            )
-        self._windows: dict[int, EngineModel] = {}
+        model = StaticModel.from_qwen_tts(tts.model, self.config.max_seq_len)
+        self.runner = FrameRunner(model, self.config)  # state, graphs: how frames run
         self.last_results: list[GenerationResult] = []
 
     @classmethod
@@ -189,7 +178,7 @@ class FastQwen3TTS:
     # ---- properties mirroring the reference -------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.engine.device
+        return self.runner.device
 
     @property
     def model_kind(self) -> str:
@@ -202,23 +191,6 @@ class FastQwen3TTS:
         return self.tts.get_supported_languages()
 
     # ---- the rich API --------------------------------------------------------------
-    def _sync_every(self) -> int:
-        if self.config.sync_every is not None:
-            return self.config.sync_every
-        return 8 if self.device.type == "cuda" else 1
-
-    def _window(self, needed: int) -> EngineModel:
-        """The engine on the smallest cache window (256, 512, 1024, ... positions) that fits."""
-        length = 256
-        while length < needed:
-            length *= 2
-        length = min(length, self.config.max_seq_len)
-        if length not in self._windows:
-            self._windows[length] = dataclasses.replace(
-                self.engine, talker_cache=self.engine.talker_cache.window(length)
-            )
-        return self._windows[length]
-
     def _frames(
         self,
         prompt: TalkerPrompt,
@@ -227,31 +199,7 @@ class FastQwen3TTS:
         stats: LoopStats,
         first_block: int | None = None,
     ) -> Iterator[torch.Tensor]:
-        max_frames = check_fits(prompt.prompt_len, params, self.config.max_seq_len)
-        m = self._window(prompt.prompt_len + max_frames)
-        self.talker_sampling.load_talker(params)
-        self.sub_sampling.load_subtalker(params)
-        mode = SamplingMode.of(params)
-        if self.graphed is not None:
-            step = self.graphed.prepare(m, mode)
-        else:
-
-            def step() -> None:
-                frame_step(m, self.state, self.talker_sampling, self.sub_sampling, mode)
-
-        extra = {} if self.graphed is None else {"prefill": self.graphed.prefill}
-        return run_frames(
-            m,
-            self.state,
-            prompt,
-            params,
-            seed,
-            step,
-            sync_every=self._sync_every(),
-            first_block=first_block,
-            stats=stats,
-            **extra,
-        )
+        return self.runner.frames(prompt, params, seed, stats, first_block)
 
     @serialized
     @torch.inference_mode()

@@ -65,13 +65,16 @@ class SamplingParams:
 class EngineConfig:
     """How the engine allocates and runs.
 
+    How frames run is decided once from these and the device (`engine.runner.Execution`):
+
     max_seq_len: talker cache positions (prompt + frames); the default covers a long
         prompt plus 2048 frames.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
-    compile: torch.compile the per-frame kernels (`engine.kernels`) before capture (fused
-        Triton kernels; 50-90 s of compiling and autotuning on first use at 1.7B on an
-        H100). None: on with CUDA graphs.
+    compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
+        with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
+        first generation then compiles and autotunes, which takes a while at full size.
+        None: on exactly when frames are replayed from CUDA graphs.
     """
 
     max_seq_len: int = 2048 + 512

@@ -8,6 +8,11 @@ SAMPLE_RATE = 24_000
 SAMPLES_PER_FRAME = 1920
 NUM_CODEBOOKS = 16
 CODEBOOK_SIZE = 2048
+# The talker's vocabulary is codebook 0's audio codes followed by control codes (pad, bos,
+# eos, think, languages, speakers); the reference suppresses the last NUM_CONTROL_CODES
+# ids, all but EOS, while generating.
+NUM_CONTROL_CODES = 1024
+TALKER_VOCAB_SIZE = CODEBOOK_SIZE + NUM_CONTROL_CODES
 
 # Text-side special ids (Qwen2 BPE vocabulary).
 IM_START_ID = 151644
@@ -16,7 +21,7 @@ TTS_PAD_ID = 151671
 TTS_BOS_ID = 151672
 TTS_EOS_ID = 151673
 
-# Codec-side special ids (talker vocabulary of 3072).
+# Codec-side special ids (control codes of the talker vocabulary).
 CODEC_PAD_ID = 2148
 CODEC_BOS_ID = 2149
 CODEC_EOS_ID = 2150

@@ -1,20 +1,23 @@
-"""The compiled frame kernels (what the CUDA path captures) against the reference, on CPU.
+"""The compiled frame functions against the reference, on CPU.
 
-Inductor's CPU backend runs the same traced functions as its GPU backend: the whole
-decoder layer with its in-place cache write, the multiply-and-sum attention that only
-runs under `torch.compile`, and the fused head-plus-warp of every sampled token. The
-fp32 codes must stay identical to qwen-tts; the CUDA run of the same check is
-bench/gpu_check.py.
+`EngineConfig(compile=True, cuda_graph=False)` compiles on the CPU too (Inductor's C++
+backend), with the fused op set: the whole decoder layer with its in-place cache write, the
+multiply-and-sum products and attention, the counted top-k and the fused head-plus-warp of
+every sampled token. The fp32 codes must stay identical to qwen-tts; the CUDA run of the
+same check (with the Triton kernels) is bench/gpu_check.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from fastqwen import FastQwen3TTS
+from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.config import SamplingParams
-from fastqwen.engine.kernels import FrameKernels
+from fastqwen.engine.model import LayerWeights
+from fastqwen.engine.ops import FUSED
+from fastqwen.engine.step import FrameFunctions
 from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.verify.parity import compare_codes
 from fastqwen.verify.reference import run_reference
@@ -25,31 +28,52 @@ REQUEST = VoiceRequest("custom_voice", "A short line to compile.", "english", sp
 
 @pytest.fixture(scope="module")
 def compiled(tiny_model):
-    engine = FastQwen3TTS(tiny_model("custom_voice").tts)
-    engine.engine.kernels = FrameKernels.compiled()
+    engine = FastQwen3TTS(tiny_model("custom_voice").tts, EngineConfig(compile=True))
     yield engine
     torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
-def test_compiled_kernels_match_reference(compiled, do_sample):
+def test_compiled_functions_match_reference(compiled, do_sample):
     params = SamplingParams(
         max_new_tokens=FRAMES + 1, do_sample=do_sample, subtalker_dosample=do_sample
     )
+    graphs = counters["stats"]["unique_graphs"]
     static = compiled.generate(REQUEST, params, seed=3)
     dynamic = run_reference(compiled.tts, REQUEST, params, seed=3)
     parity = compare_codes(static, dynamic)
     assert parity.identical, parity.describe()
     assert static.frames >= FRAMES - 1
-    assert compiled.engine.kernels.layer is not FrameKernels().layer  # really the compiled path
+    if not do_sample:  # the first run compiles: really the compiled path
+        assert counters["stats"]["unique_graphs"] > graphs
+
+
+def test_decoder_layer_compiles_once_for_every_layer(compiled):
+    """A layer's weights are a NamedTuple of tensors, so Dynamo guards their shapes, not
+    their identity: one graph serves every layer (copies included), and a real change
+    of shape is still caught."""
+    m = compiled.runner.model
+    layer = FrameFunctions.of(FUSED).compile().layer
+    w = m.talker
+    layers = list(w.layers) + [LayerWeights(*(t.clone() for t in lw)) for lw in w.layers]
+    x = torch.randn(1, 1, w.layers[0].qkv.shape[1])
+    at = m.talker_positions(torch.tensor([3]))
+    layer(x, m.talker_cache.layer(0), at, layers[0], w.dims)  # compiles
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i, lw in enumerate(layers):
+            layer(x, m.talker_cache.layer(i % len(w.layers)), at, lw, w.dims)
+        assert counters["stats"]["unique_graphs"] == graphs
+        with pytest.raises(torch._dynamo.exc.RecompileError):  # the check can fail
+            layer(torch.cat((x, x), dim=1), m.talker_cache.layer(0), at, layers[0], w.dims)
 
 
 def test_top_k_by_counting_equals_top_k_by_sort():
     """The compiled top-k mask (count larger scores) against the eager one (k-th of a sort),
     with ties and masked tokens, for every k."""
-    from fastqwen.engine.sampling import in_top_k
+    from fastqwen.engine.sampling import in_top_k, in_top_k_counted
 
-    counted = torch.compile(in_top_k, fullgraph=True, dynamic=False)
+    counted = torch.compile(in_top_k_counted, fullgraph=True, dynamic=False)
     inf = float("inf")
     scores = torch.tensor([[3.0, 1.0, 3.0, -inf, 2.0, 2.0, 0.0, -inf]])
     masks = set()

@@ -42,8 +42,9 @@ def test_graph_codes_equal_reference(cuda_tts, compile_, do_sample):
 def test_frame_replay_makes_no_host_sync(cuda_tts):
     engine = FastQwen3TTS(cuda_tts, EngineConfig(compile=False))
     engine.generate(REQUEST, SamplingParams(max_new_tokens=9), seed=0)
-    window = next(iter(engine._windows.values()))
-    replay = engine.graphed.prepare(window, SamplingMode())
+    window = next(iter(engine.runner.windows.values()))
+    replay = engine.runner.step(window, SamplingMode())
+    assert replay.__self__ in engine.runner.frame_graphs.values()  # a graph replay, not a call
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

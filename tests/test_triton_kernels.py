@@ -48,8 +48,10 @@ def interpreted(script: str) -> str:
 ATTENTION = textwrap.dedent(
     """
     import torch
+    from fastqwen.engine.layers import RopeTable, attention_inputs
+    from fastqwen.engine.model import LayerDims
+    from fastqwen.engine.ops import attend
     from fastqwen.engine.triton.decode_attention import _decode_attention_kernel, launch
-    from fastqwen.engine.layers import RopeTable, attend, attention_inputs
 
     torch.manual_seed(0)
     HQ, HKV, D, S, eps = 16, 8, 128, 80, 1e-6
@@ -65,7 +67,7 @@ ATTENTION = textwrap.dedent(
         out = launch(
             _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
         )
-        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, HQ, HKV, D, eps)
+        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, LayerDims(HQ, HKV, D, eps))
         expected_kv.index_copy_(3, pos, new_kv)
         mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
         a = attend(q, expected_kv[0], expected_kv[1], mask)
@@ -160,3 +162,48 @@ TOP_K = """
 
 def test_top_k_kernel_matches_sorted_threshold():
     assert interpreted(TOP_K).split() == ["21"]
+
+
+TRITON_OPS = """
+    import torch
+    from fastqwen.engine.cache import StaticKVCache
+    from fastqwen.engine.layers import Positions, RopeTable, decoder_layer, mlp_down
+    from fastqwen.engine.model import LayerDims, LayerWeights
+    from fastqwen.engine.ops import REFERENCE, TRITON
+
+    torch.manual_seed(0)
+    H, I, HQ, HKV, D, S = 64, 96, 4, 2, 16, 40
+    dims = LayerDims(HQ, HKV, D, 1e-6)
+
+    def r(*shape):
+        return 0.1 * torch.randn(*shape)
+
+    w = LayerWeights(
+        1 + r(H), r((HQ + 2 * HKV) * D, H), 1 + r(D), 1 + r(D), r(H, HQ * D), 1 + r(H),
+        r(2 * I, H), r(H, I),
+    )
+    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
+    cache = StaticKVCache(1, HKV, D, S, dtype=torch.float32, device="cpu")
+    filled = torch.randn_like(cache.kv)
+    worst = 0.0
+    for T, p in ((1, 7), (2, 0), (2, 20)):  # a decode step, the predictor's first passes
+        at = Positions.at(torch.arange(p, p + T), rope, cache, dims.rep)
+        x = torch.randn(1, T, H)
+        out = []
+        for ops in (REFERENCE, TRITON):
+            cache.kv.copy_(filled)
+            y, h = decoder_layer(x, cache.layer(0), at, w, dims, ops)
+            out.append((y, h, mlp_down(y, h, w.down, ops), cache.kv.clone()))
+        worst = max(worst, *((a - b).abs().max().item() for a, b in zip(*out)))
+    scores = torch.randn(1, 3072)
+    k = torch.tensor(50)
+    print(worst, torch.equal(TRITON.top_k(scores, k), REFERENCE.top_k(scores, k)))
+"""
+
+
+def test_triton_op_set_matches_reference_ops():
+    """`ops.TRITON` (what compiled CUDA frames use) against `ops.REFERENCE` through the public
+    decoder layer, the down product and the top-k mask, every kernel interpreted."""
+    worst, same_top_k = interpreted(TRITON_OPS).split()
+    assert float(worst) < 1e-5, f"the Triton op set differs from the reference ops by {worst}"
+    assert same_top_k == "True"

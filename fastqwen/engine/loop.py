@@ -2,7 +2,7 @@
 
 This is the only loop. Non-streaming generation collects its blocks; streaming feeds
 them to the codec as they come. The host looks at the codes only between blocks of
-`sync_every` frames (1 on CPU): EOS is found there and any overshoot past it trimmed.
+`sync_every` frames: EOS is found there and any overshoot past it trimmed.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from fastqwen.config import SamplingParams
+from fastqwen.device import synchronize
+from fastqwen.engine.model import StaticModel
 from fastqwen.engine.sampling import SamplingTensors, apply_penalties, sample_token
-from fastqwen.engine.step import EngineModel, FrameState, eager_prefill, talker_logits
+from fastqwen.engine.step import FrameState, talker_logits
 from fastqwen.prompts.builder import TalkerPrompt
 
 
@@ -28,11 +30,6 @@ class LoopStats:
     prefill_s: float = 0.0
     block_times_s: list[float] = field(default_factory=list)  # wall time per yielded block
     block_frames: list[int] = field(default_factory=list)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int:
@@ -48,39 +45,49 @@ def check_fits(prompt_len: int, params: SamplingParams, max_seq_len: int) -> int
     return max_frames
 
 
+def trim_at_eos(codes: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, bool]:
+    """(T, 16) codes cut before the first frame whose codebook 0 is EOS (as the reference
+    post-processes its output), and whether there was one."""
+    is_eos = codes[:, 0] == eos_id
+    if not bool(is_eos.any()):
+        return codes, False
+    return codes[: int(is_eos.int().argmax())], True
+
+
 def run_frames(
-    m: EngineModel,
+    m: StaticModel,
     state: FrameState,
     prompt: TalkerPrompt,
     params: SamplingParams,
-    seed: int,
-    step: Callable[[], None],
+    seed: int | None,
     *,
-    sync_every: int = 1,
+    step: Callable[[], None],
+    prefill: Callable[[torch.Tensor], None],
+    max_frames: int,
+    sync_every: int,
     first_block: int | None = None,
     stats: LoopStats | None = None,
-    prefill: Callable[[EngineModel, FrameState, torch.Tensor], None] = eager_prefill,
 ) -> Iterator[torch.Tensor]:
-    """Yield (k, 16) int64 CPU code blocks until EOS or `max_new_tokens`.
+    """Yield (k, 16) int64 CPU code blocks until EOS or `max_frames` (`check_fits`).
 
     Args:
-        step: advances one frame in place (eager `frame_step` or a CUDA graph replay);
-            the sampling tensors it reads must already hold `params`.
+        m: the model on the cache window `step` and `prefill` run on.
+        seed: seeds torch right before prefill, as the reference runner does.
+        step: advances one frame in place (an eager or compiled `frame_step`, or a CUDA
+            graph replay); the sampling tensors it reads must already hold `params`.
+        prefill: runs the (1, P, H) prompt embeddings (eagerly, or as a graph replay).
         sync_every: frames per block, i.e. between host looks at the codes.
         first_block: size of the first block (streaming wants its first audio early).
-        prefill: runs the prompt (eagerly, or as a captured graph on CUDA).
-        seed: seeds torch right before prefill, as the reference runner does.
     """
     stats = stats if stats is not None else LoopStats()
-    max_frames = check_fits(prompt.prompt_len, params, m.talker_cache.max_len)
     state.reset(
         prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
     )
     if seed is not None:
         torch.manual_seed(seed)
     t0 = time.perf_counter()
-    prefill(m, state, prompt.inputs_embeds)
-    _sync(m.device)
+    prefill(prompt.inputs_embeds)
+    synchronize(m.device)
     stats.prefill_s = time.perf_counter() - t0
 
     done = 0
@@ -90,10 +97,7 @@ def run_frames(
         for _ in range(n):
             step()
         block = state.codes[done : done + n].to("cpu")  # the one host sync per block
-        is_eos = block[:, 0] == m.eos_id
-        if bool(is_eos.any()):
-            block = block[: int(is_eos.int().argmax())]
-            stats.eos_reached = True
+        block, stats.eos_reached = trim_at_eos(block, m.eos_id)
         stats.block_times_s.append(time.perf_counter() - t_block)
         stats.block_frames.append(int(block.shape[0]))
         stats.frames += int(block.shape[0])
@@ -105,7 +109,7 @@ def run_frames(
     stats.eos_reached = bool(final_token_is_eos(m, state, params))
 
 
-def final_token_is_eos(m: EngineModel, state: FrameState, params: SamplingParams) -> bool:
+def final_token_is_eos(m: StaticModel, state: FrameState, params: SamplingParams) -> bool:
     """The reference samples one more codebook-0 token after the last full frame; do the same
     so `eos_reached` (and the RNG stream) agree when generation ends exactly at the limit."""
 

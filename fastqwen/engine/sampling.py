@@ -14,16 +14,12 @@ probability is already exactly zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from fastqwen.config import SamplingParams
-
-try:  # Triton comes with CUDA builds of torch; only the compiled CUDA path uses it
-    from fastqwen.engine.triton.top_k import top_k_mask
-except ImportError:  # pragma: no cover
-    top_k_mask = None
 
 
 @dataclass(frozen=True)
@@ -107,34 +103,43 @@ def apply_penalties(
     return scores.masked_fill(blocked, float("-inf"))
 
 
-def warp_scores(scores: torch.Tensor, s: SamplingTensors, top_p: bool) -> torch.Tensor:
-    """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them."""
+def warp_scores(
+    scores: torch.Tensor, s: SamplingTensors, top_p: bool, top_k: Callable
+) -> torch.Tensor:
+    """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them.
+
+    `top_k` computes the top-k mask: `in_top_k`, or another form of it (`Ops.top_k`).
+    """
     scores = scores / s.temperature
-    scores = scores.masked_fill(~in_top_k(scores, s.top_k), float("-inf"))
+    scores = scores.masked_fill(~top_k(scores, s.top_k), float("-inf"))
     if top_p:
         scores = _nucleus(scores, s.top_p)
     return scores
+
+
+def _top_k_count(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """k from the 0-d `top_k`: V when top_k is 0 (keep all) or above V."""
+    vocab = scores.shape[-1]
+    return torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
 
 
 def in_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept), where
     k is the 0-d `top_k`, or V when top_k is 0 (keep all) or above V.
 
-    A score is that large exactly when fewer than k scores are strictly larger. Under
-    `torch.compile` we count those (no sort kernel): on CUDA in one Triton kernel
-    (`top_k_kernel`), elsewhere as a fused V x V comparison. Eagerly we read the k-th
-    value off a sort, which needs no V x V temporary. All give the same mask: only
-    comparisons, no arithmetic.
+    The k-th value is read off a sort, as the reference does.
     """
-    if torch.compiler.is_compiling() and scores.is_cuda and top_k_mask is not None:
-        return top_k_mask(scores, top_k)
-    vocab = scores.shape[-1]
-    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
-    if torch.compiler.is_compiling():
-        larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
-        return larger < k
+    k = _top_k_count(scores, top_k)
     kth = scores.sort(dim=-1, descending=True).values.gather(-1, (k - 1).view(1, 1))
     return scores >= kth
+
+
+def in_top_k_counted(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """`in_top_k` without a sort: a score is at least the k-th largest exactly when fewer
+    than k scores are strictly larger, so count those (a V x V comparison that Inductor
+    fuses into one reduction). Only comparisons, no arithmetic: the same mask."""
+    larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
+    return larger < _top_k_count(scores, top_k)
 
 
 def draw_noise(vocab: int, device: torch.device) -> torch.Tensor:
@@ -166,7 +171,7 @@ def sample_token(
     """
     noise = None
     if do_sample:
-        scores = warp_scores(scores, s, top_p)
+        scores = warp_scores(scores, s, top_p, in_top_k)
         noise = draw_noise(scores.shape[-1], scores.device)
     return pick_token(scores, do_sample, noise)
 

@@ -6,132 +6,178 @@ sums the 16 codebook embeddings plus the next trailing-text embedding, and runs 
 talker one position further. It has fixed shapes, keeps all state in preallocated
 tensors and never syncs with the host, so the CUDA path captures it as one graph and
 the CPU path runs it eagerly.
+
+The functions a frame spends its time in (a decoder layer in two halves, and head,
+penalties, warp and pick of each token) come as `FrameFunctions`: bound to one `Ops` set
+and, on the compiled paths, `torch.compile`d. Each is compiled once per input shape and
+shared by every layer of a decoder and every codebook, so compile time stays bounded.
+The random variates themselves (`draw_noise`) are made eagerly, one call per token as in
+the reference, so the generator advances identically; everything computed from them is
+fused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from fastqwen.constants import NUM_CODEBOOKS
-from fastqwen.engine.cache import StaticKVCache
-from fastqwen.engine.kernels import EAGER, FrameKernels
 from fastqwen.engine.layers import (
-    DecoderWeights,
     Positions,
-    RopeTable,
     decoder_forward,
+    decoder_layer,
+    mlp_down,
     project,
     rms_norm,
 )
-from fastqwen.engine.sampling import SamplingMode, SamplingTensors, draw_noise
+from fastqwen.engine.model import DecoderWeights, StaticModel
+from fastqwen.engine.ops import REFERENCE, Ops
+from fastqwen.engine.sampling import (
+    SamplingMode,
+    SamplingTensors,
+    apply_penalties,
+    draw_noise,
+    pick_token,
+    warp_scores,
+)
+
+RECOMPILE_LIMIT = 16  # the layer has a graph per talker cache window plus two predictor shapes
 
 
-@dataclass
-class EngineModel:
-    """Weights and caches of one loaded model (views of the qwen_tts modules)."""
+def talker_token(
+    hidden: torch.Tensor,
+    head: torch.Tensor,
+    noise: torch.Tensor | None,
+    s: SamplingTensors,
+    presence: torch.Tensor,
+    blocked: torch.Tensor,
+    eos_id: int,
+    step: torch.Tensor,
+    do_sample: bool,
+    top_p: bool,
+    ops: Ops,
+) -> torch.Tensor:
+    """Codebook 0 from the talker's (1, 1, H) hidden state: head, float32 cast, penalties,
+    warp, pick; also marks the token in `presence` for the repetition penalty."""
+    logits = ops.linear(hidden[:, -1:], head)[:, -1].float()
+    scores = apply_penalties(
+        logits, s, presence=presence, blocked=blocked, eos_id=eos_id, step=step
+    )
+    if do_sample:
+        scores = warp_scores(scores, s, top_p, ops.top_k)
+    tok = pick_token(scores, do_sample, noise)
+    presence.scatter_(1, tok.view(1, 1), True)
+    return tok
 
-    talker: DecoderWeights
-    predictor: DecoderWeights
-    codec_embedding: torch.Tensor  # (3072, H) talker codebook-0 embedding
-    codec_head: torch.Tensor  # (3072, H)
-    predictor_embeddings: list[torch.Tensor]  # 15 x (2048, H), codebooks 1..15
-    predictor_heads: list[torch.Tensor]  # 15 x (2048, Hp), codebooks 1..15
-    to_predictor: tuple[torch.Tensor | None, torch.Tensor | None]  # small_to_mtp_projection
-    talker_cache: StaticKVCache
-    predictor_cache: StaticKVCache
-    talker_rope: RopeTable
-    predictor_positions: list[Positions]  # [0, 1] (prefill), then [2] .. [15]
-    suppress_mask: torch.Tensor  # (1, 3072) bool
-    eos_id: int
-    kernels: FrameKernels = EAGER  # per-frame functions; compiled ones on CUDA
+
+def predictor_token(
+    hidden: torch.Tensor,
+    final_norm: torch.Tensor,
+    head: torch.Tensor,
+    eps: float,
+    noise: torch.Tensor | None,
+    s: SamplingTensors,
+    do_sample: bool,
+    top_p: bool,
+    ops: Ops,
+) -> torch.Tensor:
+    """One of codebooks 1..15 from the predictor's (1, Hp) hidden state before its final
+    norm (folded into the head's product)."""
+    scores = ops.norm_linear(hidden.unsqueeze(1), final_norm, head, eps)[:, -1].float()
+    if do_sample:
+        scores = warp_scores(scores, s, top_p, ops.top_k)
+    return pick_token(scores, do_sample, noise)
+
+
+def embed_code(
+    tok: torch.Tensor,
+    table: torch.Tensor,
+    slot: torch.Tensor,
+    proj_weight: torch.Tensor | None,
+    proj_bias: torch.Tensor | None,
+    ops: Ops,
+) -> torch.Tensor:
+    """Write the embedding of `tok` (1,) into `slot` (1, H) and return it as the
+    predictor's next input (1, 1, Hp), through `small_to_mtp_projection` if it has one."""
+    emb = F.embedding(tok, table)  # (1, H)
+    slot.copy_(emb)
+    return project(emb.unsqueeze(0), (proj_weight, proj_bias), ops.linear)
+
+
+def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:
+    """`torch.compile` tuned for one-token decode.
+
+    Coordinate-descent tuning tunes each Triton reduction, which the (1, K) x (K, N)
+    products become (`ops.fused_linear`). `exact_division` rounds float32 division as
+    eager mode does (Triton's default is approximate); the sampling functions need it so
+    the warp sees the reference's numbers, the layers do not pay for it.
+    """
+    options = {"coordinate_descent_tuning": True}
+    if exact_division:
+        options["eager_numerics.division_rounding"] = True
+    return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+
+
+@dataclass(frozen=True)
+class FrameFunctions:
+    """The functions a frame spends its time in, with one `Ops` set bound."""
+
+    ops: Ops
+    layer: Callable  # decoder_layer(x, kv, at, w, dims)
+    mlp_down: Callable  # mlp_down(x, h, down)
+    final_norm: Callable  # rms_norm(x, weight, eps)
+    talker_token: Callable
+    predictor_token: Callable
+    embed_code: Callable
+    compiled: bool = False
 
     @classmethod
-    def from_qwen_tts(cls, model, max_seq_len: int) -> EngineModel:
-        """Wrap a `Qwen3TTSForConditionalGeneration`; allocates the two static caches."""
-        talker = model.talker
-        cp = talker.code_predictor
-        dtype = talker.codec_head.weight.dtype
-        device = talker.codec_head.weight.device
-        tw = DecoderWeights.from_module(talker.model)
-        pw = DecoderWeights.from_module(cp.model)
-        tcfg = model.config.talker_config
-        vocab = tcfg.vocab_size
-        suppress = torch.zeros((1, vocab), dtype=torch.bool, device=device)
-        suppress[:, vocab - 1024 :] = True  # ids 2048..3071 are control codes, never audio
-        suppress[:, tcfg.codec_eos_token_id] = False
-        predictor_len = NUM_CODEBOOKS  # hidden + codebooks 0..14 are ever fed in
-        m = cls(
-            talker=tw,
-            predictor=pw,
-            codec_embedding=talker.model.codec_embedding.weight.data,
-            codec_head=talker.codec_head.weight.data,
-            predictor_embeddings=[e.weight.data for e in cp.model.codec_embedding],
-            predictor_heads=[h.weight.data for h in cp.lm_head],
-            to_predictor=_linear_weights(cp.small_to_mtp_projection),
-            talker_cache=StaticKVCache(
-                len(tw.layers),
-                tw.num_kv_heads,
-                tw.head_dim,
-                max_seq_len,
-                dtype=dtype,
-                device=device,
-            ),
-            predictor_cache=StaticKVCache(
-                len(pw.layers),
-                pw.num_kv_heads,
-                pw.head_dim,
-                predictor_len,
-                dtype=dtype,
-                device=device,
-            ),
-            talker_rope=RopeTable(tw.inv_freq, max_seq_len, dtype),
-            predictor_positions=[],
-            suppress_mask=suppress,
-            eos_id=int(tcfg.codec_eos_token_id),
+    def of(cls, ops: Ops) -> FrameFunctions:
+        """The plain functions, run eagerly."""
+        return cls(
+            ops=ops,
+            layer=partial(decoder_layer, ops=ops),
+            mlp_down=partial(mlp_down, ops=ops),
+            final_norm=rms_norm,
+            talker_token=partial(talker_token, ops=ops),
+            predictor_token=partial(predictor_token, ops=ops),
+            embed_code=partial(embed_code, ops=ops),
         )
-        rope = RopeTable(pw.inv_freq, predictor_len, dtype)
-        rep = pw.num_heads // pw.num_kv_heads
-        spans = [torch.arange(2, device=device)] + [
-            torch.tensor([j], device=device) for j in range(2, predictor_len)
-        ]
-        m.predictor_positions = [Positions.at(p, rope, m.predictor_cache, rep) for p in spans]
-        return m
 
-    def talker_positions(self, pos: torch.Tensor) -> Positions:
-        rep = self.talker.num_heads // self.talker.num_kv_heads
-        return Positions.at(pos, self.talker_rope, self.talker_cache, rep)
-
-    @property
-    def device(self) -> torch.device:
-        return self.codec_head.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.codec_head.dtype
+    def compile(self) -> FrameFunctions:
+        """Each function wrapped in `compile_fused` (compiled on first call per shape)."""
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+        return FrameFunctions(
+            ops=self.ops,
+            layer=compile_fused(self.layer),
+            mlp_down=compile_fused(self.mlp_down),
+            final_norm=compile_fused(self.final_norm),
+            talker_token=compile_fused(self.talker_token, exact_division=True),
+            predictor_token=compile_fused(self.predictor_token, exact_division=True),
+            embed_code=compile_fused(self.embed_code),
+            compiled=True,
+        )
 
 
-def _linear_weights(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(weight, bias) of a Linear; (None, None) for the Identity the 0.6B model has."""
-    if isinstance(module, torch.nn.Identity):
-        return None, None
-    return module.weight.data, None if module.bias is None else module.bias.data
+REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
 
 
 class FrameState:
     """Everything that changes from frame to frame, preallocated once per engine."""
 
-    def __init__(self, m: EngineModel, max_frames: int):
+    def __init__(self, m: StaticModel, max_frames: int):
         dev, dt = m.device, m.dtype
         hidden = m.codec_head.shape[1]
         self.max_frames = max_frames
         self.hidden = torch.zeros((1, 1, hidden), dtype=dt, device=dev)  # talker output, post-norm
         self.pos = torch.zeros((1,), dtype=torch.long, device=dev)  # next talker position
         self.step = torch.zeros((), dtype=torch.long, device=dev)  # frames generated so far
-        self.presence = torch.zeros((1, m.codec_head.shape[0]), dtype=torch.bool, device=dev)
+        self.presence = torch.zeros((1, m.vocab_size), dtype=torch.bool, device=dev)
         self.codes = torch.zeros((max_frames, NUM_CODEBOOKS), dtype=torch.long, device=dev)
         self.trailing = torch.zeros((1, max_frames, hidden), dtype=dt, device=dev)
         self.embeds = torch.zeros((1, NUM_CODEBOOKS, hidden), dtype=dt, device=dev)
@@ -147,26 +193,30 @@ class FrameState:
         self.codes.zero_()
 
 
-def talker_logits(m: EngineModel, hidden: torch.Tensor) -> torch.Tensor:
+def talker_logits(m: StaticModel, hidden: torch.Tensor) -> torch.Tensor:
     """(1, 1, H) hidden -> (1, V) float32 logits, cast after the head as HF generate does."""
     return F.linear(hidden[:, -1], m.codec_head).float()
 
 
-def predictor_logits(m: EngineModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
-    """(1, Hp) predictor hidden, before the final norm -> (1, 2048) float32 logits of
-    codebook j + 1."""
+def predictor_logits(m: StaticModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
+    """(1, Hp) predictor hidden, before the final norm -> (1, CODEBOOK_SIZE) float32 logits
+    of codebook j + 1."""
     w = m.predictor
-    return F.linear(rms_norm(hidden, w.final_norm, w.eps), m.predictor_heads[j]).float()
+    return F.linear(rms_norm(hidden, w.final_norm, w.dims.eps), m.predictor_heads[j]).float()
 
 
 def run_decoder(
-    m: EngineModel, w: DecoderWeights, x, at: Positions, cache, normed: bool = True
+    fns: FrameFunctions,
+    w: DecoderWeights,
+    x: torch.Tensor,
+    at: Positions,
+    cache,
+    normed: bool = True,
 ) -> torch.Tensor:
-    """`decoder_forward` with the engine's per-frame kernels (compiled on CUDA);
-    normed=False skips the final norm (the predictor's heads fold it in)."""
-    final_norm = m.kernels.final_norm if normed else None
-    k = m.kernels
-    return decoder_forward(w, x, at, cache, k.layer, k.mlp_down, final_norm)
+    """`decoder_forward` with the frame's functions; normed=False skips the final norm
+    (the predictor's heads fold it in)."""
+    final_norm = fns.final_norm if normed else None
+    return decoder_forward(w, x, at, cache, fns.layer, fns.mlp_down, final_norm)
 
 
 PREFILL_BUCKET = 64  # prompts are padded to a multiple of this, so few prefill shapes exist
@@ -179,24 +229,26 @@ def padded_prompt_len(prompt_len: int, window: int) -> int:
 
 
 def prefill(
-    m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor
+    m: StaticModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor
 ) -> None:
     """Run the (padded) prompt through the talker; keep the hidden state at index `last`.
 
-    Padding rows sit after the prompt, so causal attention keeps them out of every real
-    row; the cache entries they write lie past the prompt and each is overwritten by a
-    frame before any query can see it.
+    The prompt runs the reference ops eagerly on every path (one call per utterance; the
+    CUDA path replays it as a graph per bucket). Padding rows sit after the prompt, so
+    causal attention keeps them out of every real row; the cache entries they write lie
+    past the prompt and each is overwritten by a frame before any query can see it.
 
     Args:
         inputs_embeds: (1, P_padded, H) prompt embeddings, zero rows after the prompt.
         last: (1,) int64 index of the prompt's last token.
     """
     pos = torch.arange(inputs_embeds.shape[1], device=m.device)
-    out = decoder_forward(m.talker, inputs_embeds, m.talker_positions(pos), m.talker_cache)
+    at = m.talker_positions(pos)
+    out = run_decoder(REFERENCE_FUNCTIONS, m.talker, inputs_embeds, at, m.talker_cache)
     state.hidden.copy_(out.index_select(1, last))
 
 
-def pad_prompt(m: EngineModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_prompt(m: StaticModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, P, H) prompt -> ((1, P_padded, H) zero-padded in the engine dtype, (1,) last index)."""
     p = inputs_embeds.shape[1]
     padded = torch.zeros(
@@ -208,13 +260,14 @@ def pad_prompt(m: EngineModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tenso
     return padded, torch.tensor([p - 1], device=m.device)
 
 
-def eager_prefill(m: EngineModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
+def eager_prefill(m: StaticModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
     prefill(m, state, *pad_prompt(m, inputs_embeds))
 
 
 def predict_codebooks(
-    m: EngineModel,
+    m: StaticModel,
     state: FrameState,
+    fns: FrameFunctions,
     cb0: torch.Tensor,
     pick: Callable[[int, torch.Tensor], torch.Tensor],
 ) -> list[torch.Tensor]:
@@ -226,42 +279,43 @@ def predict_codebooks(
     """
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
-    x = project(torch.cat((state.hidden, embeds[:, :1]), dim=1), m.to_predictor)  # (1, 2, Hp)
-    out = run_decoder(m, m.predictor, x, at[0], m.predictor_cache, normed=False)
+    x = torch.cat((state.hidden, embeds[:, :1]), dim=1)  # (1, 2, H)
+    x = project(x, m.to_predictor, F.linear)  # (1, 2, Hp)
+    out = run_decoder(fns, m.predictor, x, at[0], m.predictor_cache, normed=False)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
         tok = pick(j, out[:, -1])  # (1,)
         tokens.append(tok)
         last = j + 1 == NUM_CODEBOOKS - 1
         proj = (None, None) if last else m.to_predictor
-        x = m.kernels.embed_code(tok, m.predictor_embeddings[j], embeds[:, j + 1], *proj)
+        x = fns.embed_code(tok, m.predictor_embeddings[j], embeds[:, j + 1], *proj)
         if not last:
-            out = run_decoder(m, m.predictor, x, at[j + 1], m.predictor_cache, normed=False)
+            out = run_decoder(fns, m.predictor, x, at[j + 1], m.predictor_cache, normed=False)
     return tokens
 
 
-def advance_talker(m: EngineModel, state: FrameState) -> None:
+def advance_talker(m: StaticModel, state: FrameState, fns: FrameFunctions) -> None:
     """Feed the frame's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
     text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
     x = state.embeds.sum(dim=1, keepdim=True) + text
     at = m.talker_positions(state.pos)
-    state.hidden.copy_(run_decoder(m, m.talker, x, at, m.talker_cache))
+    state.hidden.copy_(run_decoder(fns, m.talker, x, at, m.talker_cache))
     state.pos.add_(1)
     state.step.add_(1)
 
 
 def frame_step(
-    m: EngineModel,
+    m: StaticModel,
     state: FrameState,
+    fns: FrameFunctions,
     talker_sampling: SamplingTensors,
     sub_sampling: SamplingTensors,
     mode: SamplingMode,
 ) -> None:
     """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
-    k, hidden = m.kernels, state.hidden
-    noise = draw_noise(m.codec_head.shape[0], m.device) if mode.do_sample else None
-    cb0 = k.talker_token(
-        hidden,
+    noise = draw_noise(m.vocab_size, m.device) if mode.do_sample else None
+    cb0 = fns.talker_token(
+        state.hidden,
         m.codec_head,
         noise,
         talker_sampling,
@@ -277,18 +331,18 @@ def frame_step(
         head = m.predictor_heads[j]
         noise = draw_noise(head.shape[0], m.device) if mode.sub_do_sample else None
         w = m.predictor
-        return k.predictor_token(
+        return fns.predictor_token(
             hidden,
             w.final_norm,
             head,
-            w.eps,
+            w.dims.eps,
             noise,
             sub_sampling,
             mode.sub_do_sample,
             mode.sub_top_p,
         )
 
-    rest = predict_codebooks(m, state, cb0, pick)
+    rest = predict_codebooks(m, state, fns, cb0, pick)
     frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
     state.codes.index_copy_(0, state.step.view(1), frame)
-    advance_talker(m, state)
+    advance_talker(m, state, fns)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fastqwen.config import SamplingParams
-from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.constants import CODEBOOK_SIZE, NUM_CODEBOOKS
 from fastqwen.engine.step import (
     advance_talker,
     eager_prefill,
@@ -133,7 +133,7 @@ def reference_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the `qwen_tts` modules for given codes, with no cache at all (full forwards).
 
-    Returns cb0 logits (T, 3072) and sub-talker logits (T, 15, 2048), float32.
+    Returns cb0 logits (T, V) and sub-talker logits (T, 15, CODEBOOK_SIZE), float32.
     """
     talker = tts.model.talker
     cp = talker.code_predictor
@@ -171,10 +171,11 @@ def reference_logits(
 def engine_logits(
     engine, prompt: TalkerPrompt, codes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the static engine for given codes, running its own prefill and frame path."""
-    m, state = engine.engine, engine.state
-    dev = m.device
-    codes = codes.to(dev)
+    """Logits of the static engine for given codes, running its own prefill and frame
+    functions (compiled ones too) on the full-length cache."""
+    runner = engine.runner
+    m, state, fns = runner.model, runner.state, runner.functions
+    codes = codes.to(m.device)
     state.reset(
         prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
     )
@@ -188,12 +189,12 @@ def engine_logits(
             seen.append(predictor_logits(m, j, hidden)[0])
             return row[j + 1 : j + 2]
 
-        predict_codebooks(m, state, codes[i, :1], forced)
+        predict_codebooks(m, state, fns, codes[i, :1], forced)
         sub_rows.append(torch.stack(sub_logits))
         if i + 1 < codes.shape[0]:
-            advance_talker(m, state)
+            advance_talker(m, state, fns)
     if not cb0_rows:
-        return torch.zeros((0, 3072)), torch.zeros((0, NUM_CODEBOOKS - 1, 2048))
+        return torch.zeros((0, m.vocab_size)), torch.zeros((0, NUM_CODEBOOKS - 1, CODEBOOK_SIZE))
     return torch.stack(cb0_rows), torch.stack(sub_rows)
 
 

@@ -16,14 +16,12 @@ import torch
 
 from fastqwen.codec.decoder import decode_utterance
 from fastqwen.config import SamplingParams
+from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.device import synchronize
+from fastqwen.engine.loop import trim_at_eos
 from fastqwen.locking import serialized
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
 from fastqwen.results import GenerationResult
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,10 +66,8 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
     if steps:
         codes = torch.stack(steps, dim=1)[0]  # (T, 16)
     else:
-        codes = torch.zeros((0, 16), dtype=torch.long, device=embeds.device)
-    is_eos = codes[:, 0] == prompt.eos_token_id
-    if bool(is_eos.any()):
-        codes = codes[: int(torch.argmax(is_eos.int()))]
+        codes = torch.zeros((0, NUM_CODEBOOKS), dtype=torch.long, device=embeds.device)
+    codes, _ = trim_at_eos(codes, prompt.eos_token_id)
     eos_reached = bool(out.sequences[0, -1] == prompt.eos_token_id)
     return codes, eos_reached
 
@@ -92,10 +88,10 @@ def run_reference(
     prompt = build_talker_prompt(tts, request)
     device = prompt.inputs_embeds.device
     seed_everything(seed)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     codes, eos_reached = talker_generate(tts, prompt, params)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     audio, sr = decode_utterance(tts.model.speech_tokenizer, codes, prompt.ref_codes)
     t2 = time.perf_counter()

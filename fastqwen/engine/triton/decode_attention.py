@@ -8,15 +8,14 @@ kernel instead of six, and it reads only the valid part of the cache (positions
 share it. The new key and value are written to the cache and used from registers, so
 no program reads what it has just stored, except that the second of two rows reads the
 first row's key and value after a barrier (a program's own global stores are visible to
-its threads after `tl.debug_barrier`). The two-token pass was seven Inductor kernels per
-layer, ~12 us on an H100; this kernel takes ~4.4 us.
+its threads after `tl.debug_barrier`), so the two-token pass is one kernel too.
 
 It rounds where the reference rounds (the normed q/k and each RoPE product go through
 the model dtype). Scores and the weighted sum are tensor-core `tl.dot`s (the query rows
 padded to 16) with float32 accumulation and an online softmax; as in flash attention,
 the softmax weights enter the second product in the model dtype (exact float32 products
-for a float32 model). Eager and CPU paths keep
-the plain `attention_inputs` + `attend`.
+for a float32 model). The other op sets keep the plain `attention_inputs` + `attend`
+(`ops`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from fastqwen.engine.triton import traceable
 
 
 @triton.jit
@@ -115,9 +116,8 @@ def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: 
     """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on these inputs.
 
     `config` overrides the launch (BLOCK_S, num_warps). The defaults are the fastest of
-    bench/kernel_configs.py on an H100: short blocks for the predictor's 16-position
-    window (3.2 us against 3.9 with 64), 128-position blocks for the talker's (5.8 us
-    against 6.7 at 256 positions, 24 against 34 at 2048).
+    bench/kernel_configs.py (results in bench/results/): short blocks for the predictor's
+    16-position window, 128-position blocks for the talker's.
     """
     long_block = 128 if kv.element_size() <= 2 else 64  # fp32 128-blocks overflow shared memory
     config = {"BLOCK_S": 32 if kv.shape[3] <= 32 else long_block, "num_warps": 8, **config}
@@ -150,5 +150,5 @@ def decode_attention(
     qkv: (1, T, (Hq + 2 Hkv) D) projection output; cos, sin: (T, D); pos: (T,) int64;
     kv: the layer's (2, 1, Hkv, S, D) cache, written at `pos` in place.
     """
-    kernel = wrap_triton(_decode_attention_kernel)
+    kernel = traceable(_decode_attention_kernel)
     return launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)

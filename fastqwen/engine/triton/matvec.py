@@ -1,12 +1,10 @@
 """Products of one or two token rows with a weight matrix, as one Triton kernel (CUDA).
 
 Decode is a chain of (T, K) x (K, N) products with T = 1 (every step) or 2 (the code
-predictor's first pass of a frame). Written as multiply-and-sum, Inductor fused them
-well for T = 1 but read the weight once per row for T = 2 (the predictor's two-token
-QKV took 10.6 us against 4.6 for one token on an H100), and splitting the rows did not
-make it share the read. Here a program takes BLOCK_N weight rows and every token row
-at once, so the weight is read once whatever T is, with what surrounds a product in a
-decoder folded in:
+predictor's first pass of a frame). Written as multiply-and-sum, Inductor fuses them
+well for T = 1 but reads the weight once per row for T = 2. Here a program takes BLOCK_N
+weight rows and every token row at once, so the weight is read once whatever T is, with
+what surrounds a product in a decoder folded in:
 
 - NORM: the RMSNorm of x (its sum of squares is accumulated from the same x chunks and
   the scale applied after the sum: x * r @ w = r * (x @ w));
@@ -22,7 +20,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from fastqwen.engine.triton import traceable
 
 
 @triton.jit
@@ -162,5 +162,5 @@ def matvec(
 ) -> torch.Tensor:
     """(1, T, N) = [residual +] [rms_norm](x) @ w.T, T <= 2, or silu(gate) * up when
     `swiglu` (w = gate and up stacked, (2 N, K)). x, w, norm, residual contiguous."""
-    kernel = wrap_triton(_matvec_kernel)
+    kernel = traceable(_matvec_kernel)
     return launch(kernel, x.contiguous(), w, norm, residual, eps, swiglu)

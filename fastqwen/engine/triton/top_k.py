@@ -1,11 +1,11 @@
 """HF's top-k test as one Triton kernel (CUDA, compiled path).
 
-A score survives top-k when fewer than k scores are strictly larger (`sampling.in_top_k`).
-Written as a V x V comparison and sum, Inductor makes one looped reduction per score,
-which took 11 us per token on an H100 at V = 2048, the largest single kernel of a
-predictor step. Here each program takes a block of scores and counts, in registers, the
-scores larger than each of them, a tile of the vocabulary at a time; the vocabulary is
-read from L2 by every program. The result is the same boolean mask: only comparisons.
+A score survives top-k when fewer than k scores are strictly larger
+(`sampling.in_top_k_counted`). Written as a V x V comparison and sum, Inductor makes one
+looped reduction per score, the largest single kernel of a predictor step. Here each
+program takes a block of scores and counts, in registers, the scores larger than each of
+them, a tile of the vocabulary at a time; the vocabulary is read from L2 by every
+program. The result is the same boolean mask: only comparisons.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from fastqwen.engine.triton import traceable
 
 
 @triton.jit
@@ -35,7 +37,7 @@ def _top_k_mask_kernel(
 def launch(kernel, scores: torch.Tensor, top_k: torch.Tensor, **config) -> torch.Tensor:
     """Run `kernel` (the Triton kernel, or it wrapped for torch.compile); `config` overrides
     BLOCK_I, BLOCK_J and num_warps. The defaults were the fastest in bench/kernel_configs.py
-    on an H100: 2.6 us at V = 2048 and 3.6 us at 3072."""
+    (results in bench/results/)."""
     config = {"BLOCK_I": 8, "BLOCK_J": 1024, "num_warps": 4, **config}
     v = scores.shape[-1]
     mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
@@ -49,4 +51,4 @@ def top_k_mask(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 
     top_k: 0-d int64 tensor; k is top_k, or V where top_k is 0 or above V (keep all).
     """
-    return launch(wrap_triton(_top_k_mask_kernel), scores.contiguous(), top_k)
+    return launch(traceable(_top_k_mask_kernel), scores.contiguous(), top_k)

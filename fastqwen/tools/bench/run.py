@@ -43,6 +43,7 @@ import torch
 import fastqwen
 from fastqwen.config import SamplingParams
 from fastqwen.constants import FRAME_RATE_HZ
+from fastqwen.device import synchronize
 from fastqwen.tools.bench.measure import (
     FIELDS,
     PROFILE_TOKENS,
@@ -95,11 +96,6 @@ def environment(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------- measurement helpers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def qwen_tts_weight_bytes(tts) -> tuple[int, int]:
@@ -178,7 +174,8 @@ def _load(
 
 
 def _static_kv_bytes(fast) -> int | None:
-    caches = [getattr(fast.engine, name, None) for name in ("talker_cache", "predictor_cache")]
+    model = fast.runner.model
+    caches = [getattr(model, name, None) for name in ("talker_cache", "predictor_cache")]
     if any(c is None for c in caches):
         log.warning("engine has no talker_cache/predictor_cache: KV bytes not reported")
         return None
@@ -187,7 +184,7 @@ def _static_kv_bytes(fast) -> int | None:
 
 def _time_to_first_audio(fast, request, params, cfg: BenchConfig, device: torch.device) -> float:
     """ms from calling stream() to its first audio chunk; the rest of the stream is dropped."""
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     chunks = fast.stream(
         request,
@@ -288,7 +285,7 @@ def run_bench(
 
     t0 = time.perf_counter()
     eng = _load(engine, model, device, dtype, request, cfg.seed, engine_options)
-    _sync(dev)
+    synchronize(dev)
     src = eng.source
     rec.update(
         load_s=round(time.perf_counter() - t0, 3),
@@ -303,7 +300,7 @@ def run_bench(
     t0 = time.perf_counter()
     warm_tokens = cfg.warmup_max_new_tokens or params.max_new_tokens
     warm = eng.generate(dataclasses.replace(params, max_new_tokens=warm_tokens))
-    _sync(dev)
+    synchronize(dev)
     rec.update(warmup_s=round(time.perf_counter() - t0, 3), warmup_frames=warm.frames)
     log.info("%s warm-up: %s", engine, warm.summary())
     results = []

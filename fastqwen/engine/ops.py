@@ -1,0 +1,253 @@
+"""The maths of each op a frame runs, as an explicit choice: reference or fused.
+
+A decoder layer and a token's sampling call five ops: a plain product (`linear`), a
+product after an RMSNorm (`norm_linear`), a decoder layer's product with what surrounds
+it (`layer_product`), the attention with its cache write (`attention`) and the top-k mask
+(`top_k`). `Ops` holds one implementation of each; the runner picks one set, once:
+
+- `REFERENCE`: the reference's maths (F.linear, matmul attention, the k-th value off a
+  sort). Eager runs use it, so CPU codes are bit-identical to `qwen_tts`.
+- `FUSED`: the same maths written for Inductor. For one or two token rows the products are
+  float32 multiply-and-sums (one rounding, like a GEMV), which Inductor turns into
+  bandwidth-bound reductions fused with their neighbours instead of GEMM library calls; a
+  small enough weight takes its RMSNorm inside the product (`folds_norm`); the attention
+  products are multiply-and-sums that read the cache in its own dtype; top-k counts the
+  larger scores instead of sorting. Compiled runs without Triton use it.
+- `TRITON`: `FUSED` with three hand-written kernels for what Inductor did poorly: the layer
+  products of one or two rows (`triton.matvec`), the attention of one or two new tokens
+  (`triton.decode_attention`) and the top-k mask (`triton.top_k`). Compiled CUDA runs use
+  it; None where Triton is missing. The kernels also run on the CPU under Triton's
+  interpreter (TRITON_INTERPRET=1), which is how the tests check them.
+
+Every set gives the same tokens up to float rounding; `REFERENCE` gives the reference's
+exact numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from fastqwen.engine.layers import Positions, attention_inputs, rms_norm
+from fastqwen.engine.sampling import in_top_k, in_top_k_counted
+
+if TYPE_CHECKING:
+    from fastqwen.engine.model import LayerDims, LayerWeights
+
+try:  # Triton comes with CUDA builds of torch
+    from fastqwen.engine.triton.decode_attention import decode_attention
+    from fastqwen.engine.triton.matvec import matvec
+    from fastqwen.engine.triton.top_k import top_k_mask
+except ImportError:  # pragma: no cover
+    decode_attention = matvec = top_k_mask = None
+
+MATVEC_ROWS = frozenset({1, 2})  # token counts whose layer products use the matvec kernel
+FOLD_MAX_WEIGHT = 2**23  # elements; see `fused_norm_linear`
+
+
+@dataclass(frozen=True)
+class Ops:
+    """One implementation of each op a frame runs (signatures as the reference ones)."""
+
+    name: str
+    linear: Callable  # (x, w, b=None) -> x @ w.T + b
+    norm_linear: Callable  # (x, norm, w, eps) -> rms_norm(x) @ w.T
+    layer_product: Callable  # (x, w, norm=None, residual=None, eps=0.0, swiglu=False)
+    attention: Callable  # (qkv_out, kv, at, w, dims) -> (1, T, Hq D), writes the cache
+    top_k: Callable  # (scores (1, V), top_k 0-d) -> (1, V) bool
+
+
+# ---- reference ---------------------------------------------------------------------------
+def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.linear(rms_norm(x, norm, eps), w)
+
+
+def layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """A decoder layer's product: [residual +] [rms_norm](x) @ w.T, or silu(gate) * up
+    with `swiglu` (w = gate and up stacked, (2 I, H); no residual)."""
+    h = x if norm is None else rms_norm(x, norm, eps)
+    if swiglu:
+        gate, up = F.linear(h, w).chunk(2, dim=-1)
+        return F.silu(gate) * up
+    y = F.linear(h, w)
+    return y if residual is None else residual + y
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Float32 attention of q (1, Hkv, R, D) over k, v (1, Hkv, S, D), two matmuls as in
+    the reference; masked keys get exactly zero weight."""
+    scale = q.shape[-1] ** -0.5
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (1, Hkv, R, S)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return torch.matmul(weights, v32)  # (1, Hkv, R, D)
+
+
+def _attention(
+    qkv_out: torch.Tensor,
+    kv: torch.Tensor,
+    at: Positions,
+    w: LayerWeights,
+    dims: LayerDims,
+    attend_fn: Callable,
+) -> torch.Tensor:
+    """q/k norm, RoPE, cache write at `at.pos`, then `attend_fn` over the whole cache."""
+    T = qkv_out.shape[1]
+    q, new_kv = attention_inputs(qkv_out, w.q_norm, w.k_norm, at.cos, at.sin, dims)
+    kv.index_copy_(3, at.pos, new_kv)
+    a = attend_fn(q, kv[0], kv[1], at.mask).to(qkv_out.dtype)  # (1, Hkv, rep T, D)
+    return a.reshape(1, dims.num_heads, T, dims.head_dim).transpose(1, 2).reshape(1, T, -1)
+
+
+def attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDims) -> torch.Tensor:
+    """The attention of a layer on its QKV projection (1, T, (Hq + 2 Hkv) D): q/k norm,
+    RoPE, cache write into kv (2, 1, Hkv, S, D), then `attend`; returns (1, T, Hq D)."""
+    return _attention(qkv_out, kv, at, w, dims, attend)
+
+
+# ---- fused: the forms Inductor fuses -------------------------------------------------------
+def fused_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`; for one or two tokens a float32 multiply-and-sum, rounded once."""
+    if x.shape[-2] > 2:
+        return F.linear(x, w, b)
+    y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
+    return (y if b is None else y + b.float()).to(x.dtype)
+
+
+def folds_norm(w: torch.Tensor) -> bool:
+    """Whether `fused_norm_linear` folds the norm into a product with weight w.
+
+    Folding costs a multiply per weight element: free while the product waits on memory,
+    slower once the weight is large (the 1.7B talker's gate and up), where normalising the
+    row once is cheaper.
+    """
+    return w.numel() <= FOLD_MAX_WEIGHT
+
+
+def fused_norm_linear(
+    x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`norm_linear`. For one or two tokens and a weight that `folds_norm`, the row's sum of
+    squares is accumulated in the same reduction as the product and the scale applied
+    after it (x * r @ w = r * (x @ w)), so the norm needs no kernel of its own. In bf16 this
+    skips the reference's rounding of the normed row (the teacher-forced KL of
+    bench/gpu_check.py covers it)."""
+    if not (folds_norm(w) and x.shape[-2] <= 2):
+        return fused_linear(rms_norm(x, norm, eps), w)
+    xf = x.float().unsqueeze(-2)  # (1, T, 1, K)
+    prod = xf * (w.float() * norm.float())  # (1, T, N, K)
+    ssq = (xf * xf).expand_as(prod).sum(-1)  # the same for every n, fused with the product
+    y = prod.sum(-1) * torch.rsqrt(ssq / x.shape[-1] + eps)
+    return y.to(x.dtype)
+
+
+def fused_norm_swiglu(
+    x: torch.Tensor, norm: torch.Tensor, gate_up: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """silu(gate(h)) * up(h) for h = rms_norm(x): gate and up as two products of the same
+    shape, which Inductor computes in one kernel with the activation, the norm folded into
+    each where `folds_norm` allows (otherwise normed once for both)."""
+    gate_w, up_w = gate_up.chunk(2, dim=0)
+    if folds_norm(gate_w):
+        gate, up = fused_norm_linear(x, norm, gate_w, eps), fused_norm_linear(x, norm, up_w, eps)
+    else:
+        h = rms_norm(x, norm, eps)
+        gate, up = fused_linear(h, gate_w), fused_linear(h, up_w)
+    return F.silu(gate) * up
+
+
+def fused_layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """`layer_product` from `fused_linear`, `fused_norm_linear` and `fused_norm_swiglu`."""
+    if swiglu:
+        return fused_norm_swiglu(x, norm, w, eps)
+    y = fused_linear(x, w) if norm is None else fused_norm_linear(x, norm, w, eps)
+    return y if residual is None else residual + y
+
+
+def fused_attend(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """`attend` with both products as multiply-and-sums, which Inductor turns into a few
+    fused reductions that read the cache in its own dtype, instead of casts and GEMMs."""
+    scale = q.shape[-1] ** -0.5
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    scores = (q32.unsqueeze(-2) * k32.unsqueeze(-3)).sum(-1) * scale  # (1, Hkv, R, S)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return (weights.unsqueeze(-1) * v32.unsqueeze(-3)).sum(-2)  # (1, Hkv, R, D)
+
+
+def fused_attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDims):
+    """`attention` with `fused_attend`."""
+    return _attention(qkv_out, kv, at, w, dims, fused_attend)
+
+
+# ---- Triton kernels ---------------------------------------------------------------------------
+def matvec_layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """`layer_product` as one `triton.matvec` launch for the token counts in `MATVEC_ROWS`
+    (the weight read once for both rows of a two-token pass); else `fused_layer_product`."""
+    if x.shape[-2] in MATVEC_ROWS:
+        return matvec(x, w, norm, residual, eps, swiglu)
+    return fused_layer_product(x, w, norm, residual, eps, swiglu)
+
+
+def kernel_attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDims):
+    """`attention` as one `triton.decode_attention` launch for one or two new tokens (norms,
+    RoPE, cache write, softmax over the valid cache only); else `fused_attention`."""
+    if qkv_out.shape[1] <= 2:
+        return decode_attention(
+            qkv_out, w.q_norm, w.k_norm, at.cos, at.sin, at.pos, kv, dims.num_heads, dims.eps
+        )
+    return fused_attention(qkv_out, kv, at, w, dims)
+
+
+REFERENCE = Ops(
+    name="reference",
+    linear=F.linear,
+    norm_linear=norm_linear,
+    layer_product=layer_product,
+    attention=attention,
+    top_k=in_top_k,
+)
+FUSED = Ops(
+    name="fused",
+    linear=fused_linear,
+    norm_linear=fused_norm_linear,
+    layer_product=fused_layer_product,
+    attention=fused_attention,
+    top_k=in_top_k_counted,
+)
+TRITON = (
+    None
+    if matvec is None
+    else Ops(
+        name="triton",
+        linear=fused_linear,
+        norm_linear=fused_norm_linear,
+        layer_product=matvec_layer_product,
+        attention=kernel_attention,
+        top_k=top_k_mask,
+    )
+)

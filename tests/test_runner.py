@@ -1,0 +1,153 @@
+"""The engine seam: how `FrameRunner` decides to run frames, and the op sets it chooses from.
+
+The CUDA choices are checked without a GPU: the decision is plain logic on a device, and
+the ops of the compiled CUDA path are traced on fake CUDA tensors, which shows which
+kernels a layer launches without running one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen.config import SamplingParams
+from fastqwen.engine.layers import Positions, decoder_layer, mlp_down
+from fastqwen.engine.loop import LoopStats
+from fastqwen.engine.model import LayerDims, LayerWeights, StaticModel
+from fastqwen.engine.ops import FOLD_MAX_WEIGHT, FUSED, REFERENCE, TRITON
+from fastqwen.engine.runner import Execution, FrameRunner, default_ops
+from fastqwen.engine.sampling import SamplingTensors
+from fastqwen.engine.step import talker_token
+from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
+from fastqwen.verify.reference import run_reference
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+REQUEST = VoiceRequest("custom_voice", "The runner decides once.", "english", speaker="ryan")
+needs_triton = pytest.mark.skipif(TRITON is None, reason="needs triton")
+
+
+@pytest.mark.parametrize(
+    "config,device,name",
+    [
+        (EngineConfig(), CPU, "eager"),
+        (EngineConfig(compile=True), CPU, "compiled"),  # cuda_graph is ignored on the CPU
+        (EngineConfig(compile=True, cuda_graph=False), CPU, "compiled"),
+        (EngineConfig(), CUDA, "graphed+compiled"),
+        (EngineConfig(compile=False), CUDA, "graphed"),
+        (EngineConfig(cuda_graph=False), CUDA, "eager"),
+        (EngineConfig(compile=True, cuda_graph=False), CUDA, "compiled"),
+    ],
+)
+def test_execution_is_chosen_from_config_and_device(config, device, name):
+    execution = Execution.choose(config, device)
+    assert execution.name == name
+    ops = default_ops(execution, device)
+    if not execution.compiled:
+        assert ops is REFERENCE
+    elif device.type == "cuda" and TRITON is not None:
+        assert ops is TRITON
+    else:
+        assert ops is FUSED
+
+
+def test_compile_without_graphs_chooses_compiled_functions_on_cpu(tiny_model):
+    tts = tiny_model("custom_voice").tts
+    eager = FastQwen3TTS(tts)
+    assert eager.runner.execution.name == "eager" and not eager.runner.functions.compiled
+    assert eager.runner.ops is REFERENCE
+    compiled = FastQwen3TTS(tts, EngineConfig(compile=True, cuda_graph=False))
+    assert compiled.runner.execution.name == "compiled" and compiled.runner.functions.compiled
+    assert compiled.runner.ops is FUSED
+    assert not compiled.runner.frame_graphs and not compiled.runner.prefill_graphs
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_fused_ops_run_eagerly_on_cpu_give_the_reference_codes(tiny_model, do_sample):
+    """The fused forms of every op (multiply-and-sum products, folded norms, counted top-k),
+    chosen through the runner's constructor and run eagerly, against qwen-tts."""
+    tts = tiny_model("custom_voice").tts
+    config = EngineConfig(max_seq_len=256)
+    runner = FrameRunner(StaticModel.from_qwen_tts(tts.model, 256), config, ops=FUSED)
+    assert runner.ops is FUSED and runner.execution.name == "eager"
+    params = SamplingParams(max_new_tokens=31, do_sample=do_sample, subtalker_dosample=do_sample)
+    prompt = build_talker_prompt(tts, REQUEST)
+    codes = torch.cat(list(runner.frames(prompt, params, 5, LoopStats())))
+    expected = run_reference(tts, REQUEST, params, seed=5).codes
+    assert codes.shape == expected.shape == (30, 16)
+    diff = (codes != expected).nonzero()
+    assert not len(diff), f"first difference at frame, codebook {diff[0].tolist()}"
+
+
+def custom_ops(fn, *args) -> list[str]:
+    """The fastqwen kernels `fn(*args)` launches, in order, traced with fake tensors."""
+    graph = make_fx(fn)(*args).graph
+    names = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    return [n.split(".")[1] for n in names if n.startswith("fastqwen.")]
+
+
+def layer_kernels(dims: LayerDims, hidden: int, inter: int, S: int, T: int) -> list[str]:
+    """The kernels one decoder layer (both halves) launches with the Triton op set, for T
+    bf16 tokens over a window of S positions, traced on fake CUDA tensors (no GPU)."""
+
+    def r(*shape):
+        return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
+
+    hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
+    with FakeTensorMode():
+        w = LayerWeights(
+            r(hidden), r((hq + 2 * hkv) * d, hidden), r(d), r(d), r(hidden, hq * d), r(hidden),
+            r(2 * inter, hidden), r(hidden, inter),
+        )  # fmt: skip
+        mask = torch.ones(1, 1, dims.rep * T, S, dtype=torch.bool, device="cuda")
+        at = Positions(torch.arange(T, device="cuda"), r(T, d), r(T, d), mask)
+
+        def layer(x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            y, h = decoder_layer(x, kv, at, w, dims, TRITON)
+            return mlp_down(y, h, w.down, TRITON)
+
+        return custom_ops(layer, r(1, T, hidden), r(2, 1, hkv, S, d))
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "hidden,inter,S", [(2048, 6144, 256), (1024, 3072, 16)], ids=["talker-1.7b", "predictor"]
+)
+def test_triton_ops_launch_the_kernels_for_one_or_two_tokens(hidden, inter, S):
+    dims = LayerDims(16, 8, 128, 1e-6)
+    five = ["matvec", "decode_attention", "matvec", "matvec", "matvec"]
+    assert layer_kernels(dims, hidden, inter, S, T=1) == five
+    assert layer_kernels(dims, hidden, inter, S, T=2) == five
+    assert layer_kernels(dims, hidden, inter, S, T=3) == []  # longer passes: the fused forms
+
+
+@needs_triton
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_triton_ops_take_top_k_from_the_kernel_when_sampling(do_sample):
+    with FakeTensorMode():
+        s = SamplingTensors("cuda")
+        hidden = torch.empty(1, 1, 2048, device="cuda", dtype=torch.bfloat16)
+        head = torch.empty(3072, 2048, device="cuda", dtype=torch.bfloat16)
+        flags = torch.zeros(1, 3072, dtype=torch.bool, device="cuda")
+        step = torch.zeros((), dtype=torch.long, device="cuda")
+
+        def token(hidden, head):
+            noise = torch.ones(1, 3072, device="cuda") if do_sample else None
+            args = (s, flags, flags, 2150, step, do_sample, False)
+            return talker_token(hidden, head, noise, *args, ops=TRITON)
+
+        assert custom_ops(token, hidden, head) == (["top_k_mask"] if do_sample else [])
+
+
+@pytest.mark.parametrize("rows,folds", [(2048, True), (FOLD_MAX_WEIGHT // 1024 + 1, False)])
+def test_fused_norm_linear_folds_the_norm_only_for_small_weights(rows, folds):
+    """Folded, the norm's mean square is a sum inside the product; otherwise rms_norm's mean."""
+    with FakeTensorMode():
+        x = torch.empty(1, 1, 1024, device="cuda", dtype=torch.bfloat16)
+        norm = torch.empty(1024, device="cuda", dtype=torch.bfloat16)
+        w = torch.empty(rows, 1024, device="cuda", dtype=torch.bfloat16)
+        graph = make_fx(lambda x, w: FUSED.norm_linear(x, norm, w, 1e-6))(x, w).graph
+    targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert ("aten.mean.dim" not in targets) == folds, sorted(targets)
