@@ -6,6 +6,8 @@ Writes one JSON document with:
 - a sync check: one captured frame replayed under `torch.cuda.set_sync_debug_mode("error")`;
 - bf16 teacher-forced logits (static vs reference) at full size: KL per frame,
   argmax agreement, NaN/Inf;
+- bf16 streamed vs non-streamed audio at full size: the same codes, and the audio within
+  the codec's own rounding on those codes (`fastqwen.verify.streaming`);
 - quick bf16 timings of the graph paths, for orientation (the bench reports the real ones).
 
 usage: python bench/gpu_check.py OUT.json [--size 1.7b] [--frames 100] [--skip-compile]
@@ -20,6 +22,7 @@ import tempfile
 import time
 import traceback
 
+import numpy as np
 import torch
 
 from fastqwen import EngineConfig, FastQwen3TTS
@@ -30,6 +33,7 @@ from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.tools.defaults import DEFAULT_SEED, SEED_PROMPTS
 from fastqwen.verify.parity import compare_codes, teacher_forced
 from fastqwen.verify.reference import run_reference
+from fastqwen.verify.streaming import compare_stream
 
 REQUEST = VoiceRequest("custom_voice", SEED_PROMPTS[0], "english", speaker="aiden")
 
@@ -106,6 +110,25 @@ def sync_free(tts) -> dict:
     return result
 
 
+def stream_vs_generate(eng: FastQwen3TTS, params: SamplingParams) -> dict:
+    """The same request streamed and not: codes equal, audio within the codec's rounding."""
+    eng.generate(REQUEST, params, seed=DEFAULT_SEED)  # warm: window, graphs
+    list(eng.stream(REQUEST, params, seed=DEFAULT_SEED))  # warm: codec graphs
+    whole = eng.generate(REQUEST, params, seed=DEFAULT_SEED)
+    chunks = list(eng.stream(REQUEST, params, seed=DEFAULT_SEED))
+    streamed = np.concatenate([c.audio for c in chunks])
+    codes = whole.codes.to(eng.device)
+    check = compare_stream(streamed, whole.audio, eng.tts.model.speech_tokenizer, codes)
+    return {
+        "same_codes": bool(torch.equal(eng.last_results[0].codes, whole.codes)),
+        "frames": whole.frames,
+        "chunks": len(chunks),
+        "ttfa_ms": round(1000 * chunks[0].elapsed_s, 2),
+        **check.summary(),
+        "describe": check.describe(),
+    }
+
+
 def bf16_checks(tts, frames: int, compile_too: bool) -> dict:
     params = SamplingParams(max_new_tokens=frames + 1)
     ref = run_reference(tts, REQUEST, params, seed=DEFAULT_SEED)
@@ -118,6 +141,7 @@ def bf16_checks(tts, frames: int, compile_too: bool) -> dict:
     )
     out["teacher_forced"] = summary
     out["teacher_forced_cb0_kl_per_frame"] = [round(x, 6) for x in forced.cb0_kl]
+    out["stream_vs_generate"] = stream_vs_generate(eng, params)
     timings = {}
     for name, cfg in {
         "graph": EngineConfig(cuda_graph=True),
