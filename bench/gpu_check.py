@@ -11,6 +11,7 @@ Writes one JSON document with:
 - quick bf16 timings of the graph paths, for orientation (the bench reports the real ones).
 
 usage: python bench/gpu_check.py OUT.json [--size 1.7b] [--frames 100] [--skip-compile]
+       [--steps fp32_exact_codes,sync_free,bf16]
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ def main() -> None:
     ap.add_argument("--size", default="1.7b")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument(
+        "--steps", default="fp32_exact_codes,sync_free,bf16", help="comma-separated steps to run"
+    )
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -194,6 +198,8 @@ def main() -> None:
             ),
         ]
         for name, fn in steps:
+            if name not in args.steps.split(","):
+                continue
             t0 = time.perf_counter()
             try:
                 report[name] = fn()

@@ -151,3 +151,21 @@ def test_fused_norm_linear_folds_the_norm_only_for_small_weights(rows, folds):
         graph = make_fx(lambda x, w: FUSED.norm_linear(x, norm, w, 1e-6))(x, w).graph
     targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
     assert ("aten.mean.dim" not in targets) == folds, sorted(targets)
+
+
+def test_each_compiled_function_keeps_its_own_graph_cache():
+    """The six frame functions are compiled one by one: compiling their `partial`s gave them
+    one shared Dynamo frame, whose recompile limit a second engine or dtype then exhausted
+    (FailOnRecompileLimitHit on the GPU)."""
+    from fastqwen.engine.step import FrameFunctions
+
+    fns = FrameFunctions.of(FUSED).compile()
+    codes = set()
+    for name in ("layer", "mlp_down", "final_norm", "talker_token", "predictor_token"):
+        fn = getattr(fns, name)
+        target = fn.func if hasattr(fn, "func") else fn  # partial(compiled, ops=...)
+        original = getattr(target, "_torchdynamo_orig_callable", None)
+        assert original is not None, f"{name} is not a torch.compile wrapper"
+        assert not hasattr(original, "func"), f"{name}: compiled a partial"
+        codes.add(original.__code__)
+    assert len(codes) == 5

@@ -154,14 +154,26 @@ class FrameFunctions:
         torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
         return FrameFunctions(
             ops=self.ops,
-            layer=compile_fused(self.layer),
-            mlp_down=compile_fused(self.mlp_down),
-            final_norm=compile_fused(self.final_norm),
-            talker_token=compile_fused(self.talker_token, exact_division=True),
-            predictor_token=compile_fused(self.predictor_token, exact_division=True),
-            embed_code=compile_fused(self.embed_code),
+            layer=_compiled(self.layer),
+            mlp_down=_compiled(self.mlp_down),
+            final_norm=_compiled(self.final_norm),
+            talker_token=_compiled(self.talker_token, exact_division=True),
+            predictor_token=_compiled(self.predictor_token, exact_division=True),
+            embed_code=_compiled(self.embed_code),
             compiled=True,
         )
+
+
+def _compiled(fn: Callable, exact_division: bool = False) -> Callable:
+    """`compile_fused` on the function itself, its bound op set passed on at each call.
+
+    Compiling the `partial` would give all six functions one shared Dynamo frame (the
+    wrapper that calls a partial), so their graphs would fill one cache and its recompile
+    limit together; compiled one by one, each keeps its own.
+    """
+    if isinstance(fn, partial):
+        return partial(compile_fused(fn.func, exact_division), *fn.args, **fn.keywords)
+    return compile_fused(fn, exact_division)
 
 
 REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
