@@ -417,10 +417,99 @@ def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, 
     monkeypatch.setattr(R, "run_parity", flaky)
     run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
     assert [o.ok for o in run.outcomes] == [True, False]
-    rows = A.read_summary(cv_settings.output_dir)["sets"]["customvoice"]["rows"]
+    failed = cv_settings.output_dir / "failed" / "customvoice"  # incomplete: not published
+    assert run.files_dir == failed and not run.complete
+    rows = A.read_summary(failed)["sets"]["customvoice"]["rows"]
     assert rows[1]["status"] == "error" and "simulated failure" in rows[1]["error"]
-    assert not (cv_settings.output_dir / "custom_aiden_gen2_static.wav").exists()
-    assert "custom_aiden_gen2: failed" in (cv_settings.output_dir / "README.md").read_text()
+    assert (failed / "custom_aiden_gen1_static.wav").is_file()
+    assert not (failed / "custom_aiden_gen2_static.wav").exists()
+    assert "custom_aiden_gen2: failed" in (failed / "README.md").read_text()
+    with pytest.raises(R.IncompleteSetError, match=r"1 of 2 pairs.*simulated failure"):
+        run.raise_if_incomplete()
+
+
+def test_a_failed_run_keeps_the_earlier_set(cv_settings, tiny_model, monkeypatch):
+    # Issue 15, item 1: a run where every pair failed deleted the earlier WAVs and said "ok".
+    out = cv_settings.output_dir
+    good = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    good.raise_if_incomplete()  # a complete run does not raise
+    before = {p.name: p.read_bytes() for p in out.glob("*.wav")}
+    summary_before = (out / "summary.json").read_text()
+    assert len(before) == 4 and A.check_set(out, "customvoice") == []
+
+    def broken(*args, **kwargs):
+        raise ValueError("unsupported language klingon")
+
+    monkeypatch.setattr(R, "run_parity", broken)
+    other = dataclasses.replace(cv_settings, voices=("serena",))
+    bad = R.run_sample_set(other, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert not any(o.ok for o in bad.outcomes)
+    assert {p.name: p.read_bytes() for p in out.glob("*.wav")} == before  # nothing deleted
+    assert (out / "summary.json").read_text() == summary_before
+    assert A.check_set(out, "customvoice") == []
+    with pytest.raises(R.IncompleteSetError, match="klingon"):
+        bad.raise_if_incomplete()
+    assert not list(out.glob(".staging-*"))  # the staging folder is gone
+
+
+def test_a_run_killed_while_publishing_is_detected(cv_settings, tiny_model, monkeypatch):
+    # Issue 15, item 4: summary.json said 63 frames for WAVs of another run.
+    out = cv_settings.output_dir
+    R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the WAVs, before the summary
+
+    monkeypatch.setattr(A, "update_summary", killed)
+    longer = dataclasses.replace(cv_settings, sampling=SamplingParams(max_new_tokens=6))
+    with pytest.raises(KeyboardInterrupt):
+        R.run_sample_set(longer, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    problems = A.check_set(out, "customvoice")
+    assert problems and all("does not match its checksum" in p for p in problems), problems
+    (out / "custom_bob_gen1_static.wav").write_bytes(b"stray")
+    assert any(
+        "custom_bob_gen1_static.wav is not part" in p for p in A.check_set(out, "customvoice")
+    )
+
+
+def test_a_second_run_of_a_set_into_one_folder_fails_at_once(cv_settings):
+    # Issue 15, item 2: two runs at once deleted each other's WAVs.
+    def loader(*args, **kwargs):
+        raise AssertionError("must not load a model")
+
+    with A.run_lock(cv_settings.output_dir, "customvoice"):
+        with pytest.raises(A.SetBusyError, match=r"another run of the customvoice set.*output_dir"):
+            R.run_sample_set(cv_settings, loader=loader, progress=False)
+        with A.run_lock(cv_settings.output_dir, "icl"):  # the other set may run beside it
+            pass
+    with A.run_lock(cv_settings.output_dir, "customvoice"):  # released
+        pass
+    (cv_settings.output_dir / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        with A.run_lock(cv_settings.output_dir / "file", "customvoice"):
+            pass
+
+
+def test_max_seq_len_can_be_set_where_the_error_suggests_it(cv_settings, tiny_model):
+    # Issue 15, item 1: "load the engine with a larger max_seq_len" could not be done.
+    s = resolve_settings(
+        "customvoice", {"model": "random:tiny-custom_voice"}, env={"PARITY_MAX_SEQ_LEN": "4096"}
+    )
+    assert s.max_seq_len == 4096 and s.to_json()["max_seq_len"] == 4096
+    assert resolve_settings("customvoice", {"max_seq_len": 300}, env={}).max_seq_len == 300
+    engine, _ = R._load(s, None, _loader(tiny_model, "custom_voice"))
+    assert engine.config.max_seq_len == 4096
+    huge = dataclasses.replace(cv_settings, sampling=SamplingParams(max_new_tokens=100_000))
+    run = R.run_sample_set(huge, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert "max_seq_len" in run.outcomes[0].error
+    assert "notebook parameter max_seq_len, or PARITY_MAX_SEQ_LEN" in run.outcomes[0].error
+
+
+def test_icl_references_with_one_stem_are_refused_naming_both(tmp_path):
+    # Issue 15, item 3: ref.mp3 and ref.flac both became icl_ref_gen1_*.wav.
+    refs = [str(tmp_path / "a" / "ref.mp3"), str(tmp_path / "b" / "ref.flac")]
+    with pytest.raises(ValueError, match=r"ref\.mp3 and .*ref\.flac would both be written"):
+        resolve_settings("icl", {"ref_audios": refs, "ref_texts": ["a b", "c d"]}, env={})
 
 
 def test_unknown_speaker_stops_with_the_choices(cv_settings, tiny_model):

@@ -220,9 +220,12 @@ def _set_info(run: NotebookRun, given: dict, started: str) -> None:
         settings = resolve_settings(set_name, run.parameters)
     except ValueError:
         return
-    section = A.read_summary(settings.output_dir)["sets"].get(set_name)
-    if not section or section["run"]["started"] < started:
-        return  # not written by this run
+    for folder in (settings.output_dir, settings.output_dir / A.FAILED_DIR / set_name):
+        section = A.read_summary(folder)["sets"].get(set_name)
+        if section and section["run"]["started"] >= started:
+            break  # written by this run: published, or kept as failed
+    else:
+        return
     model = section["model"]
     line = model["requested"]
     if model["resolved"] != model["requested"]:

@@ -234,11 +234,19 @@ def show_run(run: SetRun) -> None:
 
     ok = sum(o.ok for o in run.outcomes)
     info = run.section["run"]
+    where = rel(run.files_dir or run.output_dir)
+    if run.complete:
+        outcome = f"into `{where}`"
+    else:
+        outcome = (
+            f"; **the set was not published**: `{rel(run.output_dir)}` keeps the earlier set, "
+            f"and this run's files are in `{where}`"
+        )
     display.show(
         Markdown(
-            f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s into "
-            f"`{rel(run.output_dir)}` (torch threads: {run.threads}; "
-            f"{info['warm_up']}). Files are listed in `{rel(run.output_dir)}/README.md`."
+            f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s {outcome} "
+            f"(torch threads: {run.threads}; {info['warm_up']}). Files are listed in "
+            f"`{where}/README.md`."
         )
     )
     if run.references:
@@ -287,7 +295,9 @@ def show_summary(run: SetRun) -> None:
     """The closing table (also in summary.json)."""
     from IPython.display import Markdown
 
-    where = f"`{rel(run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
+    where = (
+        f"`{rel(run.files_dir or run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
+    )
     display.show(summary_table(run), Markdown(f"Also written to {where}."))
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -42,7 +43,6 @@ from fastqwen.tools.samplesets.settings import (
     SetSettings,
     pair_id,
     rel,
-    set_wav_pattern,
     wav_name,
 )
 from fastqwen.verify.parity import ParityReport, run_parity
@@ -147,6 +147,7 @@ class SetRun:
     references: list[Reference]
     section: dict  # this set's section of summary.json
     threads: int
+    files_dir: Path | None = None  # output_dir when published, else its failed/<set>/
 
     @property
     def banner(self) -> str:
@@ -155,6 +156,26 @@ class SetRun:
     @property
     def output_dir(self) -> Path:
         return self.settings.output_dir
+
+    @property
+    def complete(self) -> bool:
+        """Every pair succeeded, so the set was published in `output_dir`."""
+        return all(o.ok for o in self.outcomes)
+
+    def raise_if_incomplete(self) -> None:
+        """Fail (a notebook's last cell: the report then exits non-zero and its index says
+        failed) when a pair failed; the message says what and where the files are."""
+        failed = [o for o in self.outcomes if not o.ok]
+        if failed:
+            raise IncompleteSetError(
+                f"{len(failed)} of {len(self.outcomes)} pairs of the {self.settings.set_name} "
+                f"set failed (first: {failed[0].pair}: {failed[0].error}); {rel(self.output_dir)} "
+                f"keeps the earlier set, and this run's files are in {rel(self.files_dir)}"
+            )
+
+
+class IncompleteSetError(RuntimeError):
+    """A sample-set run in which some pair failed."""
 
 
 def banner_text(source, device: str) -> str:
@@ -340,12 +361,13 @@ def resolve_source(settings: SetSettings):
 
 
 def _load(settings: SetSettings, source, loader):
-    from fastqwen import FastQwen3TTS
+    from fastqwen import EngineConfig, FastQwen3TTS
     from fastqwen.models.sources import load_model
 
     source = source if source is not None else resolve_source(settings)
     loaded = (loader or load_model)(source, device=settings.device, dtype=settings.dtype)
-    return FastQwen3TTS(loaded.tts, source=loaded.source), loaded.source
+    config = None if settings.max_seq_len is None else EngineConfig(settings.max_seq_len)
+    return FastQwen3TTS(loaded.tts, config=config, source=loaded.source), loaded.source
 
 
 def _check_speakers(settings: SetSettings, engine) -> None:
@@ -377,23 +399,39 @@ def run_sample_set(
         transcriber: `(path, backend) -> text`, default `fastqwen.tools.transcribe.transcribe`.
         progress: a tqdm bar over the pairs, on stderr.
 
-    Writes to `settings.output_dir`: the WAVs, this set's section of `summary.json`,
-    `icl_transcripts.txt` (ICL), and `README.md`; removes this set's WAVs that the run did
-    not produce (left from other settings), so the folder matches the summary.
+    Holds the set's lock on `settings.output_dir` for the whole run (a second run of the
+    set into the folder raises `artifacts.SetBusyError` at once). When every pair succeeds,
+    publishes the set there (`artifacts.publish_set`): the WAVs, `icl_transcripts.txt`
+    (ICL), this set's section of `summary.json` with a checksum per file, and `README.md`;
+    this set's WAVs from earlier runs with other settings are removed. When a pair fails, the
+    folder keeps the earlier set as it was, and this run's files go to `failed/<set>/`;
+    `SetRun.raise_if_incomplete()` then raises.
     """
     started, t0 = A.utc_now(), time.perf_counter()
     check_references(settings)
-    engine, source = _load(settings, source, loader)
-    threads = configure_threads(source, settings.device)
-    _check_speakers(settings, engine)
-    references: list[Reference] = []
-    if settings.set_name == "icl":
-        references = prepare_references(settings, transcriber)
-        for ref in references:
-            ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
-    params = settings.sampling_params()
     out = settings.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    with A.run_lock(out, settings.set_name):
+        engine, source = _load(settings, source, loader)
+        threads = configure_threads(source, settings.device)
+        _check_speakers(settings, engine)
+        references: list[Reference] = []
+        if settings.set_name == "icl":
+            references = prepare_references(settings, transcriber)
+            for ref in references:
+                ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
+        staging = A.staging_dir(out, settings.set_name)
+        try:
+            outcomes = _run_pairs(settings, engine, references, staging, progress)
+            section = _section(settings, source, references, outcomes, started, t0, threads)
+            files_dir, section = _finish(settings, outcomes, section, references, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return SetRun(settings, source, engine, outcomes, references, section, threads, files_dir)
+
+
+def _run_pairs(settings, engine, references, staging: Path, progress: bool) -> list[PairOutcome]:
+    """Every pair, its WAVs written into `staging`; a failing pair becomes an error row."""
+    params = settings.sampling_params()
     outcomes, warmed = [], False
     bar = tqdm(
         settings.pairs(),
@@ -413,18 +451,28 @@ def run_sample_set(
             outcome.report, outcome.stream = run_pair(engine, request, params, settings.seed)
             for side in ("static", "dynamic"):
                 result = getattr(outcome.report, side)
-                path = out / wav_name(settings.set_name, voice, k, side)
+                path = staging / wav_name(settings.set_name, voice, k, side)
                 A.atomic_write_bytes(path, A.wav_bytes(result.audio, result.sample_rate))
                 outcome.files[side] = path
         except Exception as exc:  # one bad pair must not lose the others
-            outcome.error = f"{type(exc).__name__}: {exc}"
+            outcome.error = _with_hint(f"{type(exc).__name__}: {exc}")
             outcome.traceback = traceback.format_exc()
             log.error("%s failed: %s", outcome.pair, outcome.error)
         outcomes.append(outcome)
     bar.close()
+    return outcomes
 
-    _prune_stale(settings, outcomes)
-    section = {
+
+def _with_hint(error: str) -> str:
+    """Say how to apply the engine's "larger max_seq_len" advice from a notebook."""
+    if "larger max_seq_len" in error:
+        error += " (notebook parameter max_seq_len, or PARITY_MAX_SEQ_LEN)"
+    return error
+
+
+def _section(settings, source, references, outcomes, started: str, t0: float, threads: int):
+    """This run's section of summary.json (its `files` checksums are added on writing)."""
+    return {
         "settings": settings.to_json(),
         "origins": dict(settings.origins),
         "model": {
@@ -447,30 +495,40 @@ def run_sample_set(
             "qwen_tts": package_version("qwen-tts"),
             "torch_threads": threads,
             "warm_up": WARM_UP_NOTE,
+            "complete": all(o.ok for o in outcomes),
         },
         "references": [r.to_json() for r in references],
         "transcription": asr_method(settings.asr_backend)[1]
         if any(r.text_source.startswith("transcribed") for r in references)
         else None,
-        "files": [p.name for o in outcomes for p in o.files.values()],
         "rows": [o.row() for o in outcomes],
     }
-    if settings.set_name == "icl":
-        A.atomic_write_text(out / A.TRANSCRIPTS_FILE, transcripts_text(references))
-    summary = A.update_summary(out, section)
+
+
+def _finish(settings, outcomes, section, references, staging: Path) -> tuple[Path, dict]:
+    """Publish a complete set, or keep an incomplete one in failed/<set>/; point every
+    outcome's files at where they now are."""
     from fastqwen.tools.samplesets.readme import render_readme
 
-    A.atomic_write_text(out / A.README_FILE, render_readme(summary))
-    return SetRun(settings, source, engine, outcomes, references, section, threads)
-
-
-def _prune_stale(settings: SetSettings, outcomes: list[PairOutcome]) -> None:
-    written = {p.name for o in outcomes for p in o.files.values()}
-    pattern = set_wav_pattern(settings.set_name)
-    for path in settings.output_dir.iterdir():
-        if pattern.match(path.name) and path.name not in written:
-            log.info("removing %s (not part of this run)", path)
-            path.unlink()
+    out, name = settings.output_dir, settings.set_name
+    extra = {A.TRANSCRIPTS_FILE: transcripts_text(references)} if name == "icl" else {}
+    if all(o.ok for o in outcomes):
+        staged = [p for o in outcomes for p in o.files.values()]
+        A.publish_set(out, name, staged, section, render=render_readme, extra=extra)
+        target = out
+    else:
+        target = A.keep_failed(out, name, staging, section, render=render_readme, extra=extra)
+        log.error(
+            "%s: %d of %d pairs failed; %s keeps the earlier set, this run's files are in %s",
+            name,
+            sum(not o.ok for o in outcomes),
+            len(outcomes),
+            out,
+            target,
+        )
+    for o in outcomes:
+        o.files = {side: target / p.name for side, p in o.files.items()}
+    return target, A.read_summary(target)["sets"][name]
 
 
 def transcripts_text(references: list[Reference]) -> str:
@@ -487,6 +545,7 @@ def transcripts_text(references: list[Reference]) -> str:
 
 
 __all__ = [
+    "IncompleteSetError",
     "PairOutcome",
     "Reference",
     "SetRun",

@@ -22,9 +22,11 @@ dataclass (name, type, default), and reach the engine as one `SamplingParams`:
 Relative folders start at the project folder (`fastqwen.tools.env.project_dir`: the working
 directory, or `$FASTQWEN_PROJECT_DIR`).
 
-Reliability: every file is written to a temporary sibling and renamed into place; a failing
-pair becomes an "error" row instead of stopping the set; `summary.json` holds one section
-per set, replaced under a file lock, and `README.md` is regenerated from it.
+Reliability (`artifacts`): every file is written to a temporary sibling and renamed into
+place; a failing pair becomes an "error" row instead of stopping the set, but only a complete
+set is published (an incomplete one goes to `failed/<set>/`); one run of a set per folder at
+a time; `summary.json` holds one section per set with a checksum per file, replaced under a
+file lock, and `README.md` is regenerated from it.
 """
 
 from __future__ import annotations
@@ -123,6 +125,13 @@ def _common_params() -> tuple[Param, ...]:
         Param("language", "English", "language of the prompts"),
         *_sampling_params(),
         Param("seed", DEFAULT_SEED, "RNG seed for both engines", env="PARITY_SEED", kind="int"),
+        Param(
+            "max_seq_len",
+            None,
+            "static engine cache positions, prompt + frames (None: the EngineConfig default)",
+            env="PARITY_MAX_SEQ_LEN",
+            kind="int",
+        ),
         Param(
             "output_dir",
             "samples/parity",
@@ -265,6 +274,7 @@ class SetSettings:
     dtype: str
     interactive: bool
     asr_backend: str = "auto"
+    max_seq_len: int | None = None  # the static engine's EngineConfig.max_seq_len (None: default)
     project_dir: Path = field(default_factory=project_dir)  # where relative paths start
     origins: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -285,6 +295,7 @@ class SetSettings:
             "language": self.language,
             **dataclasses.asdict(self.sampling),
             "seed": self.seed,
+            "max_seq_len": self.max_seq_len,
             "output_dir": rel(self.output_dir, self.project_dir),
             "device": self.device,
             "dtype": self.dtype,
@@ -348,6 +359,7 @@ def resolve_settings(
         voices, ref_texts = _resolve_refs(values, origins, env, base)
     if len(set(voices)) != len(voices):
         raise ValueError(f"duplicate voices in {list(voices)}")
+    _check_unique_tags(set_name, voices)
     return SetSettings(
         set_name=set_name,
         model=values["model"],
@@ -362,6 +374,7 @@ def resolve_settings(
         dtype=dtype,
         interactive=values["interactive"],
         asr_backend=values.get("asr_backend", "auto"),
+        max_seq_len=values["max_seq_len"],
         project_dir=base,
         origins=origins,
     )
@@ -387,6 +400,21 @@ def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str], base: Pat
         else:
             texts[i] = None
     return tuple(str(project_path(a, base)) for a in audios), tuple(texts)
+
+
+def _check_unique_tags(set_name: str, voices: tuple[str, ...]) -> None:
+    """Two voices whose file names would be the same (`a/ref.mp3`, `b/ref.flac`) would
+    overwrite each other's WAVs: refuse them, naming both."""
+    seen: dict[str, str] = {}
+    for voice in voices:
+        tag = voice_tag(voice)
+        if tag in seen:
+            what = "ref_audios" if set_name == "icl" else "speakers"
+            raise ValueError(
+                f"{seen[tag]} and {voice} would both be written as "
+                f"{pair_id(set_name, voice, 1)}_*.wav; rename one of them ({what})"
+            )
+        seen[tag] = voice
 
 
 def notebook_settings(
