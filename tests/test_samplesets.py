@@ -136,6 +136,15 @@ def test_bad_values_name_the_parameter_or_variable(params, env, names):
         resolve_settings("customvoice", params, env=env)
 
 
+def test_min_new_tokens_above_max_new_tokens_is_refused_naming_both():
+    # Issue 15, item 9: it was accepted silently.
+    with pytest.raises(ValueError, match=r"min_new_tokens \(10\) must be <= max_new_tokens \(4\)"):
+        SamplingParams(max_new_tokens=4, min_new_tokens=10)
+    with pytest.raises(ValueError, match="min_new_tokens.*max_new_tokens"):
+        resolve_settings("customvoice", {}, env={"PARITY_MIN_NEW_TOKENS": "200"})
+    assert SamplingParams(max_new_tokens=4, min_new_tokens=4).min_new_tokens == 4
+
+
 def test_temperature_is_codebook_0_and_subtalker_temperature_the_predictor():
     # Issue 11: `temperature` was documented as "codebook 0 and predictor", but the
     # predictor kept 0.9. Each knob now has its own parameter, passed on as given.
