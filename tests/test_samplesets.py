@@ -293,8 +293,11 @@ def test_word_error_rate():
     assert R.word_error_rate("a b c d", "a x c") == 0.5
 
 
-def test_unusable_transcript_names_file_and_variable():
-    s = resolve_settings("icl", {}, env={"PARITY_REF_TEXT": "given"})
+def test_unusable_transcript_names_file_and_variable(tmp_path):
+    for ref in REFS:  # copies without a ref_texts.json: their text must be transcribed
+        (tmp_path / ref.name).write_bytes(ref.read_bytes())
+    env = {"PARITY_REF_TEXT": "given", "FASTQWEN_PROJECT_DIR": str(tmp_path)}
+    s = resolve_settings("icl", {"ref_audios": [r.name for r in REFS]}, env=env)
     heard = {"ref_audio_2.wav": "  ...  ", "ref_audio_3.wav": "fine words"}
     with pytest.raises(ValueError, match=r"ref_audio_2\.wav.*unusable.*PARITY_REF_TEXT_2"):
         R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
@@ -302,8 +305,82 @@ def test_unusable_transcript_names_file_and_variable():
     refs = R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
     assert [r.text_source for r in refs][0] == "PARITY_REF_TEXT"
     assert refs[1].text_source.startswith("transcribed: ")
-    assert refs[1].known_text.startswith("The weather station")  # from samples/ref_texts.json
-    assert 0 < refs[1].word_error_rate < 1
+    assert refs[1].text == refs[1].transcript == heard["ref_audio_2.wav"]
+
+
+def test_known_texts_make_icl_prompts_reproducible():
+    # Issue 15, item 6: Whisper heard "Small bakery..." on one machine and "Our small
+    # bakery..." on another, so the prompt changed with the machine.
+    s = resolve_settings("icl", {}, env={})
+    known = json.loads((ROOT / "samples/ref_texts.json").read_text())
+    for heard_3 in ("Small bakery opens early every day", "Our small bakery opens"):
+        heard = {p.name: known[p.name] for p in REFS} | {"ref_audio_3.wav": heard_3}
+        refs = R.prepare_references(s, transcriber=lambda path, backend, h=heard: h[path.name])
+        assert [r.text for r in refs] == [known[p.name] for p in REFS]  # the same everywhere
+        assert {r.text_source for r in refs} == {"ref_texts.json"}
+        assert refs[2].transcript == heard_3 and refs[2].word_error_rate > 0  # the check
+        assert refs[0].word_error_rate == 0
+
+    def no_asr(path, backend):
+        raise ImportError("faster-whisper is not installed")
+
+    refs = R.prepare_references(s, transcriber=no_asr)  # the check is optional
+    assert refs[0].text == known["ref_audio.wav"] and refs[0].transcript is None
+    text = R.transcripts_text(refs)
+    assert "source: ref_texts.json" in text and known["ref_audio_2.wav"] in text
+
+
+def _wav(path, seconds, level=0.3, clip=False):
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(24000 * seconds)) / 24000
+    wav = level * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    sf.write(path, np.clip(wav * (8 if clip else 1), -1, 1), 24000, subtype="PCM_16")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "level", "message"),
+    [(3.0, 0.0, r"silent \(peak"), (0.2, 0.3, r"0\.20 s long, shorter than the minimum")],
+)
+def test_bad_reference_audio_stops_before_loading_or_transcribing(
+    tmp_path, seconds, level, message
+):
+    # Issue 15, item 5: silence passed as "ok"; a 0.2 s clip was blamed on its transcript.
+    bad = _wav(tmp_path / "bad.wav", seconds, level)
+    s = resolve_settings("icl", {}, env={"PARITY_REF_AUDIO_2": bad})
+
+    def loader(*args, **kwargs):
+        raise AssertionError("must not load a model")
+
+    with pytest.raises(ValueError, match=rf"bad\.wav.*{message}.*PARITY_REF_AUDIO_2"):
+        R.run_sample_set(s, loader=loader, progress=False)
+
+
+def test_reference_audio_warnings_reach_summary_readme_and_log(tmp_path, tiny_model, caplog):
+    assert R.check_references(resolve_settings("icl", {}, env={})) == {
+        str(p): [] for p in REFS
+    }  # the shipped recordings are clean
+    clipped = _wav(tmp_path / "loud.wav", 2.0, clip=True)
+    s = resolve_settings(
+        "icl",
+        {
+            "model": "random:tiny-base",
+            "ref_audios": [clipped],
+            "ref_texts": ["A loud voice"],
+            "max_new_tokens": 3,
+            "prompt_limit": 1,
+            "output_dir": str(tmp_path / "out"),
+        },
+        env={},
+    )
+    run = R.run_sample_set(s, loader=_loader(tiny_model, "base"), progress=False)
+    assert "clipped" in caplog.text
+    (warning,) = run.section["references"][0]["warnings"]
+    assert warning.startswith("clipped: ") and run.references[0].warnings == [warning]
+    assert warning in (tmp_path / "out" / "README.md").read_text()
+    assert warning in (tmp_path / "out" / "icl_transcripts.txt").read_text()
 
 
 def test_missing_reference_stops_before_loading(tmp_path):

@@ -186,16 +186,24 @@ def settings_table(settings: SetSettings):
 
 
 def references_html(run: SetRun) -> str:
-    """ICL references: player, text used, where it came from, error against the known text."""
-    rows = ["<tr><th>recording</th><th>player</th><th>text used</th><th>source</th></tr>"]
+    """ICL references: player, text used, where it came from, the ASR check, warnings."""
+    rows = [
+        "<tr><th>recording</th><th>player</th><th>text used</th><th>source</th>"
+        "<th>ASR transcript (check)</th></tr>"
+    ]
     for ref in run.references:
-        source = ref.text_source
+        check = "" if ref.transcript in (None, ref.text) else ref.transcript
         if ref.word_error_rate is not None:
-            source += f" ({100 * ref.word_error_rate:.1f}% word error against ref_texts.json)"
+            check += f" ({100 * ref.word_error_rate:.1f}% word error against ref_texts.json)"
+        warn = "".join(
+            f'<div style="color:#c0392b"><b>warning:</b> {html.escape(w)}</div>'
+            for w in ref.warnings
+        )
         rows.append(
-            f"<tr><td><code>{html.escape(rel(ref.path))}</code></td>"
+            f"<tr><td><code>{html.escape(rel(ref.path))}</code>{warn}</td>"
             f"<td>{audio_tag(ref.path, attr='data-ref')}</td>"
-            f"<td>{html.escape(ref.text)}</td><td>{html.escape(source)}</td></tr>"
+            f"<td>{html.escape(ref.text)}</td><td>{html.escape(ref.text_source)}</td>"
+            f"<td>{html.escape(check.strip())}</td></tr>"
         )
     return f'<table class="fq-refs">{"".join(rows)}</table>'
 

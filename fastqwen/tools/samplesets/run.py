@@ -18,9 +18,7 @@ made two threads several times slower than one (the test suite does the same).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
 import shutil
 import sys
 import time
@@ -37,41 +35,21 @@ from fastqwen import __version__
 from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.tools.env import git_commit, package_version
 from fastqwen.tools.samplesets import artifacts as A
-from fastqwen.tools.samplesets.settings import (
-    ASR_METHODS,
-    REF_SUFFIXES,
-    SetSettings,
-    pair_id,
-    rel,
-    wav_name,
+from fastqwen.tools.samplesets.references import (
+    Reference,
+    asr_method,
+    check_references,
+    prepare_references,
+    transcripts_text,
+    word_error_rate,
 )
+from fastqwen.tools.samplesets.settings import SetSettings, pair_id, rel, wav_name
 from fastqwen.verify.parity import ParityReport, run_parity
 from fastqwen.verify.reference import run_reference
 from fastqwen.verify.streaming import StreamParity, compare_stream
 
 log = logging.getLogger(__name__)
 GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
-
-
-@dataclass
-class Reference:
-    """An ICL reference recording and the text used for it."""
-
-    path: Path
-    text: str
-    text_source: str  # "parameter ref_texts[i]", "PARITY_REF_TEXT_2", or "transcribed: <method>"
-    known_text: str | None = None  # from a ref_texts.json next to the recording
-    word_error_rate: float | None = None  # of a transcript against known_text
-    prompt: list | None = None  # qwen_tts voice clone prompt items
-
-    def to_json(self) -> dict:
-        return {
-            "file": rel(self.path),
-            "text": self.text,
-            "text_source": self.text_source,
-            "known_text": self.known_text,
-            "word_error_rate": self.word_error_rate,
-        }
 
 
 @dataclass
@@ -196,79 +174,6 @@ def configure_threads(source, device: str) -> int:
     if source.size == "tiny" and not str(device).startswith("cuda"):
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-# ------------------------------------------------------------------ references
-
-
-def asr_method(backend: str) -> tuple[str, str]:
-    """(backend name, description) that `fastqwen.tools.transcribe.transcribe(backend)` will use."""
-    from fastqwen.tools.transcribe import available_backends
-
-    if backend == "auto":
-        installed = available_backends()
-        backend = installed[0] if installed else "faster-whisper"
-    return backend, ASR_METHODS.get(backend, backend)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance over the reference length (case and punctuation ignored)."""
-    ref, hyp = (re.findall(r"[a-z0-9']+", t.lower()) for t in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
-
-
-def _known_text(path: Path) -> str | None:
-    table = path.parent / "ref_texts.json"
-    try:
-        return json.loads(table.read_text()).get(path.name)
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
-def check_references(settings: SetSettings) -> None:
-    """Stop before loading anything when a reference recording is missing."""
-    for i, audio in enumerate(settings.voices if settings.set_name == "icl" else ()):
-        if not Path(audio).is_file():
-            var = f"PARITY_REF_AUDIO{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
-            origin = settings.origins.get(f"ref_audios[{i}]", settings.origins.get("ref_audios"))
-            fix = f"set {var} or ref_audios[{i}]" if var else f"fix ref_audios[{i}]"
-            raise FileNotFoundError(
-                f"reference audio {audio} not found (ref_audios[{i}], from {origin}); {fix} "
-                "to an existing recording"
-            )
-
-
-def prepare_references(
-    settings: SetSettings, transcriber: Callable[[Path, str], str] | None = None
-) -> list[Reference]:
-    """Reference texts: the given ones, else transcripts (which must contain words)."""
-    if transcriber is None:
-        from fastqwen.tools.transcribe import transcribe as transcriber
-    backend, method = asr_method(settings.asr_backend)
-    refs = []
-    for i, (audio, text) in enumerate(zip(settings.voices, settings.ref_texts, strict=True)):
-        path = Path(audio)
-        known = _known_text(path)
-        if text is not None:
-            source = settings.origins.get(f"ref_texts[{i}]", "parameter")
-            refs.append(Reference(path, text, source, known))
-            continue
-        heard = transcriber(path, backend)
-        if not re.search(r"[^\W_]", heard or ""):
-            var = f"PARITY_REF_TEXT{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
-            fix = f"set {var} or ref_texts[{i}]" if var else f"set ref_texts[{i}]"
-            raise ValueError(
-                f"the transcript of {rel(path)} is unusable ({heard!r}, from {method}); "
-                f"{fix} to the words spoken in the recording"
-            )
-        wer = None if known is None else round(word_error_rate(known, heard), 4)
-        refs.append(Reference(path, heard, f"transcribed: {method}", known, wer))
-    return refs
 
 
 # ------------------------------------------------------------------ one pair
@@ -408,7 +313,7 @@ def run_sample_set(
     `SetRun.raise_if_incomplete()` then raises.
     """
     started, t0 = A.utc_now(), time.perf_counter()
-    check_references(settings)
+    audio_warnings = check_references(settings)  # before loading: missing, short, silent
     out = settings.output_dir
     with A.run_lock(out, settings.set_name):
         engine, source = _load(settings, source, loader)
@@ -418,6 +323,7 @@ def run_sample_set(
         if settings.set_name == "icl":
             references = prepare_references(settings, transcriber)
             for ref in references:
+                ref.warnings = audio_warnings.get(str(ref.path), [])
                 ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
         staging = A.staging_dir(out, settings.set_name)
         try:
@@ -499,7 +405,7 @@ def _section(settings, source, references, outcomes, started: str, t0: float, th
         },
         "references": [r.to_json() for r in references],
         "transcription": asr_method(settings.asr_backend)[1]
-        if any(r.text_source.startswith("transcribed") for r in references)
+        if any(r.transcript is not None for r in references)
         else None,
         "rows": [o.row() for o in outcomes],
     }
@@ -531,19 +437,6 @@ def _finish(settings, outcomes, section, references, staging: Path) -> tuple[Pat
     return target, A.read_summary(target)["sets"][name]
 
 
-def transcripts_text(references: list[Reference]) -> str:
-    """`icl_transcripts.txt`: the text used for each recording and where it came from."""
-    lines = ["# Reference texts of the ICL (voice clone) parity set", ""]
-    for ref in references:
-        lines += [ref.path.name, f"  source: {ref.text_source}", f"  text: {ref.text}"]
-        if ref.known_text is not None:
-            lines.append(f"  recorded text (ref_texts.json): {ref.known_text}")
-        if ref.word_error_rate is not None:
-            lines.append(f"  word error rate of the transcript: {100 * ref.word_error_rate:.1f}%")
-        lines.append("")
-    return "\n".join(lines)
-
-
 __all__ = [
     "IncompleteSetError",
     "PairOutcome",
@@ -556,5 +449,5 @@ __all__ = [
     "run_pair",
     "run_sample_set",
     "warm_up",
-    "word_error_rate",
+    "word_error_rate",  # from .references, kept importable here
 ]

@@ -193,7 +193,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
         Param(
             "ref_texts",
             None,
-            "their transcripts (None entries: PARITY_REF_TEXT, _2, _3, else auto-transcribed)",
+            "their texts (None entries: PARITY_REF_TEXT, _2, _3, else ref_texts.json, else ASR)",
             kind="texts",
         ),
         Param("asr_backend", "auto", "transcription backend: auto, faster-whisper, nano-parakeet"),
@@ -211,7 +211,7 @@ def env_var_table(set_name: str) -> list[tuple[str, str, str]]:
                 (f"PARITY_REF_AUDIO{s}", f"ref_audios[{i}]", f"reference recording {i + 1}")
             )
         for i, s in enumerate(REF_SUFFIXES):
-            rows.append((f"PARITY_REF_TEXT{s}", f"ref_texts[{i}]", f"its transcript {i + 1}"))
+            rows.append((f"PARITY_REF_TEXT{s}", f"ref_texts[{i}]", f"text of recording {i + 1}"))
     return rows
 
 
