@@ -492,6 +492,19 @@ def test_runner_writes_set_and_reruns_reproduce_codes(cv_settings, tiny_model):
     assert [r["codes_sha256"] for r in again.section["rows"]] == [r["codes_sha256"] for r in rows]
 
 
+def test_the_recorded_commit_is_the_codes_not_one_dirtied_by_the_run(
+    cv_settings, tiny_model, monkeypatch
+):
+    # Issue 15, item 7: the commit was read after the run had written files ("-dirty").
+    def commit(cwd):
+        return "abc123-dirty" if any(cv_settings.output_dir.rglob("*.wav")) else "abc123"
+
+    monkeypatch.setattr(R, "git_commit", commit)
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert run.section["run"]["git_commit"] == "abc123"
+    assert "from commit `abc123`" in (cv_settings.output_dir / "README.md").read_text()
+
+
 def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, monkeypatch):
     real = R.run_parity
 

@@ -313,6 +313,7 @@ def run_sample_set(
     `SetRun.raise_if_incomplete()` then raises.
     """
     started, t0 = A.utc_now(), time.perf_counter()
+    commit = git_commit(settings.project_dir)  # the code's, before this run writes anything
     audio_warnings = check_references(settings)  # before loading: missing, short, silent
     out = settings.output_dir
     with A.run_lock(out, settings.set_name):
@@ -328,7 +329,13 @@ def run_sample_set(
         staging = A.staging_dir(out, settings.set_name)
         try:
             outcomes = _run_pairs(settings, engine, references, staging, progress)
-            section = _section(settings, source, references, outcomes, started, t0, threads)
+            section = _section(settings, source, references, outcomes, threads)
+            section["run"] |= {
+                "started": started,
+                "finished": A.utc_now(),
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "git_commit": commit,
+            }
             files_dir, section = _finish(settings, outcomes, section, references, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -376,8 +383,9 @@ def _with_hint(error: str) -> str:
     return error
 
 
-def _section(settings, source, references, outcomes, started: str, t0: float, threads: int):
-    """This run's section of summary.json (its `files` checksums are added on writing)."""
+def _section(settings, source, references, outcomes, threads: int) -> dict:
+    """This run's section of summary.json, but for its times and commit (the caller's) and
+    its `files` checksums (added on writing)."""
     return {
         "settings": settings.to_json(),
         "origins": dict(settings.origins),
@@ -392,10 +400,6 @@ def _section(settings, source, references, outcomes, started: str, t0: float, th
             "banner": banner_text(source, settings.device),
         },
         "run": {
-            "started": started,
-            "finished": A.utc_now(),
-            "wall_s": round(time.perf_counter() - t0, 2),
-            "git_commit": git_commit(settings.project_dir),
             "fastqwen": __version__,
             "torch": torch.__version__,
             "qwen_tts": package_version("qwen-tts"),
