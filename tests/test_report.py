@@ -49,14 +49,44 @@ def tiny_run(tiny_model, tmp_path_factory):
         ("0.5", 0.5),
         ("aiden", "aiden"),
         ("aiden,serena", "aiden,serena"),
-        ('["a", "b"]', ["a", "b"]),
+        ('["a", "b"]', '["a", "b"]'),  # as papermill -p: list parameters parse it later
         ("False", False),
-        ("true", True),
+        ("true", "true"),
         ("None", None),
     ],
 )
 def test_parse_value(text, value):
     assert report.parse_value(text) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("speakers", '["vivian"]', ("vivian",)),
+        ("speakers", "vivian,ryan", ("vivian", "ryan")),
+        ("speakers", '["vivian", "ryan"]', ("vivian", "ryan")),
+        ("prompts", '["One, two.", "Three."]', ("One, two.", "Three.")),
+        ("max_new_tokens", "12", 12),
+        ("do_sample", "false", False),
+        ("do_sample", "False", False),
+        ("top_p", "0.5", 0.5),
+    ],
+)
+def test_report_and_papermill_read_values_alike(name, text, expected):
+    # Issue 15, item 8: -p speakers '["vivian"]' worked in fastqwen.tools.report but not
+    # under papermill ("unknown speaker(s) ['[\"vivian\"]']").
+    from papermill.cli import _resolve_type  # what `papermill -p` passes to the notebook
+
+    def value(settings):
+        if name == "speakers":
+            return settings.voices
+        return getattr(settings.sampling if name != "prompts" else settings, name)
+
+    ours = resolve_settings("customvoice", {name: report.parse_value(text)}, env={})
+    theirs = resolve_settings("customvoice", {name: _resolve_type(text)}, env={})
+    assert value(ours) == value(theirs) == expected
+    with pytest.raises(ValueError, match="speakers"):
+        resolve_settings("customvoice", {"speakers": _resolve_type('["vivian"')}, env={})
 
 
 def test_parameters_go_only_to_notebooks_that_declare_them():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import sys
 import time
@@ -61,14 +60,18 @@ def default_notebooks(project: Path | None = None) -> list[Path]:
 
 
 def parse_value(text: str):
-    """A `-p` value as papermill's CLI reads it: JSON (numbers, lists, true/null) or a string."""
+    """A `-p` value exactly as `papermill -p` reads it (True/False/None, an int, a float, else
+    the string), so both commands pass a notebook the same value; list-valued parameters
+    then accept a JSON list string in either (`fastqwen.tools.samplesets.settings`)."""
     aliases = {"True": True, "False": False, "None": None}
     if text in aliases:
         return aliases[text]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -297,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="a notebook parameter, passed to each notebook that declares it "
-        "(value: JSON or a string), e.g. -p max_new_tokens 64 -p speakers aiden",
+        help="a notebook parameter, passed to each notebook that declares it, read as "
+        "papermill -p reads it (lists: comma-separated or a JSON list), e.g. "
+        "-p max_new_tokens 64 -p speakers aiden,serena",
     )
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     return p

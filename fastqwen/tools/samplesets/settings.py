@@ -32,6 +32,7 @@ file lock, and `README.md` is regenerated from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -234,6 +235,10 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             if text in _TRUE | _FALSE:
                 return text in _TRUE
             raise ValueError
+        if kind in ("list", "texts") and isinstance(value, str) and value.lstrip().startswith("["):
+            value = json.loads(value)  # `papermill -p x '["a"]'` passes the text as is
+            if not isinstance(value, list):
+                raise ValueError
         if kind == "list":
             items = value.split(",") if isinstance(value, str) else list(value)
             items = [str(x).strip() for x in items if str(x).strip()]
@@ -251,8 +256,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             "int": "an integer",
             "float": "a number",
             "bool": "true/false (1/0)",
-            "list": "a non-empty comma-separated list",
-            "texts": "a list of strings",
+            "list": "a non-empty comma-separated or JSON list",
+            "texts": "a list of strings (or a JSON list)",
         }
         raise ValueError(f"{where}={value!r} is not {expected.get(kind, 'a string')}") from None
 
