@@ -611,6 +611,44 @@ def test_icl_references_with_one_stem_are_refused_naming_both(tmp_path):
         resolve_settings("icl", {"ref_audios": refs, "ref_texts": ["a b", "c d"]}, env={})
 
 
+def _no_load(*args, **kwargs):
+    raise AssertionError("must not load a model")
+
+
+def test_a_base_model_in_the_customvoice_set_is_named(cv_settings, tiny_model):
+    # Issue 15: "unknown speaker(s) ['vivian']... this model has: " (an empty list).
+    bad = dataclasses.replace(cv_settings, model="random:tiny-base")
+    with pytest.raises(ValueError, match=r"'random:tiny-base'.*is a base model, but the "):
+        R.run_sample_set(bad, loader=_no_load, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("device", "match"), [("tpu", "device='tpu' is not a torch device"), ("cuda", "no CUDA GPU")]
+)
+def test_an_unusable_device_names_the_parameter(cv_settings, monkeypatch, device, match):
+    # Issue 15: device='tpu' in a notebook gave a raw RuntimeError naming no parameter.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    bad = dataclasses.replace(cv_settings, device=device)
+    with pytest.raises(ValueError, match=rf"{match}.*notebook parameter device"):
+        R.run_sample_set(bad, loader=_no_load, progress=False)
+
+
+def test_url_or_directory_as_reference_audio_is_a_clear_error(tmp_path):
+    # Issue 15: both were reported as "not found".
+    with pytest.raises(ValueError, match=r"ref_audios\[1\]='https://x\.org/a\.wav' is a URL"):
+        resolve_settings("icl", {"ref_audios": [str(REFS[0]), "https://x.org/a.wav"]}, env={})
+    s = resolve_settings("icl", {}, env={"PARITY_REF_AUDIO_3": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"is a directory, not a recording.*PARITY_REF_AUDIO_3"):
+        R.run_sample_set(s, loader=_no_load, progress=False)
+
+
+def test_an_output_dir_that_is_a_file_is_a_clear_error(cv_settings):
+    cv_settings.output_dir.parent.mkdir(parents=True, exist_ok=True)
+    cv_settings.output_dir.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"output_dir .* is a file; choose a folder"):
+        R.run_sample_set(cv_settings, loader=_no_load, progress=False)
+
+
 def test_unknown_speaker_stops_with_the_choices(cv_settings, tiny_model):
     import dataclasses
 

@@ -143,6 +143,11 @@ def check_references(settings: SetSettings) -> dict[str, list[str]]:
 
     found: dict[str, list[str]] = {}
     for i, audio in enumerate(settings.voices if settings.set_name == "icl" else ()):
+        if Path(audio).is_dir():
+            raise ValueError(
+                f"reference audio {rel(audio)} is a directory, not a recording "
+                f"{_slot_fix(settings, i)} to an audio file"
+            )
         if not Path(audio).is_file():
             raise FileNotFoundError(
                 f"reference audio {audio} not found {_slot_fix(settings, i)} to an existing "

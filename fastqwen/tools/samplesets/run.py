@@ -43,12 +43,13 @@ from fastqwen.tools.samplesets.references import (
     transcripts_text,
     word_error_rate,
 )
-from fastqwen.tools.samplesets.settings import SetSettings, pair_id, rel, wav_name
+from fastqwen.tools.samplesets.settings import PARAMS, SetSettings, pair_id, rel, wav_name
 from fastqwen.verify.parity import ParityReport, run_parity
 from fastqwen.verify.reference import run_reference
 from fastqwen.verify.streaming import StreamParity, compare_stream
 
 log = logging.getLogger(__name__)
+SET_MODEL_KIND = {"customvoice": "custom_voice", "icl": "base"}  # the model kind a set needs
 GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
 
 
@@ -270,9 +271,28 @@ def _load(settings: SetSettings, source, loader):
     from fastqwen.models.sources import load_model
 
     source = source if source is not None else resolve_source(settings)
+    needed = SET_MODEL_KIND[settings.set_name]
+    if source.kind != needed:
+        default = next(p.default for p in PARAMS[settings.set_name] if p.name == "model")
+        raise ValueError(
+            f"model {settings.model!r} (from {settings.origins.get('model', 'default')}) is a "
+            f"{source.kind} model, but the {settings.set_name} set needs a {needed} model, "
+            f"e.g. {default!r} or 'random:tiny-{needed}'"
+        )
     loaded = (loader or load_model)(source, device=settings.device, dtype=settings.dtype)
     config = None if settings.max_seq_len is None else EngineConfig(settings.max_seq_len)
     return FastQwen3TTS(loaded.tts, config=config, source=loaded.source), loaded.source
+
+
+def _check_device(settings: SetSettings) -> None:
+    """A device torch can use here, or an error naming the parameter."""
+    from fastqwen.models.sources import parse_device
+
+    try:
+        parse_device(settings.device)
+    except ValueError as exc:
+        origin = settings.origins.get("device", "default")
+        raise ValueError(f"{exc} (notebook parameter device, from {origin})") from None
 
 
 def _check_speakers(settings: SetSettings, engine) -> None:
@@ -314,6 +334,7 @@ def run_sample_set(
     """
     started, t0 = A.utc_now(), time.perf_counter()
     commit = git_commit(settings.project_dir)  # the code's, before this run writes anything
+    _check_device(settings)
     audio_warnings = check_references(settings)  # before loading: missing, short, silent
     out = settings.output_dir
     with A.run_lock(out, settings.set_name):

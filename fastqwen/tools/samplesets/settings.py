@@ -404,6 +404,12 @@ def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str], base: Pat
             texts[i], origins[f"ref_texts[{i}]"] = env[var].strip(), var
         else:
             texts[i] = None
+    for i, audio in enumerate(audios):
+        if re.match(r"^[a-z][a-z0-9+.-]*://", audio, re.IGNORECASE):
+            raise ValueError(
+                f"ref_audios[{i}]={audio!r} is a URL; URLs are not supported: download the "
+                "recording and pass its path"
+            )
     return tuple(str(project_path(a, base)) for a in audios), tuple(texts)
 
 
