@@ -16,19 +16,12 @@ import math
 from pathlib import Path
 
 from fastqwen.tools.notebook import display, plots
+from fastqwen.tools.notebook.display import BOX_STYLE as _BOX
+from fastqwen.tools.notebook.display import banner_html
 from fastqwen.tools.samplesets.run import PairOutcome, SetRun, banner_text
 from fastqwen.tools.samplesets.settings import SetSettings, rel
 
 SIDE_LABELS = {"static": "static (fastqwen engine)", "dynamic": "dynamic (qwen-tts reference)"}
-_BOX = "padding:0.6em 1em;margin:0.5em 0;border-radius:4px;border:2px solid {c};background:{b}"
-
-
-def banner_html(text: str) -> str:
-    """A red box for random weights; empty when there is nothing to warn about."""
-    if not text:
-        return ""
-    style = _BOX.format(c="#c0392b", b="#fdecea")
-    return f'<div class="fq-banner" style="{style}"><b>{html.escape(text)}</b></div>'
 
 
 def audio_tag(path: Path, *, attr: str = "data-wav") -> str:
