@@ -278,6 +278,12 @@ def test_tables(tiny_run):
     settings = views.settings_table(tiny_run.settings)
     assert settings.loc["max_new_tokens", "value"] == 5
     assert settings.loc["max_new_tokens", "from"] == "parameter"
+    # Issue 15 (report polish): prompts were joined with " | ", values right-aligned.
+    assert " | " not in settings.loc["prompts", "value"]
+    listed = views.prompts_markdown(tiny_run.settings)
+    assert all(f"{k}. {p}" in listed for k, p in enumerate(tiny_run.settings.prompts, 1))
+    html_table = views.left_aligned(settings).to_html()
+    assert "text-align: left" in html_table and "max_new_tokens" in html_table
 
 
 def test_banner_and_error_box(tiny_run):
@@ -296,6 +302,16 @@ def test_plots_are_png(tiny_run):
     assert png.startswith(b"\x89PNG")
     curve = plots.divergence_figure(rep.forced.cb0_kl, rep.forced.sub_kl, 2, "t")
     assert curve.startswith(b"\x89PNG")
+    # The legend sits beside the axes, never over the curves (issue 15, report polish).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.divergence_plot([1e-3] * 40, [1e-2] * 40, 2, "t")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1
     assert plots.audio_figure(rep.static.audio[:10], rep.dynamic.audio[:0], 24000, "short")
 
 

@@ -164,7 +164,7 @@ def settings_table(settings: SetSettings):
 
     values = settings.to_json()
     values.pop("set")
-    values["prompts"] = " | ".join(f"{k}. {p}" for k, p in enumerate(settings.prompts, start=1))
+    values["prompts"] = f"{len(settings.prompts)}, listed below"  # a list reads better than " | "
     values["voices"] = ", ".join(values["voices"])
     origin = dict(settings.origins)
     return pd.DataFrame(
@@ -176,6 +176,21 @@ def settings_table(settings: SetSettings):
             },
         }
     )
+
+
+def left_aligned(df):
+    """A table styled with labels and values left-aligned next to each other (notebook HTML
+    right-aligns cells, which put values far from their labels)."""
+    left = [("text-align", "left")]
+    return df.style.set_properties(**{"text-align": "left"}).set_table_styles(
+        [{"selector": "th", "props": left}, {"selector": "td", "props": left}]
+    )
+
+
+def prompts_markdown(settings: SetSettings) -> str:
+    """The prompts as a numbered list (`gen<k>` in the file names is prompt k)."""
+    items = "\n".join(f"{k}. {p}" for k, p in enumerate(settings.prompts, start=1))
+    return f"**Prompts** (`gen<k>` in the file names is prompt k):\n\n{items}"
 
 
 def references_html(run: SetRun) -> str:
@@ -225,7 +240,8 @@ def show_header(settings: SetSettings, source) -> None:
         Markdown(
             "**Settings** (*from*: a papermill parameter, an environment variable, or the default)"
         ),
-        settings_table(settings),
+        left_aligned(settings_table(settings)),
+        Markdown(prompts_markdown(settings)),
     )
 
 
@@ -305,8 +321,10 @@ def show_summary(run: SetRun) -> None:
 __all__ = [
     "audio_tag",
     "banner_html",
+    "left_aligned",
     "parity_table",
     "players_html",
+    "prompts_markdown",
     "references_html",
     "settings_table",
     "show_header",
