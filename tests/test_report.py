@@ -5,6 +5,7 @@ notebooks display (players, tables, plots, listening panel) on a tiny generated 
 from __future__ import annotations
 
 import base64
+import os
 import re
 from pathlib import Path
 
@@ -346,3 +347,30 @@ def test_panel_generate_button_runs_both_sides(tiny_run, monkeypatch):
     assert len(results) == 1 and not button.disabled
     assert results[0].report.codes.identical
     assert results[0].report.static.codes.equal(tiny_run.outcomes[0].report.static.codes)
+
+
+def test_known_noise_stays_out_of_the_terminal(monkeypatch, caplog):
+    # Issue 15 (report polish): "SoX could not be found!", "Kernel is running over TCP
+    # without encryption" and "Setting `pad_token_id`..." flooded the progress bars.
+    import logging
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sox program on PATH
+    code = "import fastqwen.tools.samplesets, qwen_tts; print('imported')"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.stdout.strip().endswith("imported"), out.stderr
+    assert "SoX could not be found" not in out.stderr and "sox: not found" not in out.stderr
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("transformers.generation.utils").warning(
+            "Setting `pad_token_id` to `eos_token_id`:2150 for open-end generation."
+        )
+        logging.getLogger("transformers.generation.utils").warning("something new")
+    assert "pad_token_id" not in caplog.text and "something new" in caplog.text
+
+    seen = {}
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **kw: seen.update(kw))
+    report.execute_with_papermill(Path("a.ipynb"), Path("b.ipynb"), {}, "python3", Path("."))
+    assert "--IPKernelApp.log_level=ERROR" in seen["extra_arguments"]

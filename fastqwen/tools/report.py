@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastqwen.tools.env import git_commit, project_dir
+from fastqwen.tools.quiet import KERNEL_ARGUMENTS
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets.settings import NOTEBOOKS, SETS, rel, resolve_settings
 
@@ -172,6 +173,7 @@ def execute_with_papermill(notebook: Path, output: Path, params: dict, kernel: s
         cwd=str(cwd),
         stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
         progress_bar=False,
+        extra_arguments=list(KERNEL_ARGUMENTS),  # no TCP warning from the kernel itself
     )
 
 
