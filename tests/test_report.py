@@ -14,6 +14,7 @@ import pytest
 
 from fastqwen.tools import report
 from fastqwen.tools.notebook import listen, plots, views
+from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets import run as R
 from fastqwen.tools.samplesets.settings import resolve_settings
 
@@ -248,6 +249,20 @@ def test_a_failed_run_does_not_stop_the_other_notebooks(tmp_path, monkeypatch):
     assert "FAILED: run failed: RuntimeError: Kernel died" in index
     assert (tmp_path / "reports" / "second.html").is_file()
     assert report.main(["--notebooks", str(second)], execute=execute, convert=str) == 0
+
+
+def test_a_second_report_into_one_folder_fails_at_once(tmp_path, monkeypatch, capsys):
+    # Issue 15, item 2: two reports at once also wrote the same reports/ files.
+    monkeypatch.chdir(tmp_path)
+    nb = _notebook(tmp_path / "first.ipynb", "x = 1")
+
+    def execute(notebook, output, params, kernel, cwd):
+        raise AssertionError("must not run a notebook")
+
+    with A.folder_lock(tmp_path / "reports", "report", "the first report", "wait"):
+        assert report.main(["--notebooks", str(nb)], execute=execute, convert=str) == 2
+    assert "another fastqwen.tools.report is writing to" in capsys.readouterr().err
+    assert not (tmp_path / "reports" / "index.html").exists()
 
 
 # ------------------------------------------------------------------ what the notebooks show

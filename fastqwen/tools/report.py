@@ -336,17 +336,24 @@ def main(
         )
         return 2
     reports = (project / (args.reports_dir or REPORTS_DIR)).resolve()
-    reports.mkdir(parents=True, exist_ok=True)
     started, commit = A.utc_now(), git_commit(project)
     runs = []
-    for nb in notebooks:
-        params = notebook_parameters(nb, given)
-        run = run_notebook(
-            nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
+    try:
+        lock = A.folder_lock(
+            reports, "report", "another fastqwen.tools.report", "pass another --reports-dir"
         )
-        _set_info(run, given, started)
-        runs.append(run)
-    A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
+        with lock:
+            for nb in notebooks:
+                params = notebook_parameters(nb, given)
+                run = run_notebook(
+                    nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
+                )
+                _set_info(run, given, started)
+                runs.append(run)
+            A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
+    except (A.SetBusyError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for r in runs:
         log.info(
             "%s: %s in %.0f s -> %s",

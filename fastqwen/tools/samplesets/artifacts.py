@@ -133,26 +133,38 @@ def update_summary(output_dir: Path, section: dict, render=None) -> dict:
 @contextmanager
 def run_lock(folder: Path, set_name: str) -> Iterator[None]:
     """Hold `<folder>/.<set>.lock` for a whole run; raise `SetBusyError` at once if another
-    run holds it. The lock is the kernel's (flock): it ends with the process, even a killed
-    one, so a stale lock file never blocks a later run."""
+    run of the set holds it."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise NotADirectoryError(f"output_dir {folder} is a file; choose a folder")
+    with folder_lock(
+        folder, set_name, f"another run of the {set_name} set", "pass another output_dir"
+    ):
+        yield
+
+
+@contextmanager
+def folder_lock(folder: Path, name: str, who: str, fix: str) -> Iterator[None]:
+    """Hold `<folder>/.<name>.lock`, or raise `SetBusyError` at once ("{who} is writing to
+    {folder} ...; wait for it to finish, or {fix}"). The lock is the kernel's (flock): it ends
+    with the process, even a killed one, so a stale lock file never blocks a later run."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"output_dir {folder} is a file; choose a folder")
+        raise NotADirectoryError(f"{folder} is a file, not a folder; choose a folder")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
-    except ImportError:  # Windows: no flock; do not run two sets into one folder there
+    except ImportError:  # Windows: no flock; do not run two of these into one folder there
         yield
         return
-    path = folder / f".{set_name}.lock"
+    path = folder / f".{name}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SetBusyError(
-                f"another run of the {set_name} set is writing to {folder} (it holds "
-                f"{path.name}); wait for it to finish, or pass another output_dir"
+                f"{who} is writing to {folder} (it holds {path.name}); wait for it to "
+                f"finish, or {fix}"
             ) from None
         yield
     finally:
