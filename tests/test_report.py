@@ -251,6 +251,28 @@ def test_a_failed_run_does_not_stop_the_other_notebooks(tmp_path, monkeypatch):
     assert report.main(["--notebooks", str(second)], execute=execute, convert=str) == 0
 
 
+def test_an_interrupted_report_leaves_an_index_that_says_so(tmp_path, monkeypatch):
+    # Issue 15, item 4: after a kill, index.html was the earlier report's, as if complete.
+    monkeypatch.chdir(tmp_path)
+    first = _notebook(tmp_path / "first.ipynb", "x = 1")
+    second = _notebook(tmp_path / "second.ipynb", "x = 1")
+    seen = {}
+
+    def execute(notebook, output, params, kernel, cwd):
+        seen[notebook.name] = (tmp_path / "reports" / "index.html").read_text()
+        if notebook.name == "second.ipynb":
+            raise KeyboardInterrupt  # killed while the second notebook runs
+        nbformat.write(nbformat.read(str(notebook), as_version=4), str(output))
+
+    with pytest.raises(KeyboardInterrupt):
+        report.main(["--notebooks", str(first), str(second)], execute=execute, convert=str)
+    assert seen["first.ipynb"].count("NOT FINISHED") == 2
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert index == seen["second.ipynb"]  # what a kill leaves behind
+    rows = dict(re.findall(r"<tr><td>(?:<a [^>]*>)?(\w+)(?:</a>)?</td><td>([^<]*)</td>", index))
+    assert rows["first"] == "ok" and rows["second"].startswith("NOT FINISHED")
+
+
 def test_a_second_report_into_one_folder_fails_at_once(tmp_path, monkeypatch, capsys):
     # Issue 15, item 2: two reports at once also wrote the same reports/ files.
     monkeypatch.chdir(tmp_path)

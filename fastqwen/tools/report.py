@@ -242,8 +242,19 @@ def _set_info(run: NotebookRun, given: dict, started: str) -> None:
     run.pairs = f"{ok}/{len(section['rows'])}"
 
 
-def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str:
-    """`reports/index.html`: one row per report."""
+NOT_FINISHED = (
+    "NOT FINISHED: the report stopped before this notebook finished (if it is not running "
+    "now, it was interrupted; the HTML here, if any, is from an earlier report)"
+)
+
+
+def index_html(
+    runs: list[NotebookRun], started: str, commit: str | None, pending: Sequence[Path] = ()
+) -> str:
+    """`reports/index.html`: one row per report; `pending` notebooks have not finished yet.
+
+    The index is rewritten before and after each notebook, so a report killed halfway
+    leaves an index that says which notebooks did not finish."""
     rows = []
     for r in runs:
         status = "ok" if r.ok else f"FAILED: {html.escape(r.status)}"
@@ -257,6 +268,11 @@ def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str
             f"<td>{'<br>'.join(html.escape(m) for m in r.models)}</td>"
             f'<td>{r.wall_s:.0f} s</td><td><a href="{r.ipynb.name}">{r.ipynb.name}</a></td></tr>'
         )
+    rows += [
+        f"<tr><td>{nb.stem}</td><td>{html.escape(NOT_FINISHED)}</td><td></td><td></td>"
+        "<td></td><td></td></tr>"
+        for nb in pending
+    ]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>fastqwen reports</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left;
@@ -343,7 +359,9 @@ def main(
             reports, "report", "another fastqwen.tools.report", "pass another --reports-dir"
         )
         with lock:
-            for nb in notebooks:
+            for i, nb in enumerate(notebooks):
+                index = index_html(runs, started, commit, pending=notebooks[i:])
+                A.atomic_write_text(reports / "index.html", index)
                 params = notebook_parameters(nb, given)
                 run = run_notebook(
                     nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
