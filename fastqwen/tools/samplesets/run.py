@@ -6,9 +6,13 @@ seed: the static engine's non-streaming `generate`, the `qwen_tts` reference (bo
 static engine for its time to first audio. Untimed warm-up runs come first (see `warm_up`),
 so no row's timings include graph capture, compiling or first-call allocations.
 
-A failing pair becomes an "error" row; the others still run. Inputs that make the whole
-set meaningless stop it early with an error naming the file or variable: a missing
-reference recording, an unknown speaker, an unusable transcript.
+A failing pair becomes an "error" row; the others still run, but the set is then not
+published: the output folder keeps the earlier set, this run's files go to `failed/<set>/`,
+and `SetRun.raise_if_incomplete()` raises (the notebooks' last cell). Inputs that make the
+whole set meaningless stop it before a model loads, with an error naming the file or
+parameter: a missing, short or silent recording, a model of the wrong kind, an unusable
+device, an unknown speaker, an unusable transcript. See `artifacts` for the lock and the
+publishing order, `references` for the recordings' checks and texts.
 
 On a CPU with the `tiny` random checkpoint we run torch with one thread: the tiny layers are
 far too small to gain from intra-op parallelism, and on a 2-core machine OpenMP contention
