@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import numbers
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -107,7 +108,7 @@ def _check_seed(seed: Any) -> None:
     """A seed torch can use, or None (an error naming the range instead of torch's)."""
     lo, hi = SEED_RANGE
     if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed <= hi
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not lo <= seed <= hi
     ):
         raise ValueError(f"seed must be None or an integer from {lo} to {hi}, got {seed!r}")
 

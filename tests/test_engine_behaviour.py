@@ -257,3 +257,9 @@ def test_bad_text_list_or_seed_is_a_clear_error(custom, kwargs, match):
                 SamplingParams(max_new_tokens=3),
                 kwargs["seed"],
             )
+
+
+def test_numpy_integer_seeds_still_work(custom):
+    a, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=7)
+    b, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=np.int64(7))
+    assert np.array_equal(a[0], b[0])
