@@ -436,6 +436,7 @@ def test_readme_lists_files_settings_and_regeneration():
     assert "Random weights: the audio is noise" in text
     assert "| max_new_tokens | 6 (from parameter) |" in text
     assert "| seed | 1337 |" in text and SEED_PROMPTS[1] in text
+    assert "| max_seq_len | engine default |" in text
     assert "## ICL (voice clone) set" in text and "Not generated yet" in text
     for var in ("QWEN_TTS_CUSTOM_MODEL", "PARITY_SPEAKERS", "PARITY_REF_TEXT_3", "PARITY_SEED"):
         assert f"`{var}`" in text

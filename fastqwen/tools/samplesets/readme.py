@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastqwen.tools.samplesets.settings import NOTEBOOKS, SAMPLING_FIELDS, SETS, env_var_table
 
 TITLES = {"customvoice": "CustomVoice set", "icl": "ICL (voice clone) set"}
-SETTING_KEYS = (*SAMPLING_FIELDS, "seed", "device", "dtype")
+SETTING_KEYS = (*SAMPLING_FIELDS, "seed", "max_seq_len", "device", "dtype")
 
 
 def _md(text: object) -> str:
@@ -58,7 +58,8 @@ def _set_section(name: str, section: dict) -> list[str]:
         out.append(f"| reference recordings | {', '.join(f'`{v}`' for v in s['voices'])} |")
     for key in SETTING_KEYS:
         if key in s:  # a section written before a field existed lacks it
-            out.append(f"| {key} | {s[key]}{_origin(section, key)} |")
+            value = "engine default" if s[key] is None else s[key]  # max_seq_len unset
+            out.append(f"| {key} | {value}{_origin(section, key)} |")
     out += ["", "Prompts (`gen<k>` in the file names is prompt k):", ""]
     out += [f"{k}. {p}" for k, p in enumerate(s["prompts"], start=1)]
     out.append("")
