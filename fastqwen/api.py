@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import numbers
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -96,6 +97,24 @@ _RETURNS = (
     "Returns:\n    `(wavs, sample_rate)`, one waveform per text; `last_results` has the details."
 )
 _YIELDS = "Yields:\n    `AudioChunk`s, as `stream()` does (one text at a time)."
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+
+
+def _check_seed(seed: Any) -> None:
+    """A seed torch can use, or None (an error naming the range instead of torch's)."""
+    lo, hi = SEED_RANGE
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not lo <= seed <= hi
+    ):
+        raise ValueError(f"seed must be None or an integer from {lo} to {hi}, got {seed!r}")
+
+
+def _check_texts(text: Any) -> None:
+    """One text, or a non-empty list of texts (the reference's batch form)."""
+    if isinstance(text, list) and (not text or not all(isinstance(t, str) for t in text)):
+        raise ValueError(f"text must be a string or a non-empty list of strings, got {text!r}")
 
 
 def _voice_method(mode: str, streaming: bool) -> Callable[..., Any]:
@@ -207,6 +226,7 @@ class FastQwen3TTS:
         self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None
     ) -> GenerationResult:
         """One utterance; the same request, params and seed as the reference give the same codes."""
+        _check_seed(seed)
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
         stats = LoopStats()
@@ -337,6 +357,8 @@ class FastQwen3TTS:
     def _voice_call(self, mode: str, streaming: bool, args: dict[str, Any]):
         """The body of every `generate_<mode>` / `stream_<mode>`, given its bound arguments."""
         gen, text, seed = args.pop("gen"), args.pop("text"), args.pop("seed")
+        _check_texts(text)
+        _check_seed(seed)
         chunking = {p.name: args.pop(p.name) for p in _STREAM_ARGS if p.name in args}
         if mode == "voice_clone":  # the clone inputs become the request's prompt items
             clone = {k: args.pop(k) for k in _CLONE_INPUTS}

@@ -31,6 +31,9 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be an integer >= 2, got {self.max_new_tokens!r}")
         if not isinstance(self.min_new_tokens, int) or self.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            n, m = self.min_new_tokens, self.max_new_tokens
+            raise ValueError(f"min_new_tokens ({n}) must be <= max_new_tokens ({m}); lower one")
         for name in ("temperature", "subtalker_temperature"):
             value = getattr(self, name)
             if not value > 0:

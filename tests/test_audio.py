@@ -181,3 +181,9 @@ def test_committed_reference_recordings_load(name):
     assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
     assert sr == SR and 6.0 <= wav.size / SR <= 12.0
     assert np.abs(wav).max() > 0.1  # actual speech, not silence
+
+
+def test_urls_are_refused_as_unsupported():
+    # Issue 15: a URL was reported as "not found: https:/example.com/a.wav".
+    with pytest.raises(ValueError, match=r"https://example\.com/a\.wav is a URL; URLs are not"):
+        load_reference_audio("https://example.com/a.wav")

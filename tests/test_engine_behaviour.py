@@ -235,3 +235,31 @@ def test_methods_take_the_reference_arguments(mode):
     assert (
         f"qwen_tts.Qwen3TTSModel.generate_{mode}" in getattr(FastQwen3TTS, f"stream_{mode}").__doc__
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(text=[]), r"text must be a string or a non-empty list of strings, got \[\]"),
+        (dict(text=["hi", 3]), "non-empty list of strings"),
+        (dict(text="hi", seed=2**70), r"seed must be None or an integer from .* got 1180591"),
+        (dict(text="hi", seed=1.5), "seed must be None or an integer"),
+    ],
+)
+def test_bad_text_list_or_seed_is_a_clear_error(custom, kwargs, match):
+    # Issue 15: generate_custom_voice([]) raised IndexError; seed=2**70 torch's "Overflow".
+    with pytest.raises(ValueError, match=match):
+        custom.generate_custom_voice(**kwargs, speaker="aiden", max_new_tokens=3)
+    if "seed" in kwargs:
+        with pytest.raises(ValueError, match="seed must be"):
+            custom.generate(
+                VoiceRequest("custom_voice", "hi", "auto", speaker="aiden"),
+                SamplingParams(max_new_tokens=3),
+                kwargs["seed"],
+            )
+
+
+def test_numpy_integer_seeds_still_work(custom):
+    a, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=7)
+    b, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=np.int64(7))
+    assert np.array_equal(a[0], b[0])

@@ -106,8 +106,8 @@ def test_report_end_to_end(tmp_path, clean_env):
         assert not re.search(r"""(src|href)=["']https?:""", page)
 
     readme = (out / "README.md").read_text()
-    for path in out.iterdir():
-        if path.name != "README.md":
+    for path in out.iterdir():  # hidden: the sets' lock files
+        if path.name != "README.md" and not path.name.startswith("."):
             assert path.name in readme, f"README does not list {path.name}"
     index = (reports / "index.html").read_text()
     assert 'href="customvoice_parity.html"' in index and 'href="icl_parity.html"' in index
@@ -146,3 +146,19 @@ def test_failed_notebook_keeps_the_error_notebook(tmp_path, clean_env):
     assert errors and "unknown speaker(s) ['bob']" in errors[0].evalue
     assert "unknown speaker" in (reports / "customvoice_parity.html").read_text()
     assert "FAILED: run failed: ValueError: unknown speaker" in (reports / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_whose_pairs_fail_exits_non_zero_and_keeps_the_earlier_set(tmp_path, clean_env):
+    # Issue 15, item 1: every pair failing gave exit 0, "ok" in the index, and no WAVs left.
+    nb = str(NB_DIR / NOTEBOOKS["customvoice"])
+    status, out, reports = _run_report(tmp_path, "--notebooks", nb)
+    assert status == 0
+    before = sorted(p.name for p in out.glob("*.wav"))
+    assert before == ["custom_aiden_gen1_dynamic.wav", "custom_aiden_gen1_static.wav"]
+    status, out, reports = _run_report(tmp_path, "--notebooks", nb, "-p", "language", "klingon")
+    assert status == 1
+    assert sorted(p.name for p in out.glob("*.wav")) == before
+    index = (reports / "index.html").read_text()
+    assert "FAILED: run failed: IncompleteSetError: 1 of 1 pairs" in index
+    assert (out / "failed" / "customvoice" / "summary.json").is_file()

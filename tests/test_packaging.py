@@ -228,3 +228,31 @@ def test_readme_layout_matches_the_tree():
             "",
         )
         assert f"`{module.name}`" in row, f"fastqwen/tools/{module.as_posix()} is not in the layout"
+
+
+def test_everything_make_report_writes_is_ignored_by_git():
+    # Issue 15, item 7: `make report` rewrote the tracked samples/parity/README.md, so a
+    # clean checkout became dirty (and the ICL section recorded "<commit>-dirty").
+    written = [
+        "samples/parity/README.md",
+        "samples/parity/summary.json",
+        "samples/parity/icl_transcripts.txt",
+        "samples/parity/custom_aiden_gen1_static.wav",
+        "samples/parity/failed/customvoice/README.md",
+        "samples/parity/.customvoice.lock",
+        "samples/parity/.staging-icl-x1y2/icl_ref_audio_gen1_static.wav",
+        "reports/index.html",
+        "reports/customvoice_parity.ipynb",
+    ]
+    tracked = subprocess.run(
+        ["git", "ls-files", "samples/parity", "reports"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked == ["reports/.gitkeep"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == written

@@ -5,6 +5,7 @@ notebooks display (players, tables, plots, listening panel) on a tiny generated 
 from __future__ import annotations
 
 import base64
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from fastqwen.tools import report
 from fastqwen.tools.notebook import listen, plots, views
+from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets import run as R
 from fastqwen.tools.samplesets.settings import resolve_settings
 
@@ -49,14 +51,44 @@ def tiny_run(tiny_model, tmp_path_factory):
         ("0.5", 0.5),
         ("aiden", "aiden"),
         ("aiden,serena", "aiden,serena"),
-        ('["a", "b"]', ["a", "b"]),
+        ('["a", "b"]', '["a", "b"]'),  # as papermill -p: list parameters parse it later
         ("False", False),
-        ("true", True),
+        ("true", "true"),
         ("None", None),
     ],
 )
 def test_parse_value(text, value):
     assert report.parse_value(text) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("speakers", '["vivian"]', ("vivian",)),
+        ("speakers", "vivian,ryan", ("vivian", "ryan")),
+        ("speakers", '["vivian", "ryan"]', ("vivian", "ryan")),
+        ("prompts", '["One, two.", "Three."]', ("One, two.", "Three.")),
+        ("max_new_tokens", "12", 12),
+        ("do_sample", "false", False),
+        ("do_sample", "False", False),
+        ("top_p", "0.5", 0.5),
+    ],
+)
+def test_report_and_papermill_read_values_alike(name, text, expected):
+    # Issue 15, item 8: -p speakers '["vivian"]' worked in fastqwen.tools.report but not
+    # under papermill ("unknown speaker(s) ['[\"vivian\"]']").
+    from papermill.cli import _resolve_type  # what `papermill -p` passes to the notebook
+
+    def value(settings):
+        if name == "speakers":
+            return settings.voices
+        return getattr(settings.sampling if name != "prompts" else settings, name)
+
+    ours = resolve_settings("customvoice", {name: report.parse_value(text)}, env={})
+    theirs = resolve_settings("customvoice", {name: _resolve_type(text)}, env={})
+    assert value(ours) == value(theirs) == expected
+    with pytest.raises(ValueError, match="speakers"):
+        resolve_settings("customvoice", {"speakers": _resolve_type('["vivian"')}, env={})
 
 
 def test_parameters_go_only_to_notebooks_that_declare_them():
@@ -219,6 +251,42 @@ def test_a_failed_run_does_not_stop_the_other_notebooks(tmp_path, monkeypatch):
     assert report.main(["--notebooks", str(second)], execute=execute, convert=str) == 0
 
 
+def test_an_interrupted_report_leaves_an_index_that_says_so(tmp_path, monkeypatch):
+    # Issue 15, item 4: after a kill, index.html was the earlier report's, as if complete.
+    monkeypatch.chdir(tmp_path)
+    first = _notebook(tmp_path / "first.ipynb", "x = 1")
+    second = _notebook(tmp_path / "second.ipynb", "x = 1")
+    seen = {}
+
+    def execute(notebook, output, params, kernel, cwd):
+        seen[notebook.name] = (tmp_path / "reports" / "index.html").read_text()
+        if notebook.name == "second.ipynb":
+            raise KeyboardInterrupt  # killed while the second notebook runs
+        nbformat.write(nbformat.read(str(notebook), as_version=4), str(output))
+
+    with pytest.raises(KeyboardInterrupt):
+        report.main(["--notebooks", str(first), str(second)], execute=execute, convert=str)
+    assert seen["first.ipynb"].count("NOT FINISHED") == 2
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert index == seen["second.ipynb"]  # what a kill leaves behind
+    rows = dict(re.findall(r"<tr><td>(?:<a [^>]*>)?(\w+)(?:</a>)?</td><td>([^<]*)</td>", index))
+    assert rows["first"] == "ok" and rows["second"].startswith("NOT FINISHED")
+
+
+def test_a_second_report_into_one_folder_fails_at_once(tmp_path, monkeypatch, capsys):
+    # Issue 15, item 2: two reports at once also wrote the same reports/ files.
+    monkeypatch.chdir(tmp_path)
+    nb = _notebook(tmp_path / "first.ipynb", "x = 1")
+
+    def execute(notebook, output, params, kernel, cwd):
+        raise AssertionError("must not run a notebook")
+
+    with A.folder_lock(tmp_path / "reports", "report", "the first report", "wait"):
+        assert report.main(["--notebooks", str(nb)], execute=execute, convert=str) == 2
+    assert "another fastqwen.tools.report is writing to" in capsys.readouterr().err
+    assert not (tmp_path / "reports" / "index.html").exists()
+
+
 # ------------------------------------------------------------------ what the notebooks show
 
 
@@ -248,6 +316,12 @@ def test_tables(tiny_run):
     settings = views.settings_table(tiny_run.settings)
     assert settings.loc["max_new_tokens", "value"] == 5
     assert settings.loc["max_new_tokens", "from"] == "parameter"
+    # Issue 15 (report polish): prompts were joined with " | ", values right-aligned.
+    assert " | " not in settings.loc["prompts", "value"]
+    listed = views.prompts_markdown(tiny_run.settings)
+    assert all(f"{k}. {p}" in listed for k, p in enumerate(tiny_run.settings.prompts, 1))
+    html_table = views.left_aligned(settings).to_html()
+    assert "text-align: left" in html_table and "max_new_tokens" in html_table
 
 
 def test_banner_and_error_box(tiny_run):
@@ -266,6 +340,16 @@ def test_plots_are_png(tiny_run):
     assert png.startswith(b"\x89PNG")
     curve = plots.divergence_figure(rep.forced.cb0_kl, rep.forced.sub_kl, 2, "t")
     assert curve.startswith(b"\x89PNG")
+    # The legend sits beside the axes, never over the curves (issue 15, report polish).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.divergence_plot([1e-3] * 40, [1e-2] * 40, 2, "t")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1
     assert plots.audio_figure(rep.static.audio[:10], rep.dynamic.audio[:0], 24000, "short")
 
 
@@ -300,3 +384,30 @@ def test_panel_generate_button_runs_both_sides(tiny_run, monkeypatch):
     assert len(results) == 1 and not button.disabled
     assert results[0].report.codes.identical
     assert results[0].report.static.codes.equal(tiny_run.outcomes[0].report.static.codes)
+
+
+def test_known_noise_stays_out_of_the_terminal(monkeypatch, caplog):
+    # Issue 15 (report polish): "SoX could not be found!", "Kernel is running over TCP
+    # without encryption" and "Setting `pad_token_id`..." flooded the progress bars.
+    import logging
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sox program on PATH
+    code = "import fastqwen.tools.samplesets, qwen_tts; print('imported')"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.stdout.strip().endswith("imported"), out.stderr
+    assert "SoX could not be found" not in out.stderr and "sox: not found" not in out.stderr
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("transformers.generation.utils").warning(
+            "Setting `pad_token_id` to `eos_token_id`:2150 for open-end generation."
+        )
+        logging.getLogger("transformers.generation.utils").warning("something new")
+    assert "pad_token_id" not in caplog.text and "something new" in caplog.text
+
+    seen = {}
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **kw: seen.update(kw))
+    report.execute_with_papermill(Path("a.ipynb"), Path("b.ipynb"), {}, "python3", Path("."))
+    assert "--IPKernelApp.log_level=ERROR" in seen["extra_arguments"]

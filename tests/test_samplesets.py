@@ -136,6 +136,15 @@ def test_bad_values_name_the_parameter_or_variable(params, env, names):
         resolve_settings("customvoice", params, env=env)
 
 
+def test_min_new_tokens_above_max_new_tokens_is_refused_naming_both():
+    # Issue 15, item 9: it was accepted silently.
+    with pytest.raises(ValueError, match=r"min_new_tokens \(10\) must be <= max_new_tokens \(4\)"):
+        SamplingParams(max_new_tokens=4, min_new_tokens=10)
+    with pytest.raises(ValueError, match="min_new_tokens.*max_new_tokens"):
+        resolve_settings("customvoice", {}, env={"PARITY_MIN_NEW_TOKENS": "200"})
+    assert SamplingParams(max_new_tokens=4, min_new_tokens=4).min_new_tokens == 4
+
+
 def test_temperature_is_codebook_0_and_subtalker_temperature_the_predictor():
     # Issue 11: `temperature` was documented as "codebook 0 and predictor", but the
     # predictor kept 0.9. Each knob now has its own parameter, passed on as given.
@@ -284,8 +293,11 @@ def test_word_error_rate():
     assert R.word_error_rate("a b c d", "a x c") == 0.5
 
 
-def test_unusable_transcript_names_file_and_variable():
-    s = resolve_settings("icl", {}, env={"PARITY_REF_TEXT": "given"})
+def test_unusable_transcript_names_file_and_variable(tmp_path):
+    for ref in REFS:  # copies without a ref_texts.json: their text must be transcribed
+        (tmp_path / ref.name).write_bytes(ref.read_bytes())
+    env = {"PARITY_REF_TEXT": "given", "FASTQWEN_PROJECT_DIR": str(tmp_path)}
+    s = resolve_settings("icl", {"ref_audios": [r.name for r in REFS]}, env=env)
     heard = {"ref_audio_2.wav": "  ...  ", "ref_audio_3.wav": "fine words"}
     with pytest.raises(ValueError, match=r"ref_audio_2\.wav.*unusable.*PARITY_REF_TEXT_2"):
         R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
@@ -293,8 +305,82 @@ def test_unusable_transcript_names_file_and_variable():
     refs = R.prepare_references(s, transcriber=lambda path, backend: heard[path.name])
     assert [r.text_source for r in refs][0] == "PARITY_REF_TEXT"
     assert refs[1].text_source.startswith("transcribed: ")
-    assert refs[1].known_text.startswith("The weather station")  # from samples/ref_texts.json
-    assert 0 < refs[1].word_error_rate < 1
+    assert refs[1].text == refs[1].transcript == heard["ref_audio_2.wav"]
+
+
+def test_known_texts_make_icl_prompts_reproducible():
+    # Issue 15, item 6: Whisper heard "Small bakery..." on one machine and "Our small
+    # bakery..." on another, so the prompt changed with the machine.
+    s = resolve_settings("icl", {}, env={})
+    known = json.loads((ROOT / "samples/ref_texts.json").read_text())
+    for heard_3 in ("Small bakery opens early every day", "Our small bakery opens"):
+        heard = {p.name: known[p.name] for p in REFS} | {"ref_audio_3.wav": heard_3}
+        refs = R.prepare_references(s, transcriber=lambda path, backend, h=heard: h[path.name])
+        assert [r.text for r in refs] == [known[p.name] for p in REFS]  # the same everywhere
+        assert {r.text_source for r in refs} == {"ref_texts.json"}
+        assert refs[2].transcript == heard_3 and refs[2].word_error_rate > 0  # the check
+        assert refs[0].word_error_rate == 0
+
+    def no_asr(path, backend):
+        raise ImportError("faster-whisper is not installed")
+
+    refs = R.prepare_references(s, transcriber=no_asr)  # the check is optional
+    assert refs[0].text == known["ref_audio.wav"] and refs[0].transcript is None
+    text = R.transcripts_text(refs)
+    assert "source: ref_texts.json" in text and known["ref_audio_2.wav"] in text
+
+
+def _wav(path, seconds, level=0.3, clip=False):
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(24000 * seconds)) / 24000
+    wav = level * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    sf.write(path, np.clip(wav * (8 if clip else 1), -1, 1), 24000, subtype="PCM_16")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "level", "message"),
+    [(3.0, 0.0, r"silent \(peak"), (0.2, 0.3, r"0\.20 s long, shorter than the minimum")],
+)
+def test_bad_reference_audio_stops_before_loading_or_transcribing(
+    tmp_path, seconds, level, message
+):
+    # Issue 15, item 5: silence passed as "ok"; a 0.2 s clip was blamed on its transcript.
+    bad = _wav(tmp_path / "bad.wav", seconds, level)
+    s = resolve_settings("icl", {}, env={"PARITY_REF_AUDIO_2": bad})
+
+    def loader(*args, **kwargs):
+        raise AssertionError("must not load a model")
+
+    with pytest.raises(ValueError, match=rf"bad\.wav.*{message}.*PARITY_REF_AUDIO_2"):
+        R.run_sample_set(s, loader=loader, progress=False)
+
+
+def test_reference_audio_warnings_reach_summary_readme_and_log(tmp_path, tiny_model, caplog):
+    assert R.check_references(resolve_settings("icl", {}, env={})) == {
+        str(p): [] for p in REFS
+    }  # the shipped recordings are clean
+    clipped = _wav(tmp_path / "loud.wav", 2.0, clip=True)
+    s = resolve_settings(
+        "icl",
+        {
+            "model": "random:tiny-base",
+            "ref_audios": [clipped],
+            "ref_texts": ["A loud voice"],
+            "max_new_tokens": 3,
+            "prompt_limit": 1,
+            "output_dir": str(tmp_path / "out"),
+        },
+        env={},
+    )
+    run = R.run_sample_set(s, loader=_loader(tiny_model, "base"), progress=False)
+    assert "clipped" in caplog.text
+    (warning,) = run.section["references"][0]["warnings"]
+    assert warning.startswith("clipped: ") and run.references[0].warnings == [warning]
+    assert warning in (tmp_path / "out" / "README.md").read_text()
+    assert warning in (tmp_path / "out" / "icl_transcripts.txt").read_text()
 
 
 def test_missing_reference_stops_before_loading(tmp_path):
@@ -350,6 +436,7 @@ def test_readme_lists_files_settings_and_regeneration():
     assert "Random weights: the audio is noise" in text
     assert "| max_new_tokens | 6 (from parameter) |" in text
     assert "| seed | 1337 |" in text and SEED_PROMPTS[1] in text
+    assert "| max_seq_len | engine default |" in text
     assert "## ICL (voice clone) set" in text and "Not generated yet" in text
     for var in ("QWEN_TTS_CUSTOM_MODEL", "PARITY_SPEAKERS", "PARITY_REF_TEXT_3", "PARITY_SEED"):
         assert f"`{var}`" in text
@@ -406,6 +493,19 @@ def test_runner_writes_set_and_reruns_reproduce_codes(cv_settings, tiny_model):
     assert [r["codes_sha256"] for r in again.section["rows"]] == [r["codes_sha256"] for r in rows]
 
 
+def test_the_recorded_commit_is_the_codes_not_one_dirtied_by_the_run(
+    cv_settings, tiny_model, monkeypatch
+):
+    # Issue 15, item 7: the commit was read after the run had written files ("-dirty").
+    def commit(cwd):
+        return "abc123-dirty" if any(cv_settings.output_dir.rglob("*.wav")) else "abc123"
+
+    monkeypatch.setattr(R, "git_commit", commit)
+    run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert run.section["run"]["git_commit"] == "abc123"
+    assert "from commit `abc123`" in (cv_settings.output_dir / "README.md").read_text()
+
+
 def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, monkeypatch):
     real = R.run_parity
 
@@ -417,10 +517,137 @@ def test_a_failing_pair_is_reported_and_the_others_run(cv_settings, tiny_model, 
     monkeypatch.setattr(R, "run_parity", flaky)
     run = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
     assert [o.ok for o in run.outcomes] == [True, False]
-    rows = A.read_summary(cv_settings.output_dir)["sets"]["customvoice"]["rows"]
+    failed = cv_settings.output_dir / "failed" / "customvoice"  # incomplete: not published
+    assert run.files_dir == failed and not run.complete
+    rows = A.read_summary(failed)["sets"]["customvoice"]["rows"]
     assert rows[1]["status"] == "error" and "simulated failure" in rows[1]["error"]
-    assert not (cv_settings.output_dir / "custom_aiden_gen2_static.wav").exists()
-    assert "custom_aiden_gen2: failed" in (cv_settings.output_dir / "README.md").read_text()
+    assert (failed / "custom_aiden_gen1_static.wav").is_file()
+    assert not (failed / "custom_aiden_gen2_static.wav").exists()
+    assert "custom_aiden_gen2: failed" in (failed / "README.md").read_text()
+    with pytest.raises(R.IncompleteSetError, match=r"1 of 2 pairs.*simulated failure"):
+        run.raise_if_incomplete()
+
+
+def test_a_failed_run_keeps_the_earlier_set(cv_settings, tiny_model, monkeypatch):
+    # Issue 15, item 1: a run where every pair failed deleted the earlier WAVs and said "ok".
+    out = cv_settings.output_dir
+    good = R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    good.raise_if_incomplete()  # a complete run does not raise
+    before = {p.name: p.read_bytes() for p in out.glob("*.wav")}
+    summary_before = (out / "summary.json").read_text()
+    assert len(before) == 4 and A.check_set(out, "customvoice") == []
+
+    def broken(*args, **kwargs):
+        raise ValueError("unsupported language klingon")
+
+    monkeypatch.setattr(R, "run_parity", broken)
+    other = dataclasses.replace(cv_settings, voices=("serena",))
+    bad = R.run_sample_set(other, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert not any(o.ok for o in bad.outcomes)
+    assert {p.name: p.read_bytes() for p in out.glob("*.wav")} == before  # nothing deleted
+    assert (out / "summary.json").read_text() == summary_before
+    assert A.check_set(out, "customvoice") == []
+    with pytest.raises(R.IncompleteSetError, match="klingon"):
+        bad.raise_if_incomplete()
+    assert not list(out.glob(".staging-*"))  # the staging folder is gone
+
+
+def test_a_run_killed_while_publishing_is_detected(cv_settings, tiny_model, monkeypatch):
+    # Issue 15, item 4: summary.json said 63 frames for WAVs of another run.
+    out = cv_settings.output_dir
+    R.run_sample_set(cv_settings, loader=_loader(tiny_model, "custom_voice"), progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the WAVs, before the summary
+
+    monkeypatch.setattr(A, "update_summary", killed)
+    longer = dataclasses.replace(cv_settings, sampling=SamplingParams(max_new_tokens=6))
+    with pytest.raises(KeyboardInterrupt):
+        R.run_sample_set(longer, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    problems = A.check_set(out, "customvoice")
+    assert problems and all("does not match its checksum" in p for p in problems), problems
+    (out / "custom_bob_gen1_static.wav").write_bytes(b"stray")
+    assert any(
+        "custom_bob_gen1_static.wav is not part" in p for p in A.check_set(out, "customvoice")
+    )
+
+
+def test_a_second_run_of_a_set_into_one_folder_fails_at_once(cv_settings):
+    # Issue 15, item 2: two runs at once deleted each other's WAVs.
+    def loader(*args, **kwargs):
+        raise AssertionError("must not load a model")
+
+    with A.run_lock(cv_settings.output_dir, "customvoice"):
+        with pytest.raises(A.SetBusyError, match=r"another run of the customvoice set.*output_dir"):
+            R.run_sample_set(cv_settings, loader=loader, progress=False)
+        with A.run_lock(cv_settings.output_dir, "icl"):  # the other set may run beside it
+            pass
+    with A.run_lock(cv_settings.output_dir, "customvoice"):  # released
+        pass
+    (cv_settings.output_dir / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        with A.run_lock(cv_settings.output_dir / "file", "customvoice"):
+            pass
+
+
+def test_max_seq_len_can_be_set_where_the_error_suggests_it(cv_settings, tiny_model):
+    # Issue 15, item 1: "load the engine with a larger max_seq_len" could not be done.
+    s = resolve_settings(
+        "customvoice", {"model": "random:tiny-custom_voice"}, env={"PARITY_MAX_SEQ_LEN": "4096"}
+    )
+    assert s.max_seq_len == 4096 and s.to_json()["max_seq_len"] == 4096
+    assert resolve_settings("customvoice", {"max_seq_len": 300}, env={}).max_seq_len == 300
+    engine, _ = R._load(s, None, _loader(tiny_model, "custom_voice"))
+    assert engine.config.max_seq_len == 4096
+    huge = dataclasses.replace(cv_settings, sampling=SamplingParams(max_new_tokens=100_000))
+    run = R.run_sample_set(huge, loader=_loader(tiny_model, "custom_voice"), progress=False)
+    assert "max_seq_len" in run.outcomes[0].error
+    assert "notebook parameter max_seq_len, or PARITY_MAX_SEQ_LEN" in run.outcomes[0].error
+
+
+def test_icl_references_with_one_stem_are_refused_naming_both(tmp_path):
+    # Issue 15, item 3: ref.mp3 and ref.flac both became icl_ref_gen1_*.wav.
+    refs = [str(tmp_path / "a" / "ref.mp3"), str(tmp_path / "b" / "ref.flac")]
+    with pytest.raises(ValueError, match=r"ref\.mp3 and .*ref\.flac would both be written"):
+        resolve_settings("icl", {"ref_audios": refs, "ref_texts": ["a b", "c d"]}, env={})
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("must not load a model")
+
+
+def test_a_base_model_in_the_customvoice_set_is_named(cv_settings, tiny_model):
+    # Issue 15: "unknown speaker(s) ['vivian']... this model has: " (an empty list).
+    bad = dataclasses.replace(cv_settings, model="random:tiny-base")
+    with pytest.raises(ValueError, match=r"'random:tiny-base'.*is a base model, but the "):
+        R.run_sample_set(bad, loader=_no_load, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("device", "match"), [("tpu", "device='tpu' is not a torch device"), ("cuda", "no CUDA GPU")]
+)
+def test_an_unusable_device_names_the_parameter(cv_settings, monkeypatch, device, match):
+    # Issue 15: device='tpu' in a notebook gave a raw RuntimeError naming no parameter.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    bad = dataclasses.replace(cv_settings, device=device)
+    with pytest.raises(ValueError, match=rf"{match}.*notebook parameter device"):
+        R.run_sample_set(bad, loader=_no_load, progress=False)
+
+
+def test_url_or_directory_as_reference_audio_is_a_clear_error(tmp_path):
+    # Issue 15: both were reported as "not found".
+    with pytest.raises(ValueError, match=r"ref_audios\[1\]='https://x\.org/a\.wav' is a URL"):
+        resolve_settings("icl", {"ref_audios": [str(REFS[0]), "https://x.org/a.wav"]}, env={})
+    s = resolve_settings("icl", {}, env={"PARITY_REF_AUDIO_3": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"is a directory, not a recording.*PARITY_REF_AUDIO_3"):
+        R.run_sample_set(s, loader=_no_load, progress=False)
+
+
+def test_an_output_dir_that_is_a_file_is_a_clear_error(cv_settings):
+    cv_settings.output_dir.parent.mkdir(parents=True, exist_ok=True)
+    cv_settings.output_dir.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"output_dir .* is a file; choose a folder"):
+        R.run_sample_set(cv_settings, loader=_no_load, progress=False)
 
 
 def test_unknown_speaker_stops_with_the_choices(cv_settings, tiny_model):

@@ -179,3 +179,34 @@ def test_load_in_bfloat16(tiny_model, monkeypatch):
     loaded = load_model("random:tiny-base", dtype="bf16")
     assert loaded.dtype == loaded.tts.model.dtype == torch.bfloat16
     assert loaded.source.kind == loaded.tts.model.tts_model_type == "base"
+
+
+def test_a_missing_or_file_model_path_says_so(tmp_path, monkeypatch):
+    # Issue 15: a missing model directory said "unknown model".
+    with pytest.raises(ValueError, match=r"no such directory .*no/such/dir"):
+        resolve_model(str(tmp_path / "no" / "such" / "dir"))
+    (tmp_path / "ckpt").write_text("x")
+    with pytest.raises(ValueError, match=r"ckpt is a file, not a checkpoint directory"):
+        resolve_model(str(tmp_path / "ckpt"))
+
+
+def test_devices_torch_cannot_use_are_named(monkeypatch):
+    # Issue 15: device='tpu' and device='cuda' without a GPU gave raw torch errors.
+    with pytest.raises(ValueError, match=r"device='tpu' is not a torch device"):
+        sources.parse_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda'.*no CUDA GPU.*device='cpu'"):
+        sources.load_model("random:tiny-custom_voice", device="cuda")
+    assert sources.parse_device("cpu") == torch.device("cpu")
+
+
+def test_cli_errors_are_one_line_and_exit_2(offline, capsys):
+    # Issue 15: `python -m fastqwen resolve <offline HF id>` printed a 15-line traceback.
+    from fastqwen.tools.cli import main
+
+    assert main(["resolve", "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastqwen resolve: error: model 'Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice'")
+    assert "\n" not in err and "Traceback" not in err
+    assert main(["resolve", "./no/such/dir"]) == 2
+    assert "no such directory" in capsys.readouterr().err

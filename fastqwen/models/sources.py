@@ -138,12 +138,38 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     )
 
 
-def _usage(value: str) -> str:
+def _usage(value: str, what: str | None = None) -> str:
     return (
-        f"unknown model {value!r}. Valid forms: a Hugging Face id ({', '.join(HF_IDS)}); "
-        "a local checkpoint directory; random:<size>-<kind> (e.g. random:tiny-custom_voice); "
-        f"auto:<HF id>. Sizes: {', '.join(C.MODEL_SIZES)}. Kinds: {', '.join(C.MODEL_KINDS)}."
+        f"{what or f'unknown model {value!r}'}. Valid forms: a Hugging Face id "
+        f"({', '.join(HF_IDS)}); a local checkpoint directory; random:<size>-<kind> (e.g. "
+        f"random:tiny-custom_voice); auto:<HF id>. Sizes: {', '.join(C.MODEL_SIZES)}. "
+        f"Kinds: {', '.join(C.MODEL_KINDS)}."
     )
+
+
+def _looks_like_path(name: str) -> bool:
+    """A string meant as a folder (`./ckpt`, `/models/x`, `~/a/b`), not an `org/name` id."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device`, with an error naming it when torch cannot use it.
+
+    Raises:
+        ValueError: not a device string torch knows, or a CUDA device without a CUDA GPU.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a torch device ({exc}); use 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but torch finds no CUDA GPU here "
+            "(torch.cuda.is_available() is False); use device='cpu'"
+        )
+    return dev
 
 
 # ---------------------------------------------------------------- random checkpoints
@@ -330,6 +356,10 @@ def resolve_model(name: str) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         return _dir_source(name, path)
+    if path.exists() or _looks_like_path(name):
+        where = path.absolute()
+        what = f"{where} is a file, not a checkpoint directory" if path.exists() else None
+        raise ValueError(_usage(name, f"model {name!r}: {what or f'no such directory {where}'}"))
     if name in HF_IDS:
         found = _hf_source(name, name)
         if isinstance(found, ModelSource):
@@ -351,10 +381,10 @@ def load_model(
         dtype: "float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16" or a torch dtype.
     """
     torch_dtype = parse_dtype(dtype)
+    dev = parse_device(device)
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     from qwen_tts import Qwen3TTSModel
 
-    dev = torch.device(device)
     log.info("loading %s (%s) on %s as %s", source.name, source.path, dev, torch_dtype)
     if source.is_random:
         log.warning("%s: %s", source.name, source.banner())
@@ -378,6 +408,7 @@ __all__ = [
     "RandomWeightsWarning",
     "cache_dir",
     "load_model",
+    "parse_device",
     "parse_dtype",
     "random_checkpoint",
     "resolve_model",

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff", "au")
 # librosa.resample's default res_type, passed straight through to soxr.
 RESAMPLE_QUALITY = "soxr_hq"
+URL_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://")  # refused with a clear error
 
 AudioInput = str | Path | tuple[np.ndarray, int]
 
@@ -61,6 +62,11 @@ def load_reference_audio(
     """
     if target_sr <= 0:
         raise ValueError(f"target_sr must be a positive sample rate in Hz, got {target_sr}")
+    if isinstance(audio, str) and audio.lower().startswith(URL_SCHEMES):
+        raise ValueError(
+            f"reference audio {audio} is a URL; URLs are not supported: download the file "
+            "and pass its path, or pass (samples, sample_rate)"
+        )
     if isinstance(audio, (str, Path)):
         wav, sr, source = *_read_file(Path(audio)), str(audio)
     elif isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[0], np.ndarray):

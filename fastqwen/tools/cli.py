@@ -100,4 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # qwen_tts and transformers log every config default at INFO; keep the output readable.
     for noisy in ("qwen_tts", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:  # bad input (a model string, a path): one line
+        if args.verbose:
+            logging.getLogger(__name__).debug("traceback", exc_info=True)
+        print(f"fastqwen {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import sys
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastqwen.tools.env import git_commit, project_dir
+from fastqwen.tools.quiet import KERNEL_ARGUMENTS
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets.settings import NOTEBOOKS, SETS, rel, resolve_settings
 
@@ -61,14 +61,18 @@ def default_notebooks(project: Path | None = None) -> list[Path]:
 
 
 def parse_value(text: str):
-    """A `-p` value as papermill's CLI reads it: JSON (numbers, lists, true/null) or a string."""
+    """A `-p` value exactly as `papermill -p` reads it (True/False/None, an int, a float, else
+    the string), so both commands pass a notebook the same value; list-valued parameters
+    then accept a JSON list string in either (`fastqwen.tools.samplesets.settings`)."""
     aliases = {"True": True, "False": False, "None": None}
     if text in aliases:
         return aliases[text]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -169,6 +173,7 @@ def execute_with_papermill(notebook: Path, output: Path, params: dict, kernel: s
         cwd=str(cwd),
         stderr_file=sys.stderr,  # the kernel's progress bars (tqdm) reach the terminal
         progress_bar=False,
+        extra_arguments=list(KERNEL_ARGUMENTS),  # no TCP warning from the kernel itself
     )
 
 
@@ -220,9 +225,12 @@ def _set_info(run: NotebookRun, given: dict, started: str) -> None:
         settings = resolve_settings(set_name, run.parameters)
     except ValueError:
         return
-    section = A.read_summary(settings.output_dir)["sets"].get(set_name)
-    if not section or section["run"]["started"] < started:
-        return  # not written by this run
+    for folder in (settings.output_dir, settings.output_dir / A.FAILED_DIR / set_name):
+        section = A.read_summary(folder)["sets"].get(set_name)
+        if section and section["run"]["started"] >= started:
+            break  # written by this run: published, or kept as failed
+    else:
+        return
     model = section["model"]
     line = model["requested"]
     if model["resolved"] != model["requested"]:
@@ -234,8 +242,19 @@ def _set_info(run: NotebookRun, given: dict, started: str) -> None:
     run.pairs = f"{ok}/{len(section['rows'])}"
 
 
-def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str:
-    """`reports/index.html`: one row per report."""
+NOT_FINISHED = (
+    "NOT FINISHED: the report stopped before this notebook finished (if it is not running "
+    "now, it was interrupted; the HTML here, if any, is from an earlier report)"
+)
+
+
+def index_html(
+    runs: list[NotebookRun], started: str, commit: str | None, pending: Sequence[Path] = ()
+) -> str:
+    """`reports/index.html`: one row per report; `pending` notebooks have not finished yet.
+
+    The index is rewritten before and after each notebook, so a report killed halfway
+    leaves an index that says which notebooks did not finish."""
     rows = []
     for r in runs:
         status = "ok" if r.ok else f"FAILED: {html.escape(r.status)}"
@@ -249,6 +268,11 @@ def index_html(runs: list[NotebookRun], started: str, commit: str | None) -> str
             f"<td>{'<br>'.join(html.escape(m) for m in r.models)}</td>"
             f'<td>{r.wall_s:.0f} s</td><td><a href="{r.ipynb.name}">{r.ipynb.name}</a></td></tr>'
         )
+    rows += [
+        f"<tr><td>{nb.stem}</td><td>{html.escape(NOT_FINISHED)}</td><td></td><td></td>"
+        "<td></td><td></td></tr>"
+        for nb in pending
+    ]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>fastqwen reports</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left;
@@ -294,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="a notebook parameter, passed to each notebook that declares it "
-        "(value: JSON or a string), e.g. -p max_new_tokens 64 -p speakers aiden",
+        help="a notebook parameter, passed to each notebook that declares it, read as "
+        "papermill -p reads it (lists: comma-separated or a JSON list), e.g. "
+        "-p max_new_tokens 64 -p speakers aiden,serena",
     )
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     return p
@@ -327,17 +352,26 @@ def main(
         )
         return 2
     reports = (project / (args.reports_dir or REPORTS_DIR)).resolve()
-    reports.mkdir(parents=True, exist_ok=True)
     started, commit = A.utc_now(), git_commit(project)
     runs = []
-    for nb in notebooks:
-        params = notebook_parameters(nb, given)
-        run = run_notebook(
-            nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
+    try:
+        lock = A.folder_lock(
+            reports, "report", "another fastqwen.tools.report", "pass another --reports-dir"
         )
-        _set_info(run, given, started)
-        runs.append(run)
-    A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
+        with lock:
+            for i, nb in enumerate(notebooks):
+                index = index_html(runs, started, commit, pending=notebooks[i:])
+                A.atomic_write_text(reports / "index.html", index)
+                params = notebook_parameters(nb, given)
+                run = run_notebook(
+                    nb, reports, params, args.kernel, cwd=project, execute=execute, convert=convert
+                )
+                _set_info(run, given, started)
+                runs.append(run)
+            A.atomic_write_text(reports / "index.html", index_html(runs, started, commit))
+    except (A.SetBusyError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for r in runs:
         log.info(
             "%s: %s in %.0f s -> %s",

@@ -16,6 +16,7 @@ from fastqwen.tools.bench.tables import (
     engines_table,
     formatted,
     header_markdown,
+    random_weights_banner,
     speedups,
     targets_table,
 )
@@ -30,6 +31,11 @@ def show_run(run: BenchRun | None) -> None:
     if run is None:
         display.show(Markdown(f"No bench results under `{rel(results_root())}`."))
         return
+    from IPython.display import HTML
+
+    banner = random_weights_banner(run)
+    if banner:
+        display.show(HTML(display.banner_html(banner)))
     display.show(
         Markdown(header_markdown(run)),
         Markdown("**Engines**"),
@@ -48,7 +54,10 @@ def show_run(run: BenchRun | None) -> None:
         formatted(table).set_index(["size", "static vs"])
         if len(table)
         else Markdown("*no static/baseline pair in this run*"),
-        Markdown("**Targets** (issue 4; the static engine of this run)"),
+        Markdown(
+            "**Targets**: what the fastqwen static engine is built to reach on one GPU at "
+            "batch 1, against its numbers in this run"
+        ),
         targets_table(run).set_index("target"),
     )
 

@@ -6,7 +6,18 @@ kernel; `show` is the one place that hands them to IPython.
 
 from __future__ import annotations
 
+import html
 import io
+
+BOX_STYLE = "padding:0.6em 1em;margin:0.5em 0;border-radius:4px;border:2px solid {c};background:{b}"
+
+
+def banner_html(text: str) -> str:
+    """A red box for random weights, the same in every report; empty for no text."""
+    if not text:
+        return ""
+    style = BOX_STYLE.format(c="#c0392b", b="#fdecea")
+    return f'<div class="fq-banner" style="{style}"><b>{html.escape(text)}</b></div>'
 
 
 def png(fig) -> bytes:
@@ -33,4 +44,4 @@ def show_png(data: bytes) -> None:
     show(Image(data=data, format="png"))
 
 
-__all__ = ["png", "show", "show_png"]
+__all__ = ["BOX_STYLE", "banner_html", "png", "show", "show_png"]

@@ -67,6 +67,13 @@ def divergence_figure(
     title: str,
 ) -> bytes:
     """PNG of the per-frame teacher-forced KL on a log scale."""
+    return png(divergence_plot(cb0_kl, sub_kl, first_divergent_frame, title))
+
+
+def divergence_plot(
+    cb0_kl: list[float], sub_kl: list[float], first_divergent_frame: int | None, title: str
+) -> Figure:
+    """The `Figure` of `divergence_figure` (its legend sits right of the axes)."""
     fig = Figure(figsize=(11, 2.8), layout="constrained")
     ax = fig.subplots()
     frames = np.arange(len(cb0_kl))
@@ -89,8 +96,9 @@ def divergence_figure(
     ax.set_xlabel("frame (80 ms)")
     ax.set_ylabel(f"KL (floor {KL_FLOOR:g})")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="small")
-    return png(fig)
+    # Outside the axes, right of them: inside, it covered the curves of short utterances.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
+    return fig
 
 
-__all__ = ["audio_figure", "divergence_figure"]
+__all__ = ["audio_figure", "divergence_figure", "divergence_plot"]

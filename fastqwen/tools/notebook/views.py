@@ -16,19 +16,12 @@ import math
 from pathlib import Path
 
 from fastqwen.tools.notebook import display, plots
+from fastqwen.tools.notebook.display import BOX_STYLE as _BOX
+from fastqwen.tools.notebook.display import banner_html
 from fastqwen.tools.samplesets.run import PairOutcome, SetRun, banner_text
 from fastqwen.tools.samplesets.settings import SetSettings, rel
 
 SIDE_LABELS = {"static": "static (fastqwen engine)", "dynamic": "dynamic (qwen-tts reference)"}
-_BOX = "padding:0.6em 1em;margin:0.5em 0;border-radius:4px;border:2px solid {c};background:{b}"
-
-
-def banner_html(text: str) -> str:
-    """A red box for random weights; empty when there is nothing to warn about."""
-    if not text:
-        return ""
-    style = _BOX.format(c="#c0392b", b="#fdecea")
-    return f'<div class="fq-banner" style="{style}"><b>{html.escape(text)}</b></div>'
 
 
 def audio_tag(path: Path, *, attr: str = "data-wav") -> str:
@@ -171,7 +164,7 @@ def settings_table(settings: SetSettings):
 
     values = settings.to_json()
     values.pop("set")
-    values["prompts"] = " | ".join(f"{k}. {p}" for k, p in enumerate(settings.prompts, start=1))
+    values["prompts"] = f"{len(settings.prompts)}, listed below"  # a list reads better than " | "
     values["voices"] = ", ".join(values["voices"])
     origin = dict(settings.origins)
     return pd.DataFrame(
@@ -185,17 +178,40 @@ def settings_table(settings: SetSettings):
     )
 
 
+def left_aligned(df):
+    """A table styled with labels and values left-aligned next to each other (notebook HTML
+    right-aligns cells, which put values far from their labels)."""
+    left = [("text-align", "left")]
+    return df.style.set_properties(**{"text-align": "left"}).set_table_styles(
+        [{"selector": "th", "props": left}, {"selector": "td", "props": left}]
+    )
+
+
+def prompts_markdown(settings: SetSettings) -> str:
+    """The prompts as a numbered list (`gen<k>` in the file names is prompt k)."""
+    items = "\n".join(f"{k}. {p}" for k, p in enumerate(settings.prompts, start=1))
+    return f"**Prompts** (`gen<k>` in the file names is prompt k):\n\n{items}"
+
+
 def references_html(run: SetRun) -> str:
-    """ICL references: player, text used, where it came from, error against the known text."""
-    rows = ["<tr><th>recording</th><th>player</th><th>text used</th><th>source</th></tr>"]
+    """ICL references: player, text used, where it came from, the ASR check, warnings."""
+    rows = [
+        "<tr><th>recording</th><th>player</th><th>text used</th><th>source</th>"
+        "<th>ASR transcript (check)</th></tr>"
+    ]
     for ref in run.references:
-        source = ref.text_source
+        check = "" if ref.transcript in (None, ref.text) else ref.transcript
         if ref.word_error_rate is not None:
-            source += f" ({100 * ref.word_error_rate:.1f}% word error against ref_texts.json)"
+            check += f" ({100 * ref.word_error_rate:.1f}% word error against ref_texts.json)"
+        warn = "".join(
+            f'<div style="color:#c0392b"><b>warning:</b> {html.escape(w)}</div>'
+            for w in ref.warnings
+        )
         rows.append(
-            f"<tr><td><code>{html.escape(rel(ref.path))}</code></td>"
+            f"<tr><td><code>{html.escape(rel(ref.path))}</code>{warn}</td>"
             f"<td>{audio_tag(ref.path, attr='data-ref')}</td>"
-            f"<td>{html.escape(ref.text)}</td><td>{html.escape(source)}</td></tr>"
+            f"<td>{html.escape(ref.text)}</td><td>{html.escape(ref.text_source)}</td>"
+            f"<td>{html.escape(check.strip())}</td></tr>"
         )
     return f'<table class="fq-refs">{"".join(rows)}</table>'
 
@@ -224,7 +240,8 @@ def show_header(settings: SetSettings, source) -> None:
         Markdown(
             "**Settings** (*from*: a papermill parameter, an environment variable, or the default)"
         ),
-        settings_table(settings),
+        left_aligned(settings_table(settings)),
+        Markdown(prompts_markdown(settings)),
     )
 
 
@@ -234,11 +251,19 @@ def show_run(run: SetRun) -> None:
 
     ok = sum(o.ok for o in run.outcomes)
     info = run.section["run"]
+    where = rel(run.files_dir or run.output_dir)
+    if run.complete:
+        outcome = f"into `{where}`"
+    else:
+        outcome = (
+            f"; **the set was not published**: `{rel(run.output_dir)}` keeps the earlier set, "
+            f"and this run's files are in `{where}`"
+        )
     display.show(
         Markdown(
-            f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s into "
-            f"`{rel(run.output_dir)}` (torch threads: {run.threads}; "
-            f"{info['warm_up']}). Files are listed in `{rel(run.output_dir)}/README.md`."
+            f"Generated **{ok} of {len(run.outcomes)}** pairs in {info['wall_s']} s {outcome} "
+            f"(torch threads: {run.threads}; {info['warm_up']}). Files are listed in "
+            f"`{where}/README.md`."
         )
     )
     if run.references:
@@ -287,15 +312,19 @@ def show_summary(run: SetRun) -> None:
     """The closing table (also in summary.json)."""
     from IPython.display import Markdown
 
-    where = f"`{rel(run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
+    where = (
+        f"`{rel(run.files_dir or run.output_dir)}/summary.json` (section `{run.settings.set_name}`)"
+    )
     display.show(summary_table(run), Markdown(f"Also written to {where}."))
 
 
 __all__ = [
     "audio_tag",
     "banner_html",
+    "left_aligned",
     "parity_table",
     "players_html",
+    "prompts_markdown",
     "references_html",
     "settings_table",
     "show_header",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastqwen.tools.samplesets.settings import NOTEBOOKS, SAMPLING_FIELDS, SETS, env_var_table
 
 TITLES = {"customvoice": "CustomVoice set", "icl": "ICL (voice clone) set"}
-SETTING_KEYS = (*SAMPLING_FIELDS, "seed", "device", "dtype")
+SETTING_KEYS = (*SAMPLING_FIELDS, "seed", "max_seq_len", "device", "dtype")
 
 
 def _md(text: object) -> str:
@@ -58,7 +58,8 @@ def _set_section(name: str, section: dict) -> list[str]:
         out.append(f"| reference recordings | {', '.join(f'`{v}`' for v in s['voices'])} |")
     for key in SETTING_KEYS:
         if key in s:  # a section written before a field existed lacks it
-            out.append(f"| {key} | {s[key]}{_origin(section, key)} |")
+            value = "engine default" if s[key] is None else s[key]  # max_seq_len unset
+            out.append(f"| {key} | {value}{_origin(section, key)} |")
     out += ["", "Prompts (`gen<k>` in the file names is prompt k):", ""]
     out += [f"{k}. {p}" for k, p in enumerate(s["prompts"], start=1)]
     out.append("")
@@ -70,17 +71,31 @@ def _set_section(name: str, section: dict) -> list[str]:
 
 def _references(section: dict) -> list[str]:
     out = ["Reference texts (also in `icl_transcripts.txt`):", ""]
-    out += ["| recording | text used | how it was obtained |", "|---|---|---|"]
+    out += [
+        "| recording | text used | how it was obtained | ASR transcript (check) | warnings |",
+        "|---|---|---|---|---|",
+    ]
     for ref in section["references"]:
-        how = ref["text_source"]
+        heard = ref.get("transcript")
+        check = "" if heard is None or heard == ref["text"] else _md(heard)
         if ref.get("word_error_rate") is not None:
-            how += f"; {100 * ref['word_error_rate']:.1f}% word error against `ref_texts.json`"
-        out.append(f"| `{ref['file']}` | {_md(ref['text'])} | {_md(how)} |")
+            check += f" ({100 * ref['word_error_rate']:.1f}% word error against `ref_texts.json`)"
+        warnings = "; ".join(ref.get("warnings") or [])
+        out.append(
+            f"| `{ref['file']}` | {_md(ref['text'])} | {_md(ref['text_source'])} "
+            f"| {check.strip()} | {_md(warnings)} |"
+        )
+    out += [
+        "",
+        "The text used is the one given (`ref_texts`, `PARITY_REF_TEXT*`), else the recording's "
+        "known text from `ref_texts.json` beside it, else an offline transcript. A known text "
+        "keeps the prompt, and so every code, the same on every machine; the transcript is "
+        "then only a check.",
+    ]
     if section.get("transcription"):
         out += [
             "",
-            f"Texts not given through `PARITY_REF_TEXT*` or `ref_texts` were transcribed "
-            f"offline with {section['transcription']} (`fastqwen.tools.transcribe`).",
+            f"Transcribed offline with {section['transcription']} (`fastqwen.tools.transcribe`).",
         ]
     return out + [""]
 

@@ -6,9 +6,13 @@ seed: the static engine's non-streaming `generate`, the `qwen_tts` reference (bo
 static engine for its time to first audio. Untimed warm-up runs come first (see `warm_up`),
 so no row's timings include graph capture, compiling or first-call allocations.
 
-A failing pair becomes an "error" row; the others still run. Inputs that make the whole
-set meaningless stop it early with an error naming the file or variable: a missing
-reference recording, an unknown speaker, an unusable transcript.
+A failing pair becomes an "error" row; the others still run, but the set is then not
+published: the output folder keeps the earlier set, this run's files go to `failed/<set>/`,
+and `SetRun.raise_if_incomplete()` raises (the notebooks' last cell). Inputs that make the
+whole set meaningless stop it before a model loads, with an error naming the file or
+parameter: a missing, short or silent recording, a model of the wrong kind, an unusable
+device, an unknown speaker, an unusable transcript. See `artifacts` for the lock and the
+publishing order, `references` for the recordings' checks and texts.
 
 On a CPU with the `tiny` random checkpoint we run torch with one thread: the tiny layers are
 far too small to gain from intra-op parallelism, and on a 2-core machine OpenMP contention
@@ -18,9 +22,8 @@ made two threads several times slower than one (the test suite does the same).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
+import shutil
 import sys
 import time
 import traceback
@@ -36,42 +39,22 @@ from fastqwen import __version__
 from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.tools.env import git_commit, package_version
 from fastqwen.tools.samplesets import artifacts as A
-from fastqwen.tools.samplesets.settings import (
-    ASR_METHODS,
-    REF_SUFFIXES,
-    SetSettings,
-    pair_id,
-    rel,
-    set_wav_pattern,
-    wav_name,
+from fastqwen.tools.samplesets.references import (
+    Reference,
+    asr_method,
+    check_references,
+    prepare_references,
+    transcripts_text,
+    word_error_rate,
 )
+from fastqwen.tools.samplesets.settings import PARAMS, SetSettings, pair_id, rel, wav_name
 from fastqwen.verify.parity import ParityReport, run_parity
 from fastqwen.verify.reference import run_reference
 from fastqwen.verify.streaming import StreamParity, compare_stream
 
 log = logging.getLogger(__name__)
+SET_MODEL_KIND = {"customvoice": "custom_voice", "icl": "base"}  # the model kind a set needs
 GPU_FREE_NOTE = "no GPU here, so the tiny random checkpoint stands in (it runs on a 2-core CPU)"
-
-
-@dataclass
-class Reference:
-    """An ICL reference recording and the text used for it."""
-
-    path: Path
-    text: str
-    text_source: str  # "parameter ref_texts[i]", "PARITY_REF_TEXT_2", or "transcribed: <method>"
-    known_text: str | None = None  # from a ref_texts.json next to the recording
-    word_error_rate: float | None = None  # of a transcript against known_text
-    prompt: list | None = None  # qwen_tts voice clone prompt items
-
-    def to_json(self) -> dict:
-        return {
-            "file": rel(self.path),
-            "text": self.text,
-            "text_source": self.text_source,
-            "known_text": self.known_text,
-            "word_error_rate": self.word_error_rate,
-        }
 
 
 @dataclass
@@ -147,6 +130,7 @@ class SetRun:
     references: list[Reference]
     section: dict  # this set's section of summary.json
     threads: int
+    files_dir: Path | None = None  # output_dir when published, else its failed/<set>/
 
     @property
     def banner(self) -> str:
@@ -155,6 +139,26 @@ class SetRun:
     @property
     def output_dir(self) -> Path:
         return self.settings.output_dir
+
+    @property
+    def complete(self) -> bool:
+        """Every pair succeeded, so the set was published in `output_dir`."""
+        return all(o.ok for o in self.outcomes)
+
+    def raise_if_incomplete(self) -> None:
+        """Fail (a notebook's last cell: the report then exits non-zero and its index says
+        failed) when a pair failed; the message says what and where the files are."""
+        failed = [o for o in self.outcomes if not o.ok]
+        if failed:
+            raise IncompleteSetError(
+                f"{len(failed)} of {len(self.outcomes)} pairs of the {self.settings.set_name} "
+                f"set failed (first: {failed[0].pair}: {failed[0].error}); {rel(self.output_dir)} "
+                f"keeps the earlier set, and this run's files are in {rel(self.files_dir)}"
+            )
+
+
+class IncompleteSetError(RuntimeError):
+    """A sample-set run in which some pair failed."""
 
 
 def banner_text(source, device: str) -> str:
@@ -175,79 +179,6 @@ def configure_threads(source, device: str) -> int:
     if source.size == "tiny" and not str(device).startswith("cuda"):
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-# ------------------------------------------------------------------ references
-
-
-def asr_method(backend: str) -> tuple[str, str]:
-    """(backend name, description) that `fastqwen.tools.transcribe.transcribe(backend)` will use."""
-    from fastqwen.tools.transcribe import available_backends
-
-    if backend == "auto":
-        installed = available_backends()
-        backend = installed[0] if installed else "faster-whisper"
-    return backend, ASR_METHODS.get(backend, backend)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance over the reference length (case and punctuation ignored)."""
-    ref, hyp = (re.findall(r"[a-z0-9']+", t.lower()) for t in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
-
-
-def _known_text(path: Path) -> str | None:
-    table = path.parent / "ref_texts.json"
-    try:
-        return json.loads(table.read_text()).get(path.name)
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
-def check_references(settings: SetSettings) -> None:
-    """Stop before loading anything when a reference recording is missing."""
-    for i, audio in enumerate(settings.voices if settings.set_name == "icl" else ()):
-        if not Path(audio).is_file():
-            var = f"PARITY_REF_AUDIO{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
-            origin = settings.origins.get(f"ref_audios[{i}]", settings.origins.get("ref_audios"))
-            fix = f"set {var} or ref_audios[{i}]" if var else f"fix ref_audios[{i}]"
-            raise FileNotFoundError(
-                f"reference audio {audio} not found (ref_audios[{i}], from {origin}); {fix} "
-                "to an existing recording"
-            )
-
-
-def prepare_references(
-    settings: SetSettings, transcriber: Callable[[Path, str], str] | None = None
-) -> list[Reference]:
-    """Reference texts: the given ones, else transcripts (which must contain words)."""
-    if transcriber is None:
-        from fastqwen.tools.transcribe import transcribe as transcriber
-    backend, method = asr_method(settings.asr_backend)
-    refs = []
-    for i, (audio, text) in enumerate(zip(settings.voices, settings.ref_texts, strict=True)):
-        path = Path(audio)
-        known = _known_text(path)
-        if text is not None:
-            source = settings.origins.get(f"ref_texts[{i}]", "parameter")
-            refs.append(Reference(path, text, source, known))
-            continue
-        heard = transcriber(path, backend)
-        if not re.search(r"[^\W_]", heard or ""):
-            var = f"PARITY_REF_TEXT{REF_SUFFIXES[i]}" if i < len(REF_SUFFIXES) else None
-            fix = f"set {var} or ref_texts[{i}]" if var else f"set ref_texts[{i}]"
-            raise ValueError(
-                f"the transcript of {rel(path)} is unusable ({heard!r}, from {method}); "
-                f"{fix} to the words spoken in the recording"
-            )
-        wer = None if known is None else round(word_error_rate(known, heard), 4)
-        refs.append(Reference(path, heard, f"transcribed: {method}", known, wer))
-    return refs
 
 
 # ------------------------------------------------------------------ one pair
@@ -340,12 +271,32 @@ def resolve_source(settings: SetSettings):
 
 
 def _load(settings: SetSettings, source, loader):
-    from fastqwen import FastQwen3TTS
+    from fastqwen import EngineConfig, FastQwen3TTS
     from fastqwen.models.sources import load_model
 
     source = source if source is not None else resolve_source(settings)
+    needed = SET_MODEL_KIND[settings.set_name]
+    if source.kind != needed:
+        default = next(p.default for p in PARAMS[settings.set_name] if p.name == "model")
+        raise ValueError(
+            f"model {settings.model!r} (from {settings.origins.get('model', 'default')}) is a "
+            f"{source.kind} model, but the {settings.set_name} set needs a {needed} model, "
+            f"e.g. {default!r} or 'random:tiny-{needed}'"
+        )
     loaded = (loader or load_model)(source, device=settings.device, dtype=settings.dtype)
-    return FastQwen3TTS(loaded.tts, source=loaded.source), loaded.source
+    config = None if settings.max_seq_len is None else EngineConfig(settings.max_seq_len)
+    return FastQwen3TTS(loaded.tts, config=config, source=loaded.source), loaded.source
+
+
+def _check_device(settings: SetSettings) -> None:
+    """A device torch can use here, or an error naming the parameter."""
+    from fastqwen.models.sources import parse_device
+
+    try:
+        parse_device(settings.device)
+    except ValueError as exc:
+        origin = settings.origins.get("device", "default")
+        raise ValueError(f"{exc} (notebook parameter device, from {origin})") from None
 
 
 def _check_speakers(settings: SetSettings, engine) -> None:
@@ -377,23 +328,48 @@ def run_sample_set(
         transcriber: `(path, backend) -> text`, default `fastqwen.tools.transcribe.transcribe`.
         progress: a tqdm bar over the pairs, on stderr.
 
-    Writes to `settings.output_dir`: the WAVs, this set's section of `summary.json`,
-    `icl_transcripts.txt` (ICL), and `README.md`; removes this set's WAVs that the run did
-    not produce (left from other settings), so the folder matches the summary.
+    Holds the set's lock on `settings.output_dir` for the whole run (a second run of the
+    set into the folder raises `artifacts.SetBusyError` at once). When every pair succeeds,
+    publishes the set there (`artifacts.publish_set`): the WAVs, `icl_transcripts.txt`
+    (ICL), this set's section of `summary.json` with a checksum per file, and `README.md`;
+    this set's WAVs from earlier runs with other settings are removed. When a pair fails, the
+    folder keeps the earlier set as it was, and this run's files go to `failed/<set>/`;
+    `SetRun.raise_if_incomplete()` then raises.
     """
     started, t0 = A.utc_now(), time.perf_counter()
-    check_references(settings)
-    engine, source = _load(settings, source, loader)
-    threads = configure_threads(source, settings.device)
-    _check_speakers(settings, engine)
-    references: list[Reference] = []
-    if settings.set_name == "icl":
-        references = prepare_references(settings, transcriber)
-        for ref in references:
-            ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
-    params = settings.sampling_params()
+    commit = git_commit(settings.project_dir)  # the code's, before this run writes anything
+    _check_device(settings)
+    audio_warnings = check_references(settings)  # before loading: missing, short, silent
     out = settings.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    with A.run_lock(out, settings.set_name):
+        engine, source = _load(settings, source, loader)
+        threads = configure_threads(source, settings.device)
+        _check_speakers(settings, engine)
+        references: list[Reference] = []
+        if settings.set_name == "icl":
+            references = prepare_references(settings, transcriber)
+            for ref in references:
+                ref.warnings = audio_warnings.get(str(ref.path), [])
+                ref.prompt = engine.create_voice_clone_prompt(str(ref.path), ref.text)
+        staging = A.staging_dir(out, settings.set_name)
+        try:
+            outcomes = _run_pairs(settings, engine, references, staging, progress)
+            section = _section(settings, source, references, outcomes, threads)
+            section["run"] |= {
+                "started": started,
+                "finished": A.utc_now(),
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "git_commit": commit,
+            }
+            files_dir, section = _finish(settings, outcomes, section, references, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return SetRun(settings, source, engine, outcomes, references, section, threads, files_dir)
+
+
+def _run_pairs(settings, engine, references, staging: Path, progress: bool) -> list[PairOutcome]:
+    """Every pair, its WAVs written into `staging`; a failing pair becomes an error row."""
+    params = settings.sampling_params()
     outcomes, warmed = [], False
     bar = tqdm(
         settings.pairs(),
@@ -413,18 +389,29 @@ def run_sample_set(
             outcome.report, outcome.stream = run_pair(engine, request, params, settings.seed)
             for side in ("static", "dynamic"):
                 result = getattr(outcome.report, side)
-                path = out / wav_name(settings.set_name, voice, k, side)
+                path = staging / wav_name(settings.set_name, voice, k, side)
                 A.atomic_write_bytes(path, A.wav_bytes(result.audio, result.sample_rate))
                 outcome.files[side] = path
         except Exception as exc:  # one bad pair must not lose the others
-            outcome.error = f"{type(exc).__name__}: {exc}"
+            outcome.error = _with_hint(f"{type(exc).__name__}: {exc}")
             outcome.traceback = traceback.format_exc()
             log.error("%s failed: %s", outcome.pair, outcome.error)
         outcomes.append(outcome)
     bar.close()
+    return outcomes
 
-    _prune_stale(settings, outcomes)
-    section = {
+
+def _with_hint(error: str) -> str:
+    """Say how to apply the engine's "larger max_seq_len" advice from a notebook."""
+    if "larger max_seq_len" in error:
+        error += " (notebook parameter max_seq_len, or PARITY_MAX_SEQ_LEN)"
+    return error
+
+
+def _section(settings, source, references, outcomes, threads: int) -> dict:
+    """This run's section of summary.json, but for its times and commit (the caller's) and
+    its `files` checksums (added on writing)."""
+    return {
         "settings": settings.to_json(),
         "origins": dict(settings.origins),
         "model": {
@@ -438,55 +425,49 @@ def run_sample_set(
             "banner": banner_text(source, settings.device),
         },
         "run": {
-            "started": started,
-            "finished": A.utc_now(),
-            "wall_s": round(time.perf_counter() - t0, 2),
-            "git_commit": git_commit(settings.project_dir),
             "fastqwen": __version__,
             "torch": torch.__version__,
             "qwen_tts": package_version("qwen-tts"),
             "torch_threads": threads,
             "warm_up": WARM_UP_NOTE,
+            "complete": all(o.ok for o in outcomes),
         },
         "references": [r.to_json() for r in references],
         "transcription": asr_method(settings.asr_backend)[1]
-        if any(r.text_source.startswith("transcribed") for r in references)
+        if any(r.transcript is not None for r in references)
         else None,
-        "files": [p.name for o in outcomes for p in o.files.values()],
         "rows": [o.row() for o in outcomes],
     }
-    if settings.set_name == "icl":
-        A.atomic_write_text(out / A.TRANSCRIPTS_FILE, transcripts_text(references))
-    summary = A.update_summary(out, section)
+
+
+def _finish(settings, outcomes, section, references, staging: Path) -> tuple[Path, dict]:
+    """Publish a complete set, or keep an incomplete one in failed/<set>/; point every
+    outcome's files at where they now are."""
     from fastqwen.tools.samplesets.readme import render_readme
 
-    A.atomic_write_text(out / A.README_FILE, render_readme(summary))
-    return SetRun(settings, source, engine, outcomes, references, section, threads)
-
-
-def _prune_stale(settings: SetSettings, outcomes: list[PairOutcome]) -> None:
-    written = {p.name for o in outcomes for p in o.files.values()}
-    pattern = set_wav_pattern(settings.set_name)
-    for path in settings.output_dir.iterdir():
-        if pattern.match(path.name) and path.name not in written:
-            log.info("removing %s (not part of this run)", path)
-            path.unlink()
-
-
-def transcripts_text(references: list[Reference]) -> str:
-    """`icl_transcripts.txt`: the text used for each recording and where it came from."""
-    lines = ["# Reference texts of the ICL (voice clone) parity set", ""]
-    for ref in references:
-        lines += [ref.path.name, f"  source: {ref.text_source}", f"  text: {ref.text}"]
-        if ref.known_text is not None:
-            lines.append(f"  recorded text (ref_texts.json): {ref.known_text}")
-        if ref.word_error_rate is not None:
-            lines.append(f"  word error rate of the transcript: {100 * ref.word_error_rate:.1f}%")
-        lines.append("")
-    return "\n".join(lines)
+    out, name = settings.output_dir, settings.set_name
+    extra = {A.TRANSCRIPTS_FILE: transcripts_text(references)} if name == "icl" else {}
+    if all(o.ok for o in outcomes):
+        staged = [p for o in outcomes for p in o.files.values()]
+        A.publish_set(out, name, staged, section, render=render_readme, extra=extra)
+        target = out
+    else:
+        target = A.keep_failed(out, name, staging, section, render=render_readme, extra=extra)
+        log.error(
+            "%s: %d of %d pairs failed; %s keeps the earlier set, this run's files are in %s",
+            name,
+            sum(not o.ok for o in outcomes),
+            len(outcomes),
+            out,
+            target,
+        )
+    for o in outcomes:
+        o.files = {side: target / p.name for side, p in o.files.items()}
+    return target, A.read_summary(target)["sets"][name]
 
 
 __all__ = [
+    "IncompleteSetError",
     "PairOutcome",
     "Reference",
     "SetRun",
@@ -497,5 +478,5 @@ __all__ = [
     "run_pair",
     "run_sample_set",
     "warm_up",
-    "word_error_rate",
+    "word_error_rate",  # from .references, kept importable here
 ]

@@ -22,14 +22,17 @@ dataclass (name, type, default), and reach the engine as one `SamplingParams`:
 Relative folders start at the project folder (`fastqwen.tools.env.project_dir`: the working
 directory, or `$FASTQWEN_PROJECT_DIR`).
 
-Reliability: every file is written to a temporary sibling and renamed into place; a failing
-pair becomes an "error" row instead of stopping the set; `summary.json` holds one section
-per set, replaced under a file lock, and `README.md` is regenerated from it.
+Reliability (`artifacts`): every file is written to a temporary sibling and renamed into
+place; a failing pair becomes an "error" row instead of stopping the set, but only a complete
+set is published (an incomplete one goes to `failed/<set>/`); one run of a set per folder at
+a time; `summary.json` holds one section per set with a checksum per file, replaced under a
+file lock, and `README.md` is regenerated from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -124,6 +127,13 @@ def _common_params() -> tuple[Param, ...]:
         *_sampling_params(),
         Param("seed", DEFAULT_SEED, "RNG seed for both engines", env="PARITY_SEED", kind="int"),
         Param(
+            "max_seq_len",
+            None,
+            "static engine cache positions, prompt + frames (None: the EngineConfig default)",
+            env="PARITY_MAX_SEQ_LEN",
+            kind="int",
+        ),
+        Param(
             "output_dir",
             "samples/parity",
             "where WAVs, summary.json and README.md go (relative to the project folder)",
@@ -184,7 +194,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
         Param(
             "ref_texts",
             None,
-            "their transcripts (None entries: PARITY_REF_TEXT, _2, _3, else auto-transcribed)",
+            "their texts (None entries: PARITY_REF_TEXT, _2, _3, else ref_texts.json, else ASR)",
             kind="texts",
         ),
         Param("asr_backend", "auto", "transcription backend: auto, faster-whisper, nano-parakeet"),
@@ -202,7 +212,7 @@ def env_var_table(set_name: str) -> list[tuple[str, str, str]]:
                 (f"PARITY_REF_AUDIO{s}", f"ref_audios[{i}]", f"reference recording {i + 1}")
             )
         for i, s in enumerate(REF_SUFFIXES):
-            rows.append((f"PARITY_REF_TEXT{s}", f"ref_texts[{i}]", f"its transcript {i + 1}"))
+            rows.append((f"PARITY_REF_TEXT{s}", f"ref_texts[{i}]", f"text of recording {i + 1}"))
     return rows
 
 
@@ -225,6 +235,10 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             if text in _TRUE | _FALSE:
                 return text in _TRUE
             raise ValueError
+        if kind in ("list", "texts") and isinstance(value, str) and value.lstrip().startswith("["):
+            value = json.loads(value)  # `papermill -p x '["a"]'` passes the text as is
+            if not isinstance(value, list):
+                raise ValueError
         if kind == "list":
             items = value.split(",") if isinstance(value, str) else list(value)
             items = [str(x).strip() for x in items if str(x).strip()]
@@ -242,8 +256,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             "int": "an integer",
             "float": "a number",
             "bool": "true/false (1/0)",
-            "list": "a non-empty comma-separated list",
-            "texts": "a list of strings",
+            "list": "a non-empty comma-separated or JSON list",
+            "texts": "a list of strings (or a JSON list)",
         }
         raise ValueError(f"{where}={value!r} is not {expected.get(kind, 'a string')}") from None
 
@@ -265,6 +279,7 @@ class SetSettings:
     dtype: str
     interactive: bool
     asr_backend: str = "auto"
+    max_seq_len: int | None = None  # the static engine's EngineConfig.max_seq_len (None: default)
     project_dir: Path = field(default_factory=project_dir)  # where relative paths start
     origins: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -285,6 +300,7 @@ class SetSettings:
             "language": self.language,
             **dataclasses.asdict(self.sampling),
             "seed": self.seed,
+            "max_seq_len": self.max_seq_len,
             "output_dir": rel(self.output_dir, self.project_dir),
             "device": self.device,
             "dtype": self.dtype,
@@ -348,6 +364,7 @@ def resolve_settings(
         voices, ref_texts = _resolve_refs(values, origins, env, base)
     if len(set(voices)) != len(voices):
         raise ValueError(f"duplicate voices in {list(voices)}")
+    _check_unique_tags(set_name, voices)
     return SetSettings(
         set_name=set_name,
         model=values["model"],
@@ -362,6 +379,7 @@ def resolve_settings(
         dtype=dtype,
         interactive=values["interactive"],
         asr_backend=values.get("asr_backend", "auto"),
+        max_seq_len=values["max_seq_len"],
         project_dir=base,
         origins=origins,
     )
@@ -386,7 +404,28 @@ def _resolve_refs(values: dict, origins: dict, env: Mapping[str, str], base: Pat
             texts[i], origins[f"ref_texts[{i}]"] = env[var].strip(), var
         else:
             texts[i] = None
+    for i, audio in enumerate(audios):
+        if re.match(r"^[a-z][a-z0-9+.-]*://", audio, re.IGNORECASE):
+            raise ValueError(
+                f"ref_audios[{i}]={audio!r} is a URL; URLs are not supported: download the "
+                "recording and pass its path"
+            )
     return tuple(str(project_path(a, base)) for a in audios), tuple(texts)
+
+
+def _check_unique_tags(set_name: str, voices: tuple[str, ...]) -> None:
+    """Two voices whose file names would be the same (`a/ref.mp3`, `b/ref.flac`) would
+    overwrite each other's WAVs: refuse them, naming both."""
+    seen: dict[str, str] = {}
+    for voice in voices:
+        tag = voice_tag(voice)
+        if tag in seen:
+            what = "ref_audios" if set_name == "icl" else "speakers"
+            raise ValueError(
+                f"{seen[tag]} and {voice} would both be written as "
+                f"{pair_id(set_name, voice, 1)}_*.wav; rename one of them ({what})"
+            )
+        seen[tag] = voice
 
 
 def notebook_settings(
