@@ -75,3 +75,11 @@ def tiny_engine(tiny_model: Callable[[str], LoadedModel]) -> Callable[[str], Fas
         return engines[kind]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def no_project_dir_from_the_notebook_smoke_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` runs tests/ and the notebooks in one session, and notebooks/conftest.py
+    names this checkout in FASTQWEN_PROJECT_DIR for the nbmake kernels. Tests start
+    without it (the working directory is the project folder), and set it when they test it."""
+    monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
