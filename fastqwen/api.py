@@ -26,7 +26,7 @@ from fastqwen.engine.loop import LoopStats
 from fastqwen.engine.model import StaticModel
 from fastqwen.engine.runner import FrameRunner
 from fastqwen.locking import serialized, serialized_stream
-from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
+from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
 from fastqwen.results import AudioChunk, GenerationResult
 
@@ -210,16 +210,6 @@ class FastQwen3TTS:
         return self.tts.get_supported_languages()
 
     # ---- the rich API --------------------------------------------------------------
-    def _frames(
-        self,
-        prompt: TalkerPrompt,
-        params: SamplingParams,
-        seed: int | None,
-        stats: LoopStats,
-        first_block: int | None = None,
-    ) -> Iterator[torch.Tensor]:
-        return self.runner.frames(prompt, params, seed, stats, first_block)
-
     @serialized
     @torch.inference_mode()
     def generate(
@@ -231,7 +221,7 @@ class FastQwen3TTS:
         prompt = build_talker_prompt(self.tts, request)
         stats = LoopStats()
         t0 = time.perf_counter()
-        blocks = list(self._frames(prompt, params, seed, stats))
+        blocks = list(self.runner.frames(prompt, params, seed, stats))
         t1 = time.perf_counter()
         codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
         audio, sr = decode_utterance(
@@ -285,7 +275,9 @@ class FastQwen3TTS:
         pieces: list[np.ndarray] = []
         first_audio_s: float | None = None
         t0 = time.perf_counter()
-        for block in self._frames(prompt, params, seed, stats, first_block=first_chunk_frames):
+        for block in self.runner.frames(
+            prompt, params, seed, stats, first_block=first_chunk_frames
+        ):
             blocks.append(block)
             audio = decoder.push(block.to(self.device))
             if audio is not None and len(audio):
