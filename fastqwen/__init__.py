@@ -22,6 +22,7 @@ _PUBLIC = {
     "VoiceRequest": "fastqwen.prompts.builder",
     "GenerationResult": "fastqwen.results",
     "AudioChunk": "fastqwen.results",
+    "GenerationStopped": "fastqwen.results",
 }
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "EngineConfig",
     "FastQwen3TTS",
     "GenerationResult",
+    "GenerationStopped",
     "SamplingParams",
     "VoiceRequest",
     "__version__",
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from fastqwen.api import FastQwen3TTS
     from fastqwen.config import EngineConfig, SamplingParams
     from fastqwen.prompts.builder import VoiceRequest
-    from fastqwen.results import AudioChunk, GenerationResult
+    from fastqwen.results import AudioChunk, GenerationResult, GenerationStopped
 
 
 def __getattr__(name: str):

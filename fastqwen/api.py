@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import numbers
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -213,15 +214,24 @@ class FastQwen3TTS:
     @serialized
     @torch.inference_mode()
     def generate(
-        self, request: VoiceRequest, params: SamplingParams | None = None, seed: int | None = None
+        self,
+        request: VoiceRequest,
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        *,
+        stop: threading.Event | None = None,
     ) -> GenerationResult:
-        """One utterance; the same request, params and seed as the reference give the same codes."""
+        """One utterance; the same request, params and seed as the reference give the same codes.
+
+        `stop`: setting this event from another thread (a Stop button) ends the generation
+        within one block of frames by raising `GenerationStopped`.
+        """
         _check_seed(seed)
         params = params or SamplingParams()
         prompt = build_talker_prompt(self.tts, request)
         stats = LoopStats()
         t0 = time.perf_counter()
-        blocks = list(self.runner.frames(prompt, params, seed, stats))
+        blocks = list(self.runner.frames(prompt, params, seed, stats, stop=stop))
         t1 = time.perf_counter()
         codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
         audio, sr = decode_utterance(
@@ -250,6 +260,7 @@ class FastQwen3TTS:
         *,
         first_chunk_frames: int = 2,
         chunk_frames: int = 12,
+        stop: threading.Event | None = None,
     ) -> Iterator[AudioChunk]:
         """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
 
@@ -276,7 +287,7 @@ class FastQwen3TTS:
         first_audio_s: float | None = None
         t0 = time.perf_counter()
         for block in self.runner.frames(
-            prompt, params, seed, stats, first_block=first_chunk_frames
+            prompt, params, seed, stats, first_block=first_chunk_frames, stop=stop
         ):
             blocks.append(block)
             audio = decoder.push(block.to(self.device))

@@ -1,5 +1,6 @@
 """What a generation returns: `GenerationResult` (one utterance, either side of a parity
-run) and `AudioChunk` (one piece of a stream)."""
+run) and `AudioChunk` (one piece of a stream); `GenerationStopped`, raised when a caller's
+stop request ends a generation early."""
 
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ class GenerationResult:
             if self.time_to_first_audio_s is None
             else round(1000 * self.time_to_first_audio_s, 3),
         }
+
+
+class GenerationStopped(Exception):
+    """A generation ended early because its `stop` event was set (no result is returned).
+
+    The engine checks the event between blocks of frames (1 frame on the CPU, 8 on CUDA),
+    the reference runner after every token, so a stop takes effect within one block.
+    """
+
+    def __init__(self, frames: int):
+        super().__init__(f"generation stopped on request after {frames} frames")
+        self.frames = frames  # frames generated before the stop was seen
 
 
 @dataclass

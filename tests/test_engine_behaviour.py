@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import threading
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from fastqwen import EngineConfig, FastQwen3TTS
+from fastqwen import EngineConfig, FastQwen3TTS, GenerationStopped
 from fastqwen.codec.decoder import frames_to_samples
 from fastqwen.config import SamplingParams
 from fastqwen.models.sources import load_model
@@ -263,3 +264,71 @@ def test_numpy_integer_seeds_still_work(custom):
     a, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=7)
     b, _ = custom.generate_custom_voice("hi", speaker="aiden", max_new_tokens=3, seed=np.int64(7))
     assert np.array_equal(a[0], b[0])
+
+
+# ------------------------------------------------------------------ stop requests (issue 18)
+
+
+def counting_steps(engine, monkeypatch, stop, stop_after: int) -> list[int]:
+    """Make the engine's frame step count frames and set `stop` after `stop_after` of them,
+    as a Stop button pressed from another thread during that frame would."""
+    frames = [0]
+    real = engine.runner.step
+
+    def step(m, mode):
+        inner = real(m, mode)
+
+        def run() -> None:
+            inner()
+            frames[0] += 1
+            if frames[0] == stop_after:
+                stop.set()
+
+        return run
+
+    monkeypatch.setattr(engine.runner, "step", step)
+    return frames
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_a_stop_request_ends_generate_within_two_frames(custom, monkeypatch, stop_after):
+    stop = threading.Event()
+    frames = counting_steps(custom, monkeypatch, stop, stop_after)
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    with pytest.raises(GenerationStopped) as info:
+        custom.generate(request, SamplingParams(max_new_tokens=60), 1, stop=stop)
+    assert stop_after <= frames[0] <= stop_after + 2, frames
+    assert info.value.frames == frames[0]
+    assert "stopped on request" in str(info.value)
+
+
+def test_a_stop_request_ends_a_stream(custom):
+    stop = threading.Event()
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    chunks = custom.stream(request, SamplingParams(max_new_tokens=60), 1, stop=stop)
+    next(chunks)  # the first chunk: 2 frames
+    stop.set()
+    with pytest.raises(GenerationStopped) as info:
+        next(chunks)
+    assert info.value.frames == 2
+
+
+def test_without_a_stop_request_nothing_changes(custom):
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    params = SamplingParams(max_new_tokens=9)
+    plain = custom.generate(request, params, 5)
+    unset = custom.generate(request, params, 5, stop=threading.Event())
+    assert torch.equal(plain.codes, unset.codes)
+
+
+def test_a_stop_request_ends_the_reference_run(custom):
+    stop = threading.Event()
+    request = VoiceRequest("custom_voice", TEXT, "english", speaker="aiden")
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(GenerationStopped) as info:
+            run_reference(custom.tts, request, SamplingParams(max_new_tokens=2000), 1, stop=stop)
+    finally:
+        timer.cancel()
+    assert info.value.frames < 1999

@@ -2,11 +2,13 @@
 
 This is the only loop. Non-streaming generation collects its blocks; streaming feeds
 them to the codec as they come. The host looks at the codes only between blocks of
-`sync_every` frames: EOS is found there and any overshoot past it trimmed.
+`sync_every` frames: EOS is found there and any overshoot past it trimmed, and an optional
+`stop` event is checked there (a set event raises `GenerationStopped`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from fastqwen.engine.model import StaticModel
 from fastqwen.engine.sampling import SamplingTensors, apply_penalties, sample_token
 from fastqwen.engine.step import FrameState, talker_logits
 from fastqwen.prompts.builder import TalkerPrompt
+from fastqwen.results import GenerationStopped
 
 
 @dataclass
@@ -67,6 +70,7 @@ def run_frames(
     sync_every: int,
     first_block: int | None = None,
     stats: LoopStats | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield (k, 16) int64 CPU code blocks until EOS or `max_frames` (`check_fits`).
 
@@ -78,6 +82,7 @@ def run_frames(
         prefill: runs the (1, P, H) prompt embeddings (eagerly, or as a graph replay).
         sync_every: frames per block, i.e. between host looks at the codes.
         first_block: size of the first block (streaming wants its first audio early).
+        stop: when set, the loop raises `GenerationStopped` before its next block.
     """
     stats = stats if stats is not None else LoopStats()
     state.reset(
@@ -92,6 +97,8 @@ def run_frames(
 
     done = 0
     while done < max_frames:
+        if stop is not None and stop.is_set():
+            raise GenerationStopped(done)
         t_block = time.perf_counter()
         n = min(first_block if (done == 0 and first_block) else sync_every, max_frames - done)
         for _ in range(n):

@@ -23,6 +23,7 @@ same frame run eagerly after the same seed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -183,6 +184,7 @@ class FrameRunner:
         seed: int | None,
         stats: LoopStats,
         first_block: int | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
         """The generator of (k, 16) int64 CPU code blocks for one utterance (`run_frames`).
 
@@ -206,4 +208,5 @@ class FrameRunner:
             sync_every=self.sync_every,
             first_block=first_block,
             stats=stats,
+            stop=stop,
         )

@@ -15,6 +15,7 @@ they may be called from any thread, beside the engine.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -242,10 +243,14 @@ def run_parity(
     seed: int,
     *,
     with_teacher_forcing: bool = True,
+    stop: threading.Event | None = None,
 ) -> ParityReport:
-    """Run engine and reference on the same inputs and seed, then compare."""
-    static = engine.generate(request, params, seed)
-    dynamic = run_reference(engine.tts, request, params, seed)
+    """Run engine and reference on the same inputs and seed, then compare.
+
+    A set `stop` event ends either side with `GenerationStopped`.
+    """
+    static = engine.generate(request, params, seed, stop=stop)
+    dynamic = run_reference(engine.tts, request, params, seed, stop=stop)
     forced = (
         teacher_forced(engine, engine.tts, request, dynamic.codes) if with_teacher_forcing else None
     )

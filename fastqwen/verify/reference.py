@@ -10,6 +10,7 @@ draw from the same process-wide random generators.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -21,7 +22,7 @@ from fastqwen.device import synchronize
 from fastqwen.engine.loop import trim_at_eos
 from fastqwen.locking import serialized
 from fastqwen.prompts.builder import TalkerPrompt, VoiceRequest, build_talker_prompt
-from fastqwen.results import GenerationResult
+from fastqwen.results import GenerationResult, GenerationStopped
 
 
 def seed_everything(seed: int) -> None:
@@ -31,9 +32,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _stop_criteria(stop: threading.Event):
+    """HF stopping criteria that end `generate` after the token during which `stop` was set."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnEvent(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), stop.is_set(), device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnEvent()])
+
+
 @serialized  # it draws from torch's process-wide generators (see fastqwen.locking)
-def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
-    """The reference generation loop for one prompt; returns (codes (T, 16), eos_reached)."""
+def talker_generate(
+    tts, prompt: TalkerPrompt, params: SamplingParams, stop: threading.Event | None = None
+):
+    """The reference generation loop for one prompt; returns (codes (T, 16), eos_reached).
+
+    A set `stop` event ends it after the current token with `GenerationStopped`.
+    """
     talker = tts.model.talker
     embeds = prompt.inputs_embeds
     kwargs = dict(prompt.talker_kwargs)
@@ -54,6 +71,8 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
         output_hidden_states=True,
         return_dict_in_generate=True,
     )
+    if stop is not None:
+        kwargs["stopping_criteria"] = _stop_criteria(stop)
     out = talker.generate(
         inputs_embeds=embeds,
         attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
@@ -63,6 +82,8 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
     )
     # Same post-processing as Qwen3TTSForConditionalGeneration.generate (batch of one).
     steps = [hid[-1] for hid in out.hidden_states if hid[-1] is not None]
+    if stop is not None and stop.is_set():
+        raise GenerationStopped(len(steps))
     if steps:
         codes = torch.stack(steps, dim=1)[0]  # (T, 16)
     else:
@@ -75,7 +96,12 @@ def talker_generate(tts, prompt: TalkerPrompt, params: SamplingParams):
 @serialized
 @torch.no_grad()
 def run_reference(
-    tts, request: VoiceRequest, params: SamplingParams, seed: int
+    tts,
+    request: VoiceRequest,
+    params: SamplingParams,
+    seed: int,
+    *,
+    stop: threading.Event | None = None,
 ) -> GenerationResult:
     """Generate one utterance with `qwen_tts` (dynamic cache), seeded right before the loop.
 
@@ -84,13 +110,14 @@ def run_reference(
         request: text, voice and mode.
         params: all generation parameters; each one takes effect.
         seed: RNG seed, applied immediately before the first draw, as the engine does.
+        stop: when set (from another thread), the run ends with `GenerationStopped`.
     """
     prompt = build_talker_prompt(tts, request)
     device = prompt.inputs_embeds.device
     seed_everything(seed)
     synchronize(device)
     t0 = time.perf_counter()
-    codes, eos_reached = talker_generate(tts, prompt, params)
+    codes, eos_reached = talker_generate(tts, prompt, params, stop)
     synchronize(device)
     t1 = time.perf_counter()
     audio, sr = decode_utterance(tts.model.speech_tokenizer, codes, prompt.ref_codes)

@@ -194,10 +194,12 @@ def make_request(
     return VoiceRequest("voice_clone", text, settings.language, voice_clone_prompt=ref.prompt)
 
 
-def stream_check(engine, request: VoiceRequest, params, seed: int, static) -> StreamCheck:
+def stream_check(
+    engine, request: VoiceRequest, params, seed: int, static, stop=None
+) -> StreamCheck:
     """Stream the static engine once: time to first audio, and the audio against the
     non-streamed `static` result of the same request and seed, within the codec's rounding."""
-    chunks = list(engine.stream(request, params, seed))
+    chunks = list(engine.stream(request, params, seed, stop=stop))
     audio = np.concatenate([c.audio for c in chunks]) if chunks else np.zeros(0, np.float32)
     speech_tokenizer = engine.tts.model.speech_tokenizer
     device = next(speech_tokenizer.model.parameters()).device
@@ -213,11 +215,16 @@ def stream_check(engine, request: VoiceRequest, params, seed: int, static) -> St
 
 
 def run_pair(
-    engine, request: VoiceRequest, params, seed: int, *, teacher_forcing: bool = True
+    engine, request: VoiceRequest, params, seed: int, *, teacher_forcing: bool = True, stop=None
 ) -> tuple[ParityReport, StreamCheck]:
-    """Static, dynamic (and teacher-forced) with one seed, then the streaming run."""
-    report = run_parity(engine, request, params, seed, with_teacher_forcing=teacher_forcing)
-    return report, stream_check(engine, request, params, seed, report.static)
+    """Static, dynamic (and teacher-forced) with one seed, then the streaming run.
+
+    `stop`: a `threading.Event`; once set, the run raises `fastqwen.GenerationStopped`.
+    """
+    report = run_parity(
+        engine, request, params, seed, with_teacher_forcing=teacher_forcing, stop=stop
+    )
+    return report, stream_check(engine, request, params, seed, report.static, stop)
 
 
 WARM_UP_NOTE = (
