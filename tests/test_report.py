@@ -1,5 +1,6 @@
 """The report: `python -m fastqwen.tools.report` arguments, offline HTML, the index, and what the
-notebooks display (players, tables, plots, listening panel) on a tiny generated set.
+notebooks display (players, tables, plots) on a tiny generated set; the listening panel's
+tests are in test_listen.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import nbformat
 import pytest
 
 from fastqwen.tools import report
-from fastqwen.tools.notebook import listen, plots, views
+from fastqwen.tools.notebook import plots, views
 from fastqwen.tools.samplesets import artifacts as A
 from fastqwen.tools.samplesets import run as R
 from fastqwen.tools.samplesets.settings import resolve_settings
@@ -351,39 +352,6 @@ def test_plots_are_png(tiny_run):
     legend = ax.get_legend().get_window_extent(renderer)
     assert legend.x0 >= ax.get_window_extent(renderer).x1
     assert plots.audio_figure(rep.static.audio[:10], rep.dynamic.audio[:0], 24000, "short")
-
-
-def test_listening_panel_reuses_the_set(tiny_run):
-    assert listen.show_panel(tiny_run) is None  # interactive=False: nothing shown
-    panel = listen.build_panel(tiny_run)
-    assert panel.children  # builds without a frontend
-    first = tiny_run.outcomes[0]
-    again = listen.generate_once(
-        tiny_run, "aiden", first.prompt, tiny_run.settings.seed, max_new_tokens=5
-    )
-    assert again.report.codes.identical
-    assert again.report.static.codes.equal(first.report.static.codes)
-    assert listen.players_from_arrays(again.report).count("<audio") == 2
-
-
-def test_panel_generate_button_runs_both_sides(tiny_run, monkeypatch):
-    import ipywidgets as W
-
-    results = []
-
-    def recording(*args, **kwargs):
-        results.append(real(*args, **kwargs))
-        return results[-1]
-
-    real = listen.generate_once
-    monkeypatch.setattr(listen, "generate_once", recording)
-    panel = listen.build_panel(tiny_run)
-    controls = panel.children[0].children
-    button = next(w for w in controls if isinstance(w, W.Button))
-    button.click()  # what pressing Generate does
-    assert len(results) == 1 and not button.disabled
-    assert results[0].report.codes.identical
-    assert results[0].report.static.codes.equal(tiny_run.outcomes[0].report.static.codes)
 
 
 def test_known_noise_stays_out_of_the_terminal(monkeypatch, caplog):
