@@ -25,12 +25,19 @@ PYTEST_ARGS ?=
 REPORT_NOTEBOOK := notebooks/customvoice_parity.ipynb
 # Extra arguments for `python -m fastqwen.tools.report`, e.g. REPORT_ARGS="-p max_new_tokens 64".
 REPORT_ARGS ?=
+# `make lab` opens working copies of the notebooks here (ignored by git), so JupyterLab's
+# autosave of outputs and widget state never touches the tracked notebooks/*.ipynb.
+LAB_DIR := lab
+# Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ip=0.0.0.0 --port=8888".
+LAB_ARGS ?=
+# Jupyter refuses to start as root (containers often are) unless told --allow-root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # HF_HUB_OFFLINE is deliberately not set here: users with hub access may download real
 # checkpoints. Set it in your shell to forbid downloads.
 
-.PHONY: help setup test report lab require-notebooks lint clean
+.PHONY: help setup test report lab lab-copies require-notebooks lint clean
 
 help: ## Show this help
 	@echo "Usage: make <target>"
@@ -62,8 +69,20 @@ report: require-notebooks setup ## Run the parity notebooks; HTML reports in rep
 
 # Jupyter starts each kernel in the notebook's folder; the tools resolve relative folders
 # (samples/, bench/results) from FASTQWEN_PROJECT_DIR, so point it here.
-lab: setup ## Open the notebooks in JupyterLab (live, with the listening panel)
-	FASTQWEN_PROJECT_DIR=$(CURDIR) $(VENV)/bin/jupyter lab notebooks/
+lab: setup lab-copies ## JupyterLab on working copies of the notebooks in lab/ (live panel)
+	FASTQWEN_PROJECT_DIR=$(CURDIR) $(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) $(LAB_DIR)/
+
+# A copy is made once and never overwritten (it holds your outputs and edits); when the
+# tracked notebook is newer, say so: delete the copy to get the new one.
+lab-copies:
+	@mkdir -p $(LAB_DIR)
+	@for nb in $(NOTEBOOKS); do \
+		copy="$(LAB_DIR)/$$(basename "$$nb")"; \
+		if [ ! -e "$$copy" ]; then cp "$$nb" "$$copy"; \
+		elif [ "$$nb" -nt "$$copy" ]; then \
+			echo "make lab: $$nb changed after $$copy was made; delete the copy to get it"; \
+		fi; \
+	done
 
 # Checked before `setup`, so a missing notebook fails in a second, not after a 3 GB install.
 require-notebooks:

@@ -206,3 +206,22 @@ def test_details_read_well(tiny_run):
     panel.generate_button.click()
     assert "from 0 to 18446744073709551615" in panel.status.value
     assert not panel.running and not panel.generate_button.disabled
+
+
+def test_an_own_recording_is_cloned_with_its_text():
+    calls = []
+
+    def clone(path, text):
+        calls.append((path, text))
+        return ["prompt items"]
+
+    run = SimpleNamespace(
+        settings=SimpleNamespace(set_name="icl", language="english"),
+        references=[],
+        engine=SimpleNamespace(create_voice_clone_prompt=clone),
+    )
+    with pytest.raises(ValueError, match="text spoken in your recording"):
+        listen.panel_request(run, listen.Choice("/x/mine.wav", "Hi.", 1))
+    request = listen.panel_request(run, listen.Choice("/x/mine.wav", "Hi.", 1, {}, "Hello."))
+    assert calls == [("/x/mine.wav", "Hello.")]
+    assert request.voice_clone_prompt == ["prompt items"] and request.text == "Hi."

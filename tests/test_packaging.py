@@ -256,3 +256,33 @@ def test_everything_make_report_writes_is_ignored_by_git():
         ["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert ignored == written
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_lab_opens_ignored_working_copies(tmp_path):
+    # Issue 18, item 6: JupyterLab's autosave wrote outputs and widget state into the
+    # tracked notebooks/*.ipynb. `make lab` opens copies in lab/, which git ignores.
+    dry = subprocess.run(
+        ["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert dry.returncode == 0, dry.stderr
+    (opens,) = [ln for ln in dry.stdout.splitlines() if "jupyter lab" in ln]
+    assert opens.rstrip().endswith(" lab/") and "FASTQWEN_PROJECT_DIR=" in opens
+    assert ("--allow-root" in opens) == (os.geteuid() == 0)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "lab/customvoice_parity.ipynb"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ignored.stdout.strip() == "lab/customvoice_parity.ipynb"
+
+    copies = tmp_path / "lab"
+    make = ["make", "lab-copies", f"LAB_DIR={copies}"]
+    subprocess.run(make, cwd=ROOT, check=True, capture_output=True, timeout=60)
+    names = sorted(p.name for p in copies.iterdir())
+    assert names == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    edited = copies / names[0]
+    edited.write_text("my outputs")
+    subprocess.run(make, cwd=ROOT, check=True, capture_output=True, timeout=60)
+    assert edited.read_text() == "my outputs"  # a working copy is never overwritten

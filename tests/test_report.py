@@ -368,6 +368,7 @@ def test_known_noise_stays_out_of_the_terminal(monkeypatch, caplog):
     )
     assert out.stdout.strip().endswith("imported"), out.stderr
     assert "SoX could not be found" not in out.stderr and "sox: not found" not in out.stderr
+    assert "flash-attn is not installed" not in out.stdout + out.stderr  # issue 18, item 7
     with caplog.at_level(logging.WARNING):
         logging.getLogger("transformers.generation.utils").warning(
             "Setting `pad_token_id` to `eos_token_id`:2150 for open-end generation."
