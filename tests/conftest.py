@@ -83,3 +83,26 @@ def no_project_dir_from_the_notebook_smoke_settings(monkeypatch: pytest.MonkeyPa
     names this checkout in FASTQWEN_PROJECT_DIR for the nbmake kernels. Tests start
     without it (the working directory is the project folder), and set it when they test it."""
     monkeypatch.delenv("FASTQWEN_PROJECT_DIR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    """A two-pair CustomVoice set (aiden) on the tiny checkpoint, 5 talker steps per sample;
+    one per test module (the report's views, the listening panel)."""
+    from fastqwen.tools.samplesets import run as R
+    from fastqwen.tools.samplesets.settings import resolve_settings
+
+    settings = resolve_settings(
+        "customvoice",
+        {
+            "model": "random:tiny-custom_voice",
+            "speakers": "aiden",
+            "max_new_tokens": 5,
+            "output_dir": str(tmp_path_factory.mktemp("parity")),
+            "interactive": False,
+        },
+        env={},
+    )
+    return R.run_sample_set(
+        settings, loader=lambda source, device, dtype: tiny_model("custom_voice"), progress=False
+    )

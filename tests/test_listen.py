@@ -14,29 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from fastqwen.tools.notebook import listen
-from fastqwen.tools.samplesets import run as R
-from fastqwen.tools.samplesets.settings import resolve_settings
 
 pytest.importorskip("ipywidgets")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_model, tmp_path_factory):
-    """A CustomVoice set (aiden, two prompts) on the tiny checkpoint, 5 talker steps each."""
-    settings = resolve_settings(
-        "customvoice",
-        {
-            "model": "random:tiny-custom_voice",
-            "speakers": "aiden",
-            "max_new_tokens": 5,
-            "output_dir": str(tmp_path_factory.mktemp("parity")),
-            "interactive": False,
-        },
-        env={},
-    )
-    return R.run_sample_set(
-        settings, loader=lambda source, device, dtype: tiny_model("custom_voice"), progress=False
-    )
 
 
 @pytest.fixture

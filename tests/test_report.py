@@ -23,25 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_model, tmp_path_factory):
-    """A two-pair CustomVoice set on the tiny checkpoint, 5 talker steps per sample."""
-    settings = resolve_settings(
-        "customvoice",
-        {
-            "model": "random:tiny-custom_voice",
-            "speakers": "aiden",
-            "max_new_tokens": 5,
-            "output_dir": str(tmp_path_factory.mktemp("parity")),
-            "interactive": False,
-        },
-        env={},
-    )
-    return R.run_sample_set(
-        settings, loader=lambda source, device, dtype: tiny_model("custom_voice"), progress=False
-    )
-
-
 # ------------------------------------------------------------------ command line
 
 
