@@ -204,3 +204,48 @@ def test_an_own_recording_is_cloned_with_its_text():
     request = listen.panel_request(run, listen.Choice("/x/mine.wav", "Hi.", 1, {}, "Hello."))
     assert calls == [("/x/mine.wav", "Hello.")]
     assert request.voice_clone_prompt == ["prompt items"] and request.text == "Hi."
+
+
+def test_kernel_interrupt_reaches_an_idle_kernel_only_while_armed():
+    # A real ipykernel: while idle it ignores SIGINT, and it restores its own handler after
+    # every message. Armed from a cell (as from the Generate callback), Kernel > Interrupt
+    # must set the run's event; disarmed from another thread (as the run's worker does),
+    # an interrupt is ignored again and the kernel lives on.
+    jupyter_client = pytest.importorskip("jupyter_client.manager")
+    km, kc = jupyter_client.start_new_kernel(kernel_name="python3")
+
+    def run(code: str) -> str:
+        kc.execute(code)
+        kc.get_shell_msg(timeout=60)
+        out = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append(msg["content"]["ename"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out).strip()
+
+    try:
+        run(
+            "import signal, threading\n"
+            "from fastqwen.tools.notebook.interrupt import InterruptStops\n"
+            "stop = threading.Event()\n"
+            "route = InterruptStops(stop)\n"
+            "route.arm()"
+        )
+        time.sleep(0.3)
+        km.interrupt_kernel()
+        time.sleep(0.3)
+        assert run("print(stop.is_set())") == "True"
+        run("stop.clear(); t = threading.Thread(target=route.disarm); t.start(); t.join()")
+        time.sleep(0.3)
+        idle = "get_ipython().kernel.saved_sigint_handler == signal.SIG_IGN"
+        assert run(f"print({idle})") == "True"
+        km.interrupt_kernel()
+        time.sleep(0.3)
+        assert run("print(stop.is_set(), 'alive')") == "False alive"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
