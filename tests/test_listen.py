@@ -60,9 +60,13 @@ def test_typing_means_own_text_and_the_menu_shows_it(tiny_run):
     assert panel.text.value == two and panel.choice().text == two
     panel.text.value = one  # the box holds prompt 1 again: the menu says so
     assert panel.prompt.value == 1
-    panel.text.value = "  "
+    panel.prompt.value = 0  # "(own text)" picked from the menu: the box empties for typing
+    assert panel.text.value == "" and panel.prompt.label == listen.OWN_TEXT
     with pytest.raises(ValueError, match="Type a text first"):
         panel.choice()
+    panel.text.value = "Mine."
+    panel.prompt.value = 0  # picked again: typed text is kept
+    assert panel.text.value == "Mine."
 
 
 def test_voice_list_offers_every_speaker(tiny_run):

@@ -227,6 +227,8 @@ class ListeningPanel:
     def _on_prompt(self, change) -> None:
         if change["new"]:  # a prompt: it becomes the text
             self.text.value = self.prompts[change["new"] - 1]
+        elif self.text.value.strip() in self.prompts:  # "(own text)" picked: an empty box
+            self.text.value = ""
 
     def _on_text(self, change) -> None:
         typed = change["new"].strip()
