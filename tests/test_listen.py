@@ -253,3 +253,20 @@ def test_kernel_interrupt_reaches_an_idle_kernel_only_while_armed():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_icl_panel_takes_an_own_recording_and_its_text(tmp_path):
+    from fastqwen.config import SamplingParams
+
+    ref = str(tmp_path / "ref.wav")
+    settings = SimpleNamespace(
+        set_name="icl", voices=(ref,), prompts=("A.", "B."), seed=1, sampling=SamplingParams()
+    )
+    panel = listen.build_panel(SimpleNamespace(settings=settings, engine=None, references=[]))
+    assert panel.choice().voice == ref and panel.choice().ref_text is None
+    panel.voice.value = listen.OWN_RECORDING
+    with pytest.raises(ValueError, match="path of your recording"):
+        panel.choice()
+    panel.ref_path.value, panel.ref_text.value = " /x/mine.wav ", "What I said."
+    choice = panel.choice()
+    assert (choice.voice, choice.ref_text, choice.text) == ("/x/mine.wav", "What I said.", "A.")
