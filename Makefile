@@ -44,7 +44,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=... (default: first Python 3.10-3.12 of $(PYTHON_CANDIDATES))," \
-		"PYTEST_ARGS=..., REPORT_ARGS=..., NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>)"
+		"PYTEST_ARGS=..., REPORT_ARGS=..., LAB_ARGS=..., NOTEBOOKS=$(if $(NOTEBOOKS),$(NOTEBOOKS),<none yet>)"
 
 setup: $(STAMP) ## Create .venv and install fastqwen (editable) with notebook and test extras
 
