@@ -14,19 +14,19 @@ import inspect
 import logging
 import numbers
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from fastqwen.codec.decoder import StreamingDecoder, decode_utterance
+from fastqwen.codec.decoder import decode_utterance
 from fastqwen.config import EngineConfig, SamplingParams
-from fastqwen.engine.loop import LoopStats
-from fastqwen.engine.model import StaticModel
+from fastqwen.engine.model import StaticModel, kv_bytes_per_slot
 from fastqwen.engine.runner import FrameRunner
-from fastqwen.locking import serialized, serialized_stream
+from fastqwen.engine.scheduler import Scheduler
+from fastqwen.handle import RequestHandle
+from fastqwen.locking import serialized
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
 from fastqwen.results import AudioChunk, GenerationResult
@@ -112,6 +112,15 @@ def _check_seed(seed: Any) -> None:
         raise ValueError(f"seed must be None or an integer from {lo} to {hi}, got {seed!r}")
 
 
+def resolve_seed(seed: int | None) -> int:
+    """The request's seed; None draws one from torch's default CPU generator, so
+    `torch.manual_seed` before a call still makes it repeatable."""
+    _check_seed(seed)
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()))
+    return int(seed)
+
+
 def _check_texts(text: Any) -> None:
     """One text, or a non-empty list of texts (the reference's batch form)."""
     if isinstance(text, list) and (not text or not all(isinstance(t, str) for t in text)):
@@ -156,25 +165,38 @@ def _voice_method(mode: str, streaming: bool) -> Callable[..., Any]:
 class FastQwen3TTS:
     """Static-cache Qwen3-TTS on the weights of a loaded `qwen_tts.Qwen3TTSModel`.
 
-    Threads: any number of threads may call any method; each call returns exactly what it
-    would return alone. Until batching has a scheduler, calls take turns (one generation
-    at a time per process, shared with the reference runner: `fastqwen.locking`). A stream
-    holds its turn from its first chunk until it ends or is closed; a thread reading a
-    stream must finish or close() it before its next call. `last_results` is the latest
-    finished call's, whichever thread made it; a thread wanting its own uses `generate()`.
+    Requests run in batches: a scheduler thread (`engine.scheduler.Scheduler`) owns the
+    frame loop, and every call (`generate*`, `stream*`, `submit`) is a request in it, from
+    any number of threads. Each request gets exactly the codes it would get alone, and
+    with a seed the codes `qwen_tts` gives with that seed. The list form of the
+    `generate_*` calls submits all its texts at once. `last_results` is the latest
+    finished list call's or stream's, whichever thread made it; a thread wanting its own
+    uses `generate()` or `submit()`.
 
-    asyncio: the API blocks, so call it from an event loop through a thread, e.g.
-    `wavs, sr = await asyncio.to_thread(tts.generate_custom_voice, text, speaker="aiden")`,
-    and read a stream with `await asyncio.to_thread(next, chunks, None)` per chunk.
+    asyncio: `await engine.submit(...)` gives the `GenerationResult`, and `async for chunk
+    in engine.submit(...)` streams it; the blocking calls also work through
+    `asyncio.to_thread`.
     """
 
     def __init__(self, tts, config: EngineConfig | None = None, source=None):
         self.tts = tts
         self.config = config or EngineConfig()
         self.source = source
-        model = StaticModel.from_qwen_tts(tts.model, self.config.max_seq_len)
+        self.kv_bytes_per_slot = kv_bytes_per_slot(tts.model, self.config.max_seq_len)
+        _check_memory(tts.model, self.config, self.kv_bytes_per_slot)
+        model = StaticModel.from_qwen_tts(
+            tts.model, self.config.max_seq_len, batch=self.config.max_batch_size
+        )
         self.runner = FrameRunner(model, self.config)  # state, graphs: how frames run
+        self.scheduler = Scheduler(self.runner)  # the frame loop, in a thread of its own
+        self._codec_lock = threading.Lock()  # the codec's graphs and buffers are shared
         self.last_results: list[GenerationResult] = []
+        log.info(
+            "engine: %d slots of %.1f MB of KV cache each (max_seq_len %d)",
+            self.config.max_batch_size,
+            self.kv_bytes_per_slot / 1e6,
+            self.config.max_seq_len,
+        )
 
     @classmethod
     def from_pretrained(
@@ -195,6 +217,10 @@ class FastQwen3TTS:
         loaded = load_model(model, device=device, dtype=dtype)
         return cls(loaded.tts, config=config, source=loaded.source)
 
+    def close(self) -> None:
+        """Stop the scheduler thread (cancelling what is queued or running)."""
+        self.scheduler.close()
+
     # ---- properties mirroring the reference -------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -204,6 +230,10 @@ class FastQwen3TTS:
     def model_kind(self) -> str:
         return self.tts.model.tts_model_type
 
+    @property
+    def sample_rate(self) -> int:
+        return int(self.tts.model.speech_tokenizer.get_output_sample_rate())
+
     def get_supported_speakers(self) -> list[str] | None:
         return self.tts.get_supported_speakers()
 
@@ -211,8 +241,36 @@ class FastQwen3TTS:
         return self.tts.get_supported_languages()
 
     # ---- the rich API --------------------------------------------------------------
-    @serialized
     @torch.inference_mode()
+    def submit(
+        self,
+        request: VoiceRequest,
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        *,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+        stop: threading.Event | None = None,
+        streaming: bool = True,
+    ) -> RequestHandle:
+        """Queue one utterance and return its handle at once: iterate it for audio chunks,
+        `result()` or `await` it for the `GenerationResult`, or `cancel()` it.
+
+        Bad input (unknown speaker or language, empty text, too long for a slot) raises a
+        ValueError here, naming the value; it never reaches the other requests.
+        `streaming=False` runs it in blocks of `sync_every` frames from the start, for a
+        caller that only wants the result.
+        """
+        params = params or SamplingParams()
+        seed = resolve_seed(seed)
+        prompt = build_talker_prompt(self.tts, request)
+        job = self.scheduler.submit(
+            prompt, params, seed, first_block=first_chunk_frames if streaming else None, stop=stop
+        )
+        return RequestHandle(
+            self, job, prompt, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+        )
+
     def generate(
         self,
         request: VoiceRequest,
@@ -226,32 +284,8 @@ class FastQwen3TTS:
         `stop`: setting this event from another thread (a Stop button) ends the generation
         within one block of frames by raising `GenerationStopped`.
         """
-        _check_seed(seed)
-        params = params or SamplingParams()
-        prompt = build_talker_prompt(self.tts, request)
-        stats = LoopStats()
-        t0 = time.perf_counter()
-        blocks = list(self.runner.frames(prompt, params, seed, stats, stop=stop))
-        t1 = time.perf_counter()
-        codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
-        audio, sr = decode_utterance(
-            self.tts.model.speech_tokenizer, codes.to(self.device), prompt.ref_codes
-        )
-        t2 = time.perf_counter()
-        return GenerationResult(
-            audio=audio,
-            sample_rate=sr,
-            codes=codes,
-            eos_reached=stats.eos_reached,
-            engine="static",
-            wall_s=t2 - t0,
-            generate_s=t1 - t0,
-            prefill_s=stats.prefill_s,
-            frame_times_s=_per_frame_times(stats),
-        )
+        return self.submit(request, params, seed, stop=stop, streaming=False).result()
 
-    @serialized_stream
-    @torch.inference_mode()
     def stream(
         self,
         request: VoiceRequest,
@@ -265,60 +299,30 @@ class FastQwen3TTS:
         """Yield audio as it is generated: a small first chunk, then `chunk_frames` at a time.
 
         The codec decodes each chunk with left context, so the concatenated chunks equal
-        the non-streamed audio (up to float rounding). The stream holds the generation slot
-        from its first chunk until it ends, is closed, or is garbage-collected.
+        the non-streamed audio (up to float rounding). Closing the stream early cancels
+        the request. The whole stream's result lands in `last_results`.
         """
-        params = params or SamplingParams()
-        prompt = build_talker_prompt(self.tts, request)
-        decoder = StreamingDecoder(
-            self.tts.model.speech_tokenizer,
+        handle = self.submit(
+            request,
+            params,
+            seed,
             first_chunk_frames=first_chunk_frames,
             chunk_frames=chunk_frames,
+            stop=stop,
         )
-        if prompt.ref_codes is not None:
-            # ICL: the reference codes are decoding context only. The reference cuts its
-            # waveform at int(ref / total * samples), which can fall one sample early;
-            # streaming cuts exactly at the frame boundary.
-            decoder.prime(prompt.ref_codes.to(self.device))
-        sr = int(self.tts.model.speech_tokenizer.get_output_sample_rate())
-        stats = LoopStats()
-        blocks: list[torch.Tensor] = []
-        pieces: list[np.ndarray] = []
-        first_audio_s: float | None = None
-        t0 = time.perf_counter()
-        for block in self.runner.frames(
-            prompt, params, seed, stats, first_block=first_chunk_frames, stop=stop
-        ):
-            blocks.append(block)
-            audio = decoder.push(block.to(self.device))
-            if audio is not None and len(audio):
-                elapsed = time.perf_counter() - t0
-                first_audio_s = elapsed if first_audio_s is None else first_audio_s
-                pieces.append(audio)
-                yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=elapsed)
-        generate_s = time.perf_counter() - t0
-        tail = decoder.flush()
-        if tail is not None and len(tail):
-            elapsed = time.perf_counter() - t0
-            first_audio_s = elapsed if first_audio_s is None else first_audio_s
-            pieces.append(tail)
-            yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=elapsed)
-        # The whole stream as one result, like generate() gives, plus its time to first audio.
-        codes = torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
-        self.last_results = [
-            GenerationResult(
-                audio=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32),
-                sample_rate=sr,
-                codes=codes,
-                eos_reached=stats.eos_reached,
-                engine="static",
-                wall_s=time.perf_counter() - t0,
-                generate_s=generate_s,
-                prefill_s=stats.prefill_s,
-                time_to_first_audio_s=first_audio_s,
-                frame_times_s=_per_frame_times(stats),
+        return self._stream(handle)
+
+    def _stream(self, handle: RequestHandle) -> Iterator[AudioChunk]:
+        yield from handle
+        self.last_results = [handle.result()]
+
+    def _decode_utterance(
+        self, codes: torch.Tensor, ref_codes: torch.Tensor | None
+    ) -> tuple[np.ndarray, int]:
+        with self._codec_lock, torch.inference_mode():
+            return decode_utterance(
+                self.tts.model.speech_tokenizer, codes.to(self.device), ref_codes
             )
-        ]
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
     @serialized  # runs the speaker encoder and the codec's encoder
@@ -348,12 +352,21 @@ class FastQwen3TTS:
             raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
         return self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
 
-    @serialized  # all texts in one turn, so last_results is this call's
     def _run_many(self, texts, make_request, gen: dict, seed: int | None):
-        """Loop over one text or a list, as the reference's batch API accepts both."""
+        """One text or a list, as the reference's batch API accepts both: a list is
+        submitted at once and generated as one batch, each text with `seed`."""
         params = SamplingParams.from_kwargs(**gen)
         texts = texts if isinstance(texts, list) else [texts]
-        results = [self.generate(make_request(t), params, seed) for t in texts]
+        seed = resolve_seed(seed)
+        handles = []
+        try:
+            for t in texts:
+                handles.append(self.submit(make_request(t), params, seed, streaming=False))
+            results = [h.result() for h in handles]
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
         self.last_results = results
         return [r.audio for r in results], results[0].sample_rate
 
@@ -385,8 +398,22 @@ class FastQwen3TTS:
     stream_voice_clone = _voice_method("voice_clone", streaming=True)
 
 
-def _per_frame_times(stats: LoopStats) -> list[float]:
-    out: list[float] = []
-    for t, n in zip(stats.block_times_s, stats.block_frames, strict=True):
-        out.extend([t / n] * n if n else [])
-    return out
+MEMORY_HEADROOM = 0.9  # the share of free GPU memory the caches may take
+
+
+def _check_memory(model, config: EngineConfig, per_slot: int) -> None:
+    """Raise before allocating if the caches cannot fit the device's free memory, naming
+    the sizes and the settings that change them."""
+    device = model.talker.codec_head.weight.device
+    if device.type != "cuda":
+        return
+    slots = config.max_batch_size + config.max_prefill_batch  # prefill's scratch rows too
+    needed = slots * per_slot
+    free, _ = torch.cuda.mem_get_info(device)
+    if needed > MEMORY_HEADROOM * free:
+        raise ValueError(
+            f"the KV caches need {needed / 2**30:.1f} GiB ({slots} slots x "
+            f"{per_slot / 2**20:.0f} MiB at max_seq_len={config.max_seq_len}), but only "
+            f"{free / 2**30:.1f} GiB of {device} is free; lower EngineConfig.max_batch_size "
+            "or max_seq_len"
+        )

@@ -70,8 +70,15 @@ class EngineConfig:
 
     How frames run is decided once from these and the device (`engine.runner.Execution`):
 
-    max_seq_len: talker cache positions (prompt + frames); the default covers a long
-        prompt plus 2048 frames.
+    max_seq_len: talker cache positions per slot (prompt + frames); the default covers a
+        long prompt plus 2048 frames.
+    max_batch_size: slots, i.e. requests generated together in one frame step. Each
+        slot holds a whole talker cache (`FastQwen3TTS.kv_bytes_per_slot`), allocated at
+        construction.
+    batch_buckets: the batch sizes a frame step runs at (one CUDA graph each); a batch
+        runs at the smallest bucket that holds its highest slot. None: 1, 2, 4, ... up to
+        max_batch_size, and max_batch_size itself.
+    max_prefill_batch: prompts prefilled together when requests join at the same frame.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
@@ -84,9 +91,38 @@ class EngineConfig:
     sync_every: int | None = None
     cuda_graph: bool = True
     compile: bool | None = None
+    max_batch_size: int = 8
+    batch_buckets: tuple[int, ...] | None = None
+    max_prefill_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 16:
             raise ValueError(f"max_seq_len must be >= 16, got {self.max_seq_len}")
         if self.sync_every is not None and self.sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
+        for name in ("max_batch_size", "max_prefill_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.batch_buckets is not None:
+            buckets = tuple(self.batch_buckets)
+            if not buckets or any(
+                isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= self.max_batch_size
+                for b in buckets
+            ):
+                raise ValueError(
+                    f"batch_buckets must be integers from 1 to max_batch_size "
+                    f"({self.max_batch_size}), got {self.batch_buckets!r}"
+                )
+            object.__setattr__(self, "batch_buckets", tuple(sorted(set(buckets))))
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes frames run at, ascending; the last is always max_batch_size."""
+        if self.batch_buckets is not None:
+            return tuple(sorted({*self.batch_buckets, self.max_batch_size}))
+        sizes, b = [], 1
+        while b < self.max_batch_size:
+            sizes.append(b)
+            b *= 2
+        return (*sizes, self.max_batch_size)

@@ -45,11 +45,14 @@ class RopeTable:
         self.sin = emb.sin().to(dtype)
 
     def at(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[pos], self.sin[pos]  # (T, D) each
+        return self.cos[pos], self.sin[pos]  # pos's shape + (D,) each
 
 
 class Positions(NamedTuple):
-    """Where T tokens go: positions (T,), their RoPE cos/sin (T, D) and the attention mask.
+    """Where T tokens of each row go: positions (P, T), their RoPE cos/sin (P, T, D) and
+    the attention mask (P, 1, rep * T, S). P is B when every row has its own positions (the
+    talker: each slot is at its own point of its utterance) or 1 when all rows share them
+    (the code predictor, and a prefill), broadcast over the rows.
 
     The talker's position is a device tensor that moves every frame, so its Positions are
     computed in the step (a few tiny kernels); the code predictor always uses positions
@@ -57,13 +60,15 @@ class Positions(NamedTuple):
     compiled layer sees four tensors, not an object to guard.
     """
 
-    pos: torch.Tensor
-    cos: torch.Tensor
+    pos: torch.Tensor  # (P, T) int64
+    cos: torch.Tensor  # (P, T, D)
     sin: torch.Tensor
-    mask: torch.Tensor  # (1, 1, rep * T, S) bool
+    mask: torch.Tensor  # (P, 1, rep * T, S) bool
 
     @classmethod
     def at(cls, pos: torch.Tensor, rope: RopeTable, cache: StaticKVCache, rep: int) -> Positions:
+        """Positions (P, T), or (T,) shared by every row."""
+        pos = pos if pos.dim() == 2 else pos.view(1, -1)
         cos, sin = rope.at(pos)
         return cls(pos, cos, sin, cache.causal_mask(pos).repeat(1, 1, rep, 1))
 
@@ -85,21 +90,23 @@ def attention_inputs(
     sin: torch.Tensor,
     dims: LayerDims,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head q/k norm and RoPE on the fused QKV projection (1, T, (Hq + 2 Hkv) D).
+    """Per-head q/k norm and RoPE on the fused QKV projection (B, T, (Hq + 2 Hkv) D), with
+    cos and sin (P, T, D), P = B or 1.
 
-    Returns q (1, Hkv, rep * T, D) with the query heads that share a KV head stacked as
+    Returns q (B, Hkv, rep * T, D) with the query heads that share a KV head stacked as
     extra rows of that head (GQA without copying the cache), and k and v stacked as
-    (2, 1, Hkv, T, D), the layout of a cache layer.
+    (2, B, Hkv, T, D), the layout of a cache layer.
     """
-    T = qkv_out.shape[1]
+    B, T = qkv_out.shape[0], qkv_out.shape[1]
     hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
+    cos, sin = cos[:, None], sin[:, None]  # (P, 1, T, D): the same for every head
     q, k, v = qkv_out.split([hq * d, hkv * d, hkv * d], dim=-1)
-    q = rms_norm(q.view(1, T, hq, d), q_norm, dims.eps).transpose(1, 2)  # (1, Hq, T, D)
-    k = rms_norm(k.view(1, T, hkv, d), k_norm, dims.eps).transpose(1, 2)  # (1, Hkv, T, D)
-    v = v.view(1, T, hkv, d).transpose(1, 2)
+    q = rms_norm(q.view(B, T, hq, d), q_norm, dims.eps).transpose(1, 2)  # (B, Hq, T, D)
+    k = rms_norm(k.view(B, T, hkv, d), k_norm, dims.eps).transpose(1, 2)  # (B, Hkv, T, D)
+    v = v.view(B, T, hkv, d).transpose(1, 2)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    return q.reshape(1, hkv, (hq // hkv) * T, d), torch.stack((k, v))
+    return q.reshape(B, hkv, (hq // hkv) * T, d), torch.stack((k, v))
 
 
 def decoder_layer(
@@ -110,8 +117,8 @@ def decoder_layer(
     dims: LayerDims,
     ops: Ops,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A decoder layer on x (1, T, H) at positions `at.pos` up to the MLP activation,
-    writing its keys and values into the cache layer `kv` (2, 1, Hkv, S, D) in place.
+    """A decoder layer on x (B, T, H) at positions `at.pos` up to the MLP activation,
+    writing its keys and values into the cache layer `kv` (2, B, Hkv, S, D) in place.
 
     Returns x after the attention residual and h = silu(gate) * up; `mlp_down` finishes.
     The layer ends at h, so h is materialised: a compiled down product then reads it
@@ -140,12 +147,12 @@ def decoder_forward(
     """Run T tokens at positions `at.pos` through the decoder, updating `cache` in place.
 
     Args:
-        x: (1, T, H) input embeddings.
+        x: (B, T, H) input embeddings, one row per slot.
         layer, down, final_norm: `decoder_layer` and `mlp_down` with their ops bound, and
             `rms_norm` (each possibly compiled); final_norm=None leaves the norm to the
             caller (folded into the next product).
     Returns:
-        (1, T, H) final-normed hidden states (un-normed when final_norm is None).
+        (B, T, H) final-normed hidden states (un-normed when final_norm is None).
     """
     for i, lw in enumerate(w.layers):
         x, h = layer(x, cache.layer(i), at, lw, w.dims)

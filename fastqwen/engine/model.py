@@ -120,8 +120,9 @@ class StaticModel:
     eos_id: int
 
     @classmethod
-    def from_qwen_tts(cls, model, max_seq_len: int) -> StaticModel:
-        """Wrap a `Qwen3TTSForConditionalGeneration`; allocates the two static caches."""
+    def from_qwen_tts(cls, model, max_seq_len: int, batch: int = 1) -> StaticModel:
+        """Wrap a `Qwen3TTSForConditionalGeneration`; allocates the two static caches, with
+        `batch` slots each."""
         talker = model.talker
         cp = talker.code_predictor
         dtype = talker.codec_head.weight.dtype
@@ -138,7 +139,7 @@ class StaticModel:
         def cache(w: DecoderWeights, length: int) -> StaticKVCache:
             d = w.dims
             shape = (len(w.layers), d.num_kv_heads, d.head_dim, length)
-            return StaticKVCache(*shape, dtype=dtype, device=device)
+            return StaticKVCache(*shape, dtype=dtype, device=device, batch=batch)
 
         predictor_cache = cache(pw, predictor_len)
         rope = RopeTable(pw.inv_freq, predictor_len, dtype)
@@ -167,6 +168,18 @@ class StaticModel:
         """The same model on the first `length` positions of the talker cache (views)."""
         return dataclasses.replace(self, talker_cache=self.talker_cache.window(length))
 
+    def rows(self, count: int) -> StaticModel:
+        """The same model on the first `count` slots of both caches (views)."""
+        return dataclasses.replace(
+            self,
+            talker_cache=self.talker_cache.rows(count),
+            predictor_cache=self.predictor_cache.rows(count),
+        )
+
+    def with_talker_cache(self, cache: StaticKVCache) -> StaticModel:
+        """The same weights on another talker cache (a prefill's scratch rows)."""
+        return dataclasses.replace(self, talker_cache=cache)
+
     def talker_positions(self, pos: torch.Tensor) -> Positions:
         return Positions.at(pos, self.talker_rope, self.talker_cache, self.talker.dims.rep)
 
@@ -182,6 +195,22 @@ class StaticModel:
     def vocab_size(self) -> int:
         """Codebook 0's vocabulary: audio codes plus control codes."""
         return int(self.codec_head.shape[0])
+
+
+def kv_bytes_per_slot(model, max_seq_len: int) -> int:
+    """Bytes one slot's caches take (talker over max_seq_len positions, and the code
+    predictor's), from a `Qwen3TTSForConditionalGeneration`'s config, before allocating."""
+    talker = model.talker
+    size = talker.codec_head.weight.element_size()
+    total = 0
+    for decoder, length in (
+        (talker.model, max_seq_len),
+        (talker.code_predictor.model, NUM_CODEBOOKS),
+    ):
+        cfg = decoder.config
+        head_dim = decoder.layers[0].self_attn.head_dim
+        total += len(decoder.layers) * 2 * cfg.num_key_value_heads * head_dim * length * size
+    return total
 
 
 def _linear_weights(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:

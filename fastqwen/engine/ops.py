@@ -57,13 +57,32 @@ class Ops:
     linear: Callable  # (x, w, b=None) -> x @ w.T + b
     norm_linear: Callable  # (x, norm, w, eps) -> rms_norm(x) @ w.T
     layer_product: Callable  # (x, w, norm=None, residual=None, eps=0.0, swiglu=False)
-    attention: Callable  # (qkv_out, kv, at, w, dims) -> (1, T, Hq D), writes the cache
-    top_k: Callable  # (scores (1, V), top_k 0-d) -> (1, V) bool
+    attention: Callable  # (qkv_out, kv, at, w, dims) -> (B, T, Hq D), writes the cache
+    top_k: Callable  # (scores (B, V), top_k (B, 1) or 0-d) -> (B, V) bool
 
 
 # ---- reference ---------------------------------------------------------------------------
+def rows(x: torch.Tensor) -> int:
+    """Token rows of x (B, T, K): the M of its product with a weight."""
+    return x.numel() // x.shape[-1]
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, one batch row at a time when each row has only one or two tokens.
+
+    The reference runs one request, so its decode products have one or two rows, which
+    the CPU BLAS computes as a matrix-vector product with its own summation order; a
+    product of B such rows at once is a matrix product that rounds differently. Row by
+    row, each request's numbers are exactly the reference's whatever the batch
+    (a prompt of many tokens is a matrix product either way).
+    """
+    if x.dim() == 3 and x.shape[0] > 1 and x.shape[1] <= 2:
+        return torch.cat([F.linear(x[i : i + 1], w, b) for i in range(x.shape[0])])
+    return F.linear(x, w, b)
+
+
 def norm_linear(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.linear(rms_norm(x, norm, eps), w)
+    return linear(rms_norm(x, norm, eps), w)
 
 
 def layer_product(
@@ -78,20 +97,31 @@ def layer_product(
     with `swiglu` (w = gate and up stacked, (2 I, H); no residual)."""
     h = x if norm is None else rms_norm(x, norm, eps)
     if swiglu:
-        gate, up = F.linear(h, w).chunk(2, dim=-1)
+        gate, up = linear(h, w).chunk(2, dim=-1)
         return F.silu(gate) * up
-    y = F.linear(h, w)
+    y = linear(h, w)
     return y if residual is None else residual + y
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Float32 attention of q (1, Hkv, R, D) over k, v (1, Hkv, S, D), two matmuls as in
+    """Float32 attention of q (B, Hkv, R, D) over k, v (B, Hkv, S, D), two matmuls as in
     the reference; masked keys get exactly zero weight."""
     scale = q.shape[-1] ** -0.5
     q32, k32, v32 = q.float(), k.float(), v.float()
-    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (1, Hkv, R, S)
+    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (B, Hkv, R, S)
     weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    return torch.matmul(weights, v32)  # (1, Hkv, R, D)
+    return torch.matmul(weights, v32)  # (B, Hkv, R, D)
+
+
+def write_cache(kv: torch.Tensor, pos: torch.Tensor, new_kv: torch.Tensor) -> None:
+    """Store new keys and values (2, B, Hkv, T, D) into a cache layer (2, B, Hkv, S, D) at
+    positions (P, T): the same positions for every row (P = 1), or each row its own."""
+    if pos.shape[0] == 1:
+        kv.index_copy_(3, pos[0], new_kv)
+        return
+    B, T = pos.shape
+    index = pos.view(1, B, 1, T, 1).expand(new_kv.shape)
+    kv.scatter_(3, index, new_kv)
 
 
 def _attention(
@@ -103,23 +133,24 @@ def _attention(
     attend_fn: Callable,
 ) -> torch.Tensor:
     """q/k norm, RoPE, cache write at `at.pos`, then `attend_fn` over the whole cache."""
-    T = qkv_out.shape[1]
+    B, T = qkv_out.shape[0], qkv_out.shape[1]
     q, new_kv = attention_inputs(qkv_out, w.q_norm, w.k_norm, at.cos, at.sin, dims)
-    kv.index_copy_(3, at.pos, new_kv)
-    a = attend_fn(q, kv[0], kv[1], at.mask).to(qkv_out.dtype)  # (1, Hkv, rep T, D)
-    return a.reshape(1, dims.num_heads, T, dims.head_dim).transpose(1, 2).reshape(1, T, -1)
+    write_cache(kv, at.pos, new_kv)
+    a = attend_fn(q, kv[0], kv[1], at.mask).to(qkv_out.dtype)  # (B, Hkv, rep T, D)
+    return a.reshape(B, dims.num_heads, T, dims.head_dim).transpose(1, 2).reshape(B, T, -1)
 
 
 def attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDims) -> torch.Tensor:
-    """The attention of a layer on its QKV projection (1, T, (Hq + 2 Hkv) D): q/k norm,
-    RoPE, cache write into kv (2, 1, Hkv, S, D), then `attend`; returns (1, T, Hq D)."""
+    """The attention of a layer on its QKV projection (B, T, (Hq + 2 Hkv) D): q/k norm,
+    RoPE, cache write into kv (2, B, Hkv, S, D), then `attend`; returns (B, T, Hq D)."""
     return _attention(qkv_out, kv, at, w, dims, attend)
 
 
 # ---- fused: the forms Inductor fuses -------------------------------------------------------
 def fused_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`; for one or two tokens a float32 multiply-and-sum, rounded once."""
-    if x.shape[-2] > 2:
+    """`F.linear`; for one or two token rows in all a float32 multiply-and-sum, rounded
+    once (a batch of rows is a matrix product: the library's GEMM)."""
+    if rows(x) > 2:
         return F.linear(x, w, b)
     y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
     return (y if b is None else y + b.float()).to(x.dtype)
@@ -143,7 +174,7 @@ def fused_norm_linear(
     after it (x * r @ w = r * (x @ w)), so the norm needs no kernel of its own. In bf16 this
     skips the reference's rounding of the normed row (the teacher-forced KL of
     bench/gpu_check.py covers it)."""
-    if not (folds_norm(w) and x.shape[-2] <= 2):
+    if not (folds_norm(w) and rows(x) <= 2):
         return fused_linear(rms_norm(x, norm, eps), w)
     xf = x.float().unsqueeze(-2)  # (1, T, 1, K)
     prod = xf * (w.float() * norm.float())  # (1, T, N, K)
@@ -208,7 +239,7 @@ def matvec_layer_product(
 ) -> torch.Tensor:
     """`layer_product` as one `triton.matvec` launch for the token counts in `MATVEC_ROWS`
     (the weight read once for both rows of a two-token pass); else `fused_layer_product`."""
-    if x.shape[-2] in MATVEC_ROWS:
+    if rows(x) in MATVEC_ROWS:
         return matvec(x, w, norm, residual, eps, swiglu)
     return fused_layer_product(x, w, norm, residual, eps, swiglu)
 
@@ -225,7 +256,7 @@ def kernel_attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDim
 
 REFERENCE = Ops(
     name="reference",
-    linear=F.linear,
+    linear=linear,
     norm_linear=norm_linear,
     layer_product=layer_product,
     attention=attention,

@@ -1,46 +1,50 @@
 """`FrameRunner`: the one object that decides how a frame runs, and owns what that needs.
 
-It holds the frame state, the sampling tensors, the cache windows, the frame functions
-and the CUDA graphs, and decides once, from `EngineConfig` and the device, between
+It holds the frame state, the sampling tensors and random generators of every slot, the
+cache views, the frame functions and the CUDA graphs, and decides once, from
+`EngineConfig` and the device, between
 
 - eager: the reference ops (`ops.REFERENCE`), plain Python; the CPU default, bit-identical
   to `qwen_tts`;
 - compiled: the fused ops (`ops.TRITON` on CUDA, `ops.FUSED` elsewhere) in
   `torch.compile`d frame functions, called once per frame (CPU included, through
   Inductor's C++ backend);
-- graphed: each frame replayed as one captured CUDA graph (per cache window and
-  `SamplingMode`), of the compiled functions or of the eager ones, and each prompt as a
-  graph per padded length (`step.PREFILL_BUCKET`).
+- graphed: each frame replayed as one captured CUDA graph (per batch bucket, cache window
+  and `SamplingMode`), of the compiled functions or of the eager ones, and each group of
+  joining prompts as a graph per (count, padded length) (`step.PREFILL_BUCKET`).
 
 Graph lifecycle: warm up on a side stream, capture, then every frame is one `replay()`.
 Capture happens before a generation's prefill, so the garbage the warm-up writes into the
 caches and state is overwritten. Sampling parameters are read from device tensors at
-replay time, so changing them needs no recapture. Random draws inside a graph use the CUDA
-generator's graph-safe Philox offsets, so a replayed frame draws the same numbers as the
-same frame run eagerly after the same seed.
+replay time, so changing them needs no recapture. Random draws inside a graph use each slot's
+CUDA generator's graph-safe Philox offsets (registered with the graph), so a replayed frame
+draws the same numbers as the same frame run eagerly after the same seed.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from fastqwen.config import EngineConfig, SamplingParams
-from fastqwen.engine.loop import LoopStats, check_fits, run_frames
+from fastqwen.engine.cache import StaticKVCache
+from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
 from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, Ops
-from fastqwen.engine.sampling import SamplingMode, SamplingTensors
+from fastqwen.engine.sampling import SamplingMode, SamplingTensors, apply_penalties, sample_token
 from fastqwen.engine.step import (
     FrameFunctions,
     FrameState,
     eager_prefill,
     frame_step,
-    padded_prompt_len,
+    pad_prompts,
     prefill,
+    recompile_limit,
+    talker_logits,
 )
 from fastqwen.prompts.builder import TalkerPrompt
 
@@ -82,8 +86,14 @@ def default_ops(execution: Execution, device: torch.device) -> Ops:
     return FUSED
 
 
-def capture_graph(fn: Callable[[], None], warmup: int = 2) -> torch.cuda.CUDAGraph:
-    """Warm `fn` up on a side stream, then record it into a CUDA graph."""
+def capture_graph(
+    fn: Callable[[], None], warmup: int = 2, generators: list[torch.Generator] = ()
+) -> torch.cuda.CUDAGraph:
+    """Warm `fn` up on a side stream, then record it into a CUDA graph.
+
+    `generators` (besides torch's default one) are registered with the graph, so each
+    replay advances their Philox offsets as an eager call would.
+    """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -91,37 +101,74 @@ def capture_graph(fn: Callable[[], None], warmup: int = 2) -> torch.cuda.CUDAGra
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
     with torch.cuda.graph(graph):
         fn()
     return graph
 
 
+def window_length(needed: int, max_seq_len: int) -> int:
+    """The smallest cache window (256, 512, 1024, ... positions) that fits `needed`."""
+    length = MIN_WINDOW
+    while length < needed:
+        length *= 2
+    return min(length, max_seq_len)
+
+
 class FrameRunner:
-    """Runs the frames of one loaded model; the API asks it for code blocks.
+    """Runs the frames of one loaded model for a batch of slots; the API and the scheduler
+    ask it to admit requests into slots and for blocks of codes.
+
+    Each slot has its row in the caches, the frame state and the sampling tensors, and
+    its own random generator, seeded per request: a row draws exactly what the reference
+    would draw for that request alone, whatever the other rows do. A step runs the first
+    `bucket` slots (`EngineConfig.buckets`), on the smallest cache window that fits every
+    request in them.
 
     Args:
-        model: weights and full-length caches (`StaticModel.from_qwen_tts`).
+        model: weights and full-length caches (`StaticModel.from_qwen_tts`) with
+            `config.max_batch_size` slots.
         config: how to run (`EngineConfig`); decides eager, compiled and graphed once.
         ops: the op set, overriding the default for the execution (`default_ops`): e.g.
             `ops.FUSED` or `ops.TRITON` (under Triton's interpreter) eagerly on the CPU.
     """
 
     def __init__(self, model: StaticModel, config: EngineConfig, *, ops: Ops | None = None):
+        if model.talker_cache.batch != config.max_batch_size:
+            raise ValueError(
+                f"the model's caches have {model.talker_cache.batch} slots but "
+                f"max_batch_size is {config.max_batch_size}"
+            )
         self.model = model
         self.config = config
         self.device = model.device
         self.execution = Execution.choose(config, self.device)
         self.ops = ops if ops is not None else default_ops(self.execution, self.device)
         functions = FrameFunctions.of(self.ops)
-        self.functions = functions.compile() if self.execution.compiled else functions
-        self.state = FrameState(model, config.max_seq_len)
-        self.talker_sampling = SamplingTensors(self.device)
-        self.sub_sampling = SamplingTensors(self.device)
-        self.windows: dict[int, StaticModel] = {}
-        self.frame_graphs: dict[tuple[int, SamplingMode], torch.cuda.CUDAGraph] = {}
-        # (window, padded prompt length) -> (graph, input buffer, last-index buffer)
+        windows = len(range(MIN_WINDOW.bit_length(), config.max_seq_len.bit_length() + 1))
+        limit = recompile_limit(len(config.buckets), windows)
+        self.functions = functions.compile(limit) if self.execution.compiled else functions
+        batch = config.max_batch_size
+        self.state = FrameState(model, config.max_seq_len, batch)
+        self.talker_sampling = SamplingTensors(self.device, batch)
+        self.sub_sampling = SamplingTensors(self.device, batch)
+        self.generators = [torch.Generator(self.device) for _ in range(batch)]
+        scratch = StaticKVCache(
+            len(model.talker.layers),
+            model.talker.dims.num_kv_heads,
+            model.talker.dims.head_dim,
+            config.max_seq_len,
+            dtype=model.dtype,
+            device=self.device,
+            batch=config.max_prefill_batch,
+        )
+        self.scratch = model.with_talker_cache(scratch)
+        self.views: dict[tuple[int, int], StaticModel] = {}  # (bucket, window) -> model view
+        self.frame_graphs: dict[tuple[int, int, SamplingMode], torch.cuda.CUDAGraph] = {}
+        # (prompts, padded length) -> (graph, inputs, last indices, slots)
         self.prefill_graphs: dict[
-            tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
+            tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]
         ] = {}
         log.info("frames run %s with the %s ops", self.execution.name, self.ops.name)
 
@@ -131,82 +178,129 @@ class FrameRunner:
             return self.config.sync_every
         return CUDA_SYNC_EVERY if self.device.type == "cuda" else 1
 
-    def window(self, needed: int) -> StaticModel:
-        """The model on the smallest cache window (256, 512, 1024, ... positions) that fits
-        `needed` positions: attention reads every position of its window, so a short
-        utterance runs faster on a short one."""
-        length = MIN_WINDOW
-        while length < needed:
-            length *= 2
-        length = min(length, self.config.max_seq_len)
-        if length not in self.windows:
-            self.windows[length] = self.model.window(length)
-        return self.windows[length]
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
 
+    def bucket(self, rows: int) -> int:
+        """The smallest batch bucket with at least `rows` rows."""
+        for size in self.config.buckets:
+            if size >= rows:
+                return size
+        raise ValueError(f"{rows} rows exceed max_batch_size ({self.max_batch_size})")
+
+    def view(self, bucket: int, needed: int) -> StaticModel:
+        """The model on its first `bucket` slots and the smallest cache window that fits
+        `needed` positions: attention reads every position of its window, so short
+        utterances run faster on a short one."""
+        key = (bucket, window_length(needed, self.config.max_seq_len))
+        if key not in self.views:
+            self.views[key] = self.model.window(key[1]).rows(bucket)
+        return self.views[key]
+
+    # ---- admitting requests -----------------------------------------------------------
+    def check(self, prompt: TalkerPrompt, params: SamplingParams) -> int:
+        """Frames a request may produce; raises naming the limit if it cannot fit a slot."""
+        max_frames = check_fits(prompt.prompt_len, params, self.config.max_seq_len)
+        self.state.check_text(int(prompt.trailing_text.shape[1]), max_frames)
+        return max_frames
+
+    def load(self, slot: int, prompt: TalkerPrompt, params: SamplingParams, seed: int) -> None:
+        """Prepare slot `slot` for a request (before its prefill): its frame state, sampling
+        rows and random stream."""
+        dt = self.model.dtype
+        self.state.reset(
+            slot, prompt.prompt_len, prompt.trailing_text.to(dt), prompt.tts_pad_embed.to(dt)
+        )
+        self.talker_sampling.load_talker(params, slot)
+        self.sub_sampling.load_subtalker(params, slot)
+        self.generators[slot].manual_seed(seed)
+
+    def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
+        """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
+        eagerly, or as one graph replay per (count, padded length)."""
+        embeds = [p.inputs_embeds for p in prompts]
+        if not self.execution.graphed:
+            eager_prefill(self.model, self.state, embeds, slots, self.scratch)
+            return
+        padded, last = pad_prompts(self.model, embeds)
+        key = (len(prompts), padded.shape[1])
+        if key not in self.prefill_graphs:
+            # Capture with this call's inputs: the warm-up runs then write only the
+            # joining slots' rows, which the replay below fills for real.
+            buf, last_buf = padded.clone(), last.clone()
+            slots_buf = torch.tensor(slots, device=self.device)
+            graph = capture_graph(
+                lambda: prefill(self.model, self.state, buf, last_buf, slots_buf, self.scratch)
+            )
+            self.prefill_graphs[key] = (graph, buf, last_buf, slots_buf)
+        graph, buf, last_buf, slots_buf = self.prefill_graphs[key]
+        buf.copy_(padded)
+        last_buf.copy_(last)
+        slots_buf.copy_(torch.tensor(slots))
+        graph.replay()
+
+    # ---- running frames ---------------------------------------------------------------
     def step(self, m: StaticModel, mode: SamplingMode) -> Callable[[], None]:
-        """One frame on window `m`: a graph replay (captured on first use) or a call."""
+        """One frame of the rows of view `m`: a graph replay (captured on first use) or a call."""
+        rows = m.talker_cache.batch
+        state = self.state.rows(rows)
+        talker, sub = self.talker_sampling.rows(rows), self.sub_sampling.rows(rows)
+        generators = self.generators[:rows]
 
         def run() -> None:
-            frame_step(m, self.state, self.functions, self.talker_sampling, self.sub_sampling, mode)
+            frame_step(m, state, self.functions, talker, sub, mode, generators)
 
         if not self.execution.graphed:
             return run
-        key = (m.talker_cache.max_len, mode)
+        key = (rows, m.talker_cache.max_len, mode)
         if key not in self.frame_graphs:
-            log.info("capturing frame graph: window %d, %s (%s)", key[0], mode, self.execution.name)
+            log.info(
+                "capturing frame graph: %d rows, window %d, %s (%s)",
+                rows, key[1], mode, self.execution.name,
+            )  # fmt: skip
             warmup = 3 if self.execution.compiled else 2
-            self.frame_graphs[key] = capture_graph(run, warmup=warmup)
+            with self.preserved():
+                graph = capture_graph(run, warmup=warmup, generators=generators)
+            self.frame_graphs[key] = graph
         return self.frame_graphs[key].replay
 
-    def prefill(self, m: StaticModel, inputs_embeds: torch.Tensor) -> None:
-        """The (1, P, H) prompt into window `m`'s cache and `state.hidden`: eagerly, or as one
-        graph replay captured once per (window, padded prompt length)."""
-        if not self.execution.graphed:
-            eager_prefill(m, self.state, inputs_embeds)
-            return
-        p = inputs_embeds.shape[1]
-        key = (m.talker_cache.max_len, padded_prompt_len(p, m.talker_cache.max_len))
-        if key not in self.prefill_graphs:
-            buf = torch.zeros((1, key[1], inputs_embeds.shape[2]), dtype=m.dtype, device=m.device)
-            last = torch.zeros((1,), dtype=torch.long, device=m.device)
-            graph = capture_graph(lambda: prefill(m, self.state, buf, last))
-            self.prefill_graphs[key] = (graph, buf, last)
-        graph, buf, last = self.prefill_graphs[key]
-        buf.zero_()
-        buf[:, :p].copy_(inputs_embeds)
-        last.fill_(p - 1)
-        graph.replay()
+    @contextmanager
+    def preserved(self) -> Iterator[None]:
+        """Put the frame state and the random streams back after a capture's warm-up runs,
+        so a graph can be captured while requests are running in the slots. (The cache
+        entries the warm-up writes lie at or past each row's position, and every frame
+        writes its position before any query reads it.)"""
+        saved = self.state.snapshot()
+        streams = [g.get_state() for g in self.generators]
+        try:
+            yield
+        finally:
+            self.state.restore(saved)
+            for g, state in zip(self.generators, streams, strict=True):
+                g.set_state(state)
 
-    def frames(
-        self,
-        prompt: TalkerPrompt,
-        params: SamplingParams,
-        seed: int | None,
-        stats: LoopStats,
-        first_block: int | None = None,
-        stop: threading.Event | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """The generator of (k, 16) int64 CPU code blocks for one utterance (`run_frames`).
+    def run_block(self, step: Callable[[], None], rows: int, n: int) -> torch.Tensor:
+        """n frames of `step`; returns the (rows, n, 16) int64 codes on the CPU (the one
+        host sync of a block)."""
+        self.state.block_index.zero_()
+        for _ in range(n):
+            step()
+        return self.state.block_codes[:rows, :n].to("cpu", copy=True)
 
-        Checks that the utterance fits the cache, loads `params` into the sampling tensors
-        and captures what is missing before returning, so errors surface here.
-        """
-        max_frames = check_fits(prompt.prompt_len, params, self.config.max_seq_len)
-        m = self.window(prompt.prompt_len + max_frames)
-        self.talker_sampling.load_talker(params)
-        self.sub_sampling.load_subtalker(params)
-        step = self.step(m, SamplingMode.of(params))
-        return run_frames(
-            m,
-            self.state,
-            prompt,
-            params,
-            seed,
-            step=step,
-            prefill=lambda embeds: self.prefill(m, embeds),
-            max_frames=max_frames,
-            sync_every=self.sync_every,
-            first_block=first_block,
-            stats=stats,
-            stop=stop,
+    def final_token_is_eos(self, slot: int, params: SamplingParams) -> bool:
+        """The reference samples one more codebook-0 token after the last full frame; do the
+        same for a slot that ended at its limit, so `eos_reached` agrees."""
+        s = SamplingTensors(self.device).load_talker(params)
+        row = slice(slot, slot + 1)
+        scores = apply_penalties(
+            talker_logits(self.model, self.state.hidden[row]),
+            s,
+            presence=self.state.presence[row],
+            blocked=self.model.suppress_mask,
+            eos_id=self.model.eos_id,
+            step=self.state.step[row],
         )
+        generators = [self.generators[slot]]
+        token = sample_token(scores, s, params.do_sample, generators=generators)
+        return int(token) == self.model.eos_id

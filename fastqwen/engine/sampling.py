@@ -26,9 +26,11 @@ from fastqwen.config import SamplingParams
 class SamplingMode:
     """The structural part of sampling, fixed per captured graph.
 
-    `do_sample` decides whether a random draw is made at all (the reference makes none
+    `do_sample` decides whether random draws are made at all (the reference makes none
     when greedy), and top-p costs a second sort that top_p = 1 never needs; everything
-    numeric lives in `SamplingTensors`.
+    numeric lives in `SamplingTensors`. A batch runs in the union of its rows' modes: a
+    greedy row of a sampling batch picks its argmax (`pick_token`), and top-p at 1.0 keeps
+    every token that has any probability.
     """
 
     do_sample: bool = True
@@ -40,40 +42,68 @@ class SamplingMode:
     def of(cls, p: SamplingParams) -> SamplingMode:
         return cls(p.do_sample, p.top_p < 1.0, p.subtalker_dosample, p.subtalker_top_p < 1.0)
 
+    @classmethod
+    def union(cls, params: list[SamplingParams]) -> SamplingMode:
+        """The mode that serves every row of a batch."""
+        modes = [cls.of(p) for p in params] or [cls()]
+        return cls(*(any(getattr(m, f) for m in modes) for f in cls.__dataclass_fields__))
+
 
 class SamplingTensors:
-    """Device-side copies of the sampling parameters for one side (talker or sub-talker)."""
+    """Device-side copies of the sampling parameters of one side (talker or sub-talker),
+    one row per batch slot.
 
-    def __init__(self, device: torch.device | str):
-        self.temperature = torch.ones((), device=device)
-        self.top_k = torch.zeros((), dtype=torch.long, device=device)
-        self.top_p = torch.ones((), device=device)
-        self.repetition_penalty = torch.ones((), device=device)
-        self.min_new_tokens = torch.zeros((), dtype=torch.long, device=device)
+    Every numeric parameter is a (B, 1) or (B,) tensor, so rows sample with their own
+    settings in one graph, and a new request loads its row without a recapture.
+    """
 
-    def load_talker(self, p: SamplingParams) -> SamplingTensors:
+    def __init__(self, device: torch.device | str, batch: int = 1):
+        self.temperature = torch.ones((batch, 1), device=device)
+        self.top_k = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.top_p = torch.ones((batch, 1), device=device)
+        self.repetition_penalty = torch.ones((batch, 1), device=device)
+        self.min_new_tokens = torch.zeros((batch,), dtype=torch.long, device=device)
+        self.do_sample = torch.ones((batch,), dtype=torch.bool, device=device)
+
+    def load_talker(self, p: SamplingParams, row: int = 0) -> SamplingTensors:
         """Codebook-0 sampling: all of the talker's parameters."""
-        self._fill(p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.min_new_tokens)
+        self._fill(
+            row, p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.min_new_tokens,
+            p.do_sample,
+        )  # fmt: skip
         return self
 
-    def load_subtalker(self, p: SamplingParams) -> SamplingTensors:
+    def load_subtalker(self, p: SamplingParams, row: int = 0) -> SamplingTensors:
         """Codebooks 1..15: the reference's code predictor has no penalty and no EOS."""
-        self._fill(p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0)
+        self._fill(
+            row, p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0,
+            p.subtalker_dosample,
+        )  # fmt: skip
         return self
+
+    def rows(self, count: int) -> SamplingTensors:
+        """The first `count` rows (views), for a batch bucket."""
+        view = object.__new__(SamplingTensors)
+        for name, value in vars(self).items():
+            setattr(view, name, value[:count])
+        return view
 
     def _fill(
         self,
+        row: int,
         temperature: float,
         top_k: int,
         top_p: float,
         repetition_penalty: float,
         min_new_tokens: int,
+        do_sample: bool,
     ) -> None:
-        self.temperature.fill_(temperature)
-        self.top_k.fill_(top_k)
-        self.top_p.fill_(top_p)
-        self.repetition_penalty.fill_(repetition_penalty)
-        self.min_new_tokens.fill_(min_new_tokens)
+        self.temperature[row].fill_(temperature)
+        self.top_k[row].fill_(top_k)
+        self.top_p[row].fill_(top_p)
+        self.repetition_penalty[row].fill_(repetition_penalty)
+        self.min_new_tokens[row].fill_(min_new_tokens)
+        self.do_sample[row].fill_(do_sample)
 
 
 def apply_penalties(
@@ -88,10 +118,10 @@ def apply_penalties(
     """Logit processors of the talker, in the reference's order.
 
     Args:
-        scores: (1, V) float32 logits.
-        presence: (1, V) bool, tokens generated so far (repetition penalty).
+        scores: (B, V) float32 logits.
+        presence: (B, V) bool, tokens generated so far (repetition penalty).
         blocked: (1, V) bool, tokens that are never sampled.
-        step: () int64, number of tokens generated so far.
+        step: (B,) int64, number of tokens each row has generated so far.
     """
     penalized = torch.where(
         scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty
@@ -106,7 +136,7 @@ def apply_penalties(
 def warp_scores(
     scores: torch.Tensor, s: SamplingTensors, top_p: bool, top_k: Callable
 ) -> torch.Tensor:
-    """Temperature, top-k and (if `top_p`) top-p on (1, V) float32 scores, as HF orders them.
+    """Temperature, top-k and (if `top_p`) top-p on (B, V) float32 scores, as HF orders them.
 
     `top_k` computes the top-k mask: `in_top_k`, or another form of it (`Ops.top_k`).
     """
@@ -118,19 +148,20 @@ def warp_scores(
 
 
 def _top_k_count(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """k from the 0-d `top_k`: V when top_k is 0 (keep all) or above V."""
+    """k from `top_k` ((B, 1) or 0-d): V when top_k is 0 (keep all) or above V."""
     vocab = scores.shape[-1]
     return torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
 
 
 def in_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """(1, V) bool: scores >= the k-th largest score (HF's top-k test, ties kept), where
-    k is the 0-d `top_k`, or V when top_k is 0 (keep all) or above V.
+    """(B, V) bool: scores >= the k-th largest score of the row (HF's top-k test, ties
+    kept), where k is the row's `top_k` ((B, 1), or 0-d for all rows), or V when top_k is 0
+    (keep all) or above V.
 
     The k-th value is read off a sort, as the reference does.
     """
-    k = _top_k_count(scores, top_k)
-    kth = scores.sort(dim=-1, descending=True).values.gather(-1, (k - 1).view(1, 1))
+    k = _top_k_count(scores, top_k).expand(scores.shape[0], 1)
+    kth = scores.sort(dim=-1, descending=True).values.gather(-1, k - 1)
     return scores >= kth
 
 
@@ -138,42 +169,68 @@ def in_top_k_counted(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     """`in_top_k` without a sort: a score is at least the k-th largest exactly when fewer
     than k scores are strictly larger, so count those (a V x V comparison that Inductor
     fuses into one reduction). Only comparisons, no arithmetic: the same mask."""
-    larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (1, V)
+    larger = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(-1)  # (B, V)
     return larger < _top_k_count(scores, top_k)
 
 
-def draw_noise(vocab: int, device: torch.device) -> torch.Tensor:
-    """The (1, V) exponential variates `torch.multinomial` draws for one sample.
+def draw_noise(
+    vocab: int, device: torch.device, generators: list[torch.Generator] | None = None
+) -> torch.Tensor:
+    """The (B, V) exponential variates `torch.multinomial` draws for one sample per row.
 
-    Made eagerly, one call per token as the reference makes them, so the generator
-    advances identically; the arithmetic on them can then be fused (`pick_token`).
+    Each row draws from its own generator (its request's seeded stream), one call per
+    token as the reference makes them, so each stream advances exactly as the reference's
+    would alone; the arithmetic on them can then be fused (`pick_token`). Without
+    generators, one row from torch's default generator.
     """
-    return torch.empty((1, vocab), dtype=torch.float32, device=device).exponential_(1)
+    if generators is None:
+        return torch.empty((1, vocab), dtype=torch.float32, device=device).exponential_(1)
+    noise = torch.empty((len(generators), vocab), dtype=torch.float32, device=device)
+    for row, generator in zip(noise, generators, strict=True):
+        row.exponential_(1, generator=generator)
+    return noise
 
 
 def pick_token(
-    scores: torch.Tensor, do_sample: bool, noise: torch.Tensor | None = None
+    scores: torch.Tensor,
+    do_sample: bool,
+    noise: torch.Tensor | None = None,
+    *,
+    greedy_scores: torch.Tensor | None = None,
+    sampled: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1, V) scores -> (1,) token: argmax when greedy (no draw), else the sample
+    """(B, V) scores -> (B,) tokens: argmax when greedy (no draw), else the sample
     `torch.multinomial(softmax(scores), 1)` gives for that `noise`: argmax of p / noise,
-    without multinomial's validity checks (a dozen kernels each time)."""
+    without multinomial's validity checks (a dozen kernels each time).
+
+    In a batch that samples, rows whose `sampled` flag (B,) is off take the argmax of
+    their `greedy_scores` (the scores before warping), as the reference's greedy does.
+    """
     if not do_sample:
         return scores.argmax(dim=-1)
-    return (scores.softmax(dim=-1) / noise).argmax(dim=-1)
+    tokens = (scores.softmax(dim=-1) / noise).argmax(dim=-1)
+    if sampled is None:
+        return tokens
+    return torch.where(sampled, tokens, greedy_scores.argmax(dim=-1))
 
 
 def sample_token(
-    scores: torch.Tensor, s: SamplingTensors, do_sample: bool, top_p: bool = True
+    scores: torch.Tensor,
+    s: SamplingTensors,
+    do_sample: bool,
+    top_p: bool = True,
+    generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Pick one token from processed (1, V) float32 scores; returns (1,) int64.
+    """Pick one token per row from processed (B, V) float32 scores; returns (B,) int64.
 
     top_p=False skips the nucleus filter (only valid when the tensor holds 1.0).
     """
     noise = None
+    greedy = scores
     if do_sample:
         scores = warp_scores(scores, s, top_p, in_top_k)
-        noise = draw_noise(scores.shape[-1], scores.device)
-    return pick_token(scores, do_sample, noise)
+        noise = draw_noise(scores.shape[-1], scores.device, generators)
+    return pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
 
 
 def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,14 @@ from fastqwen.engine.sampling import (
     warp_scores,
 )
 
-RECOMPILE_LIMIT = 16  # the layer has a graph per talker cache window plus two predictor shapes
+# The layer has a graph per (batch bucket, talker cache window) plus two predictor shapes
+# per bucket; the runner raises the limit to what its buckets need (`recompile_limit`).
+RECOMPILE_LIMIT = 16
+
+
+def recompile_limit(buckets: int, windows: int) -> int:
+    """Dynamo recompiles a function per input shape: enough for every bucket and window."""
+    return max(RECOMPILE_LIMIT, buckets * (windows + 2) + 4)
 
 
 def talker_token(
@@ -61,16 +68,17 @@ def talker_token(
     top_p: bool,
     ops: Ops,
 ) -> torch.Tensor:
-    """Codebook 0 from the talker's (1, 1, H) hidden state: head, float32 cast, penalties,
-    warp, pick; also marks the token in `presence` for the repetition penalty."""
+    """Codebook 0 of each row from the talker's (B, 1, H) hidden state: head, float32 cast,
+    penalties, warp, pick; also marks the token in `presence` for the repetition penalty."""
     logits = ops.linear(hidden[:, -1:], head)[:, -1].float()
     scores = apply_penalties(
         logits, s, presence=presence, blocked=blocked, eos_id=eos_id, step=step
     )
+    greedy = scores
     if do_sample:
         scores = warp_scores(scores, s, top_p, ops.top_k)
-    tok = pick_token(scores, do_sample, noise)
-    presence.scatter_(1, tok.view(1, 1), True)
+    tok = pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
+    presence.scatter_(1, tok.view(-1, 1), True)
     return tok
 
 
@@ -85,12 +93,13 @@ def predictor_token(
     top_p: bool,
     ops: Ops,
 ) -> torch.Tensor:
-    """One of codebooks 1..15 from the predictor's (1, Hp) hidden state before its final
-    norm (folded into the head's product)."""
+    """One of codebooks 1..15 of each row from the predictor's (B, Hp) hidden state before
+    its final norm (folded into the head's product)."""
     scores = ops.norm_linear(hidden.unsqueeze(1), final_norm, head, eps)[:, -1].float()
+    greedy = scores
     if do_sample:
         scores = warp_scores(scores, s, top_p, ops.top_k)
-    return pick_token(scores, do_sample, noise)
+    return pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
 
 
 def embed_code(
@@ -101,11 +110,11 @@ def embed_code(
     proj_bias: torch.Tensor | None,
     ops: Ops,
 ) -> torch.Tensor:
-    """Write the embedding of `tok` (1,) into `slot` (1, H) and return it as the
-    predictor's next input (1, 1, Hp), through `small_to_mtp_projection` if it has one."""
-    emb = F.embedding(tok, table)  # (1, H)
+    """Write the embeddings of `tok` (B,) into `slot` (B, H) and return them as the
+    predictor's next input (B, 1, Hp), through `small_to_mtp_projection` if it has one."""
+    emb = F.embedding(tok, table)  # (B, H)
     slot.copy_(emb)
-    return project(emb.unsqueeze(0), (proj_weight, proj_bias), ops.linear)
+    return project(emb.unsqueeze(1), (proj_weight, proj_bias), ops.linear)
 
 
 def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:
@@ -148,10 +157,11 @@ class FrameFunctions:
             embed_code=partial(embed_code, ops=ops),
         )
 
-    def compile(self) -> FrameFunctions:
-        """Each function wrapped in `compile_fused` (compiled on first call per shape)."""
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    def compile(self, limit: int = RECOMPILE_LIMIT) -> FrameFunctions:
+        """Each function wrapped in `compile_fused` (compiled on first call per shape, up to
+        `limit` shapes)."""
+        current = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(current, limit)
         return FrameFunctions(
             ops=self.ops,
             layer=_compiled(self.layer),
@@ -179,42 +189,97 @@ def _compiled(fn: Callable, exact_division: bool = False) -> Callable:
 REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
 
 
-class FrameState:
-    """Everything that changes from frame to frame, preallocated once per engine."""
+TRAILING_TEXT_MAX = 512  # trailing text tokens a slot holds (streaming-mode prompts)
 
-    def __init__(self, m: StaticModel, max_frames: int):
+
+class FrameState:
+    """Everything that changes from frame to frame, for a batch of slots, preallocated once.
+
+    Row b is slot b: its talker hidden state, next position, frame count, the tokens it
+    has generated (repetition penalty), its trailing text and its frame's embeddings.
+    `block_codes` collects each row's codes over one block of frames (`block_index`), so
+    the host reads a block for every row with one copy.
+    """
+
+    def __init__(self, m: StaticModel, max_frames: int, batch: int = 1):
         dev, dt = m.device, m.dtype
         hidden = m.codec_head.shape[1]
         self.max_frames = max_frames
-        self.hidden = torch.zeros((1, 1, hidden), dtype=dt, device=dev)  # talker output, post-norm
-        self.pos = torch.zeros((1,), dtype=torch.long, device=dev)  # next talker position
-        self.step = torch.zeros((), dtype=torch.long, device=dev)  # frames generated so far
-        self.presence = torch.zeros((1, m.vocab_size), dtype=torch.bool, device=dev)
-        self.codes = torch.zeros((max_frames, NUM_CODEBOOKS), dtype=torch.long, device=dev)
-        self.trailing = torch.zeros((1, max_frames, hidden), dtype=dt, device=dev)
-        self.embeds = torch.zeros((1, NUM_CODEBOOKS, hidden), dtype=dt, device=dev)
+        self.trailing_max = min(max_frames, TRAILING_TEXT_MAX)
+        self.hidden = torch.zeros((batch, 1, hidden), dtype=dt, device=dev)  # post-norm
+        self.pos = torch.zeros((batch,), dtype=torch.long, device=dev)  # next talker position
+        self.step = torch.zeros((batch,), dtype=torch.long, device=dev)  # frames generated
+        self.presence = torch.zeros((batch, m.vocab_size), dtype=torch.bool, device=dev)
+        self.block_codes = torch.zeros(
+            (batch, max_frames, NUM_CODEBOOKS), dtype=torch.long, device=dev
+        )
+        self.block_index = torch.zeros((), dtype=torch.long, device=dev)
+        # The row's trailing text, then tts_pad from `trailing_end` on: the last entry is
+        # always tts_pad, and a frame past the text reads it.
+        self.trailing = torch.zeros((batch, self.trailing_max + 1, hidden), dtype=dt, device=dev)
+        self.embeds = torch.zeros((batch, NUM_CODEBOOKS, hidden), dtype=dt, device=dev)
 
-    def reset(self, prompt_len: int, trailing_text: torch.Tensor, pad: torch.Tensor) -> None:
-        """Prepare for a new utterance; trailing text then tts_pad for every later frame."""
-        n = min(trailing_text.shape[1], self.max_frames)
-        self.trailing.copy_(pad.expand_as(self.trailing))
-        self.trailing[:, :n].copy_(trailing_text[:, :n])
-        self.pos.fill_(prompt_len)
-        self.step.zero_()
-        self.presence.zero_()
-        self.codes.zero_()
+    @property
+    def batch(self) -> int:
+        return int(self.pos.shape[0])
+
+    def rows(self, count: int) -> FrameState:
+        """The first `count` slots (views, sharing `block_index`), for a batch bucket."""
+        view = object.__new__(FrameState)
+        vars(view).update(vars(self))
+        for name in ("hidden", "pos", "step", "presence", "block_codes", "trailing", "embeds"):
+            setattr(view, name, getattr(self, name)[:count])
+        return view
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of every tensor, to put back after a graph capture's warm-up runs."""
+        return {name: value.clone() for name, value in vars(self).items() if torch.is_tensor(value)}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        for name, value in saved.items():
+            getattr(self, name).copy_(value)
+
+    def check_text(self, trailing_len: int, frames: int) -> None:
+        """Raise if a prompt's trailing text would be cut before the frames that read it."""
+        if min(trailing_len, frames) > self.trailing_max:
+            raise ValueError(
+                f"the text leaves {trailing_len} trailing tokens for {frames} frames, but a "
+                f"slot holds at most {self.trailing_max}; split the text, or pass "
+                "non_streaming_mode=True to put it all in the prompt"
+            )
+
+    def reset(
+        self, row: int, prompt_len: int, trailing_text: torch.Tensor, pad: torch.Tensor
+    ) -> None:
+        """Prepare slot `row` for a new utterance: trailing text, then tts_pad for every later
+        frame (`check_text` first)."""
+        n = min(trailing_text.shape[1], self.trailing_max)
+        self.trailing[row].copy_(pad.reshape(1, -1).expand_as(self.trailing[row]))
+        self.trailing[row, :n].copy_(trailing_text[0, :n])
+        self.pos[row] = prompt_len
+        self.step[row] = 0
+        self.presence[row] = False
+
+    def park(self, rows: list[int]) -> None:
+        """Send idle rows back to position 0: a bucket still runs them, and their positions
+        must stay inside every cache window."""
+        if rows:
+            index = torch.tensor(rows, device=self.pos.device)
+            self.pos.index_fill_(0, index, 0)
+            self.step.index_fill_(0, index, 0)
 
 
 def talker_logits(m: StaticModel, hidden: torch.Tensor) -> torch.Tensor:
-    """(1, 1, H) hidden -> (1, V) float32 logits, cast after the head as HF generate does."""
-    return F.linear(hidden[:, -1], m.codec_head).float()
+    """(B, 1, H) hidden -> (B, V) float32 logits, cast after the head as HF generate does."""
+    return REFERENCE.linear(hidden[:, -1:], m.codec_head)[:, -1].float()
 
 
 def predictor_logits(m: StaticModel, j: int, hidden: torch.Tensor) -> torch.Tensor:
-    """(1, Hp) predictor hidden, before the final norm -> (1, CODEBOOK_SIZE) float32 logits
+    """(B, Hp) predictor hidden, before the final norm -> (B, CODEBOOK_SIZE) float32 logits
     of codebook j + 1."""
     w = m.predictor
-    return F.linear(rms_norm(hidden, w.final_norm, w.dims.eps), m.predictor_heads[j]).float()
+    normed = rms_norm(hidden, w.final_norm, w.dims.eps).unsqueeze(1)
+    return REFERENCE.linear(normed, m.predictor_heads[j])[:, -1].float()
 
 
 def run_decoder(
@@ -241,39 +306,63 @@ def padded_prompt_len(prompt_len: int, window: int) -> int:
 
 
 def prefill(
-    m: StaticModel, state: FrameState, inputs_embeds: torch.Tensor, last: torch.Tensor
+    m: StaticModel,
+    state: FrameState,
+    inputs_embeds: torch.Tensor,
+    last: torch.Tensor,
+    slots: torch.Tensor,
+    scratch: StaticModel,
 ) -> None:
-    """Run the (padded) prompt through the talker; keep the hidden state at index `last`.
+    """Run J (padded) prompts through the talker together, into slots `slots`.
 
-    The prompt runs the reference ops eagerly on every path (one call per utterance; the
-    CUDA path replays it as a graph per bucket). Padding rows sit after the prompt, so
-    causal attention keeps them out of every real row; the cache entries they write lie
-    past the prompt and each is overwritten by a frame before any query can see it.
+    The prompts run on the first J rows of a `scratch` cache (their positions start at 0,
+    whatever the slots' rows hold), and their keys and values are then copied into the
+    slots' rows of `m`'s cache, so joining requests never touch the running ones' rows.
+    The prompt runs the reference ops eagerly on every path (once per utterance; the CUDA
+    path replays it as a graph per bucket). Padding rows sit after the prompt, so causal
+    attention keeps them out of every real row; the cache entries they write lie past the
+    prompt and each is overwritten by a frame before any query can see it.
 
     Args:
-        inputs_embeds: (1, P_padded, H) prompt embeddings, zero rows after the prompt.
-        last: (1,) int64 index of the prompt's last token.
+        inputs_embeds: (J, P_padded, H) prompt embeddings, zero rows after each prompt.
+        last: (J,) int64 index of each prompt's last token.
+        slots: (J,) int64 slots the prompts go to.
+        scratch: the model on a cache of at least J rows and P_padded positions.
     """
-    pos = torch.arange(inputs_embeds.shape[1], device=m.device)
-    at = m.talker_positions(pos)
-    out = run_decoder(REFERENCE_FUNCTIONS, m.talker, inputs_embeds, at, m.talker_cache)
-    state.hidden.copy_(out.index_select(1, last))
+    J, P = inputs_embeds.shape[0], inputs_embeds.shape[1]
+    pos = torch.arange(P, device=m.device)
+    cache = scratch.talker_cache.rows(J).window(P)
+    at = Positions.at(pos, m.talker_rope, cache, m.talker.dims.rep)
+    out = run_decoder(REFERENCE_FUNCTIONS, m.talker, inputs_embeds, at, cache)
+    hidden = out.gather(1, last.view(J, 1, 1).expand(J, 1, out.shape[2]))  # (J, 1, H)
+    state.hidden.index_copy_(0, slots, hidden)
+    m.talker_cache.kv[..., :P, :].index_copy_(2, slots, cache.kv)
 
 
-def pad_prompt(m: StaticModel, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, P, H) prompt -> ((1, P_padded, H) zero-padded in the engine dtype, (1,) last index)."""
-    p = inputs_embeds.shape[1]
+def pad_prompts(m: StaticModel, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, P_j, H) prompts -> ((J, P_padded, H) zero-padded in the engine dtype, (J,) last
+    indices), padded to the bucket of the longest."""
+    longest = max(p.shape[1] for p in prompts)
     padded = torch.zeros(
-        (1, padded_prompt_len(p, m.talker_cache.max_len), inputs_embeds.shape[2]),
+        (len(prompts), padded_prompt_len(longest, m.talker_cache.max_len), prompts[0].shape[2]),
         dtype=m.dtype,
         device=m.device,
     )
-    padded[:, :p] = inputs_embeds
-    return padded, torch.tensor([p - 1], device=m.device)
+    for j, p in enumerate(prompts):
+        padded[j, : p.shape[1]] = p[0]
+    last = torch.tensor([p.shape[1] - 1 for p in prompts], device=m.device)
+    return padded, last
 
 
-def eager_prefill(m: StaticModel, state: FrameState, inputs_embeds: torch.Tensor) -> None:
-    prefill(m, state, *pad_prompt(m, inputs_embeds))
+def eager_prefill(
+    m: StaticModel,
+    state: FrameState,
+    prompts: list[torch.Tensor],
+    slots: list[int],
+    scratch: StaticModel,
+) -> None:
+    padded, last = pad_prompts(m, prompts)
+    prefill(m, state, padded, last, torch.tensor(slots, device=m.device), scratch)
 
 
 def predict_codebooks(
@@ -283,20 +372,23 @@ def predict_codebooks(
     cb0: torch.Tensor,
     pick: Callable[[int, torch.Tensor], torch.Tensor],
 ) -> list[torch.Tensor]:
-    """Codebooks 1..15 from the talker hidden state and codebook 0; fills `state.embeds`.
+    """Codebooks 1..15 of each row from the talker hidden state and codebook 0 (B,);
+    fills `state.embeds`.
 
-    `pick(j, hidden)` chooses codebook j + 1 from the predictor's (1, Hp) last hidden
+    `pick(j, hidden)` chooses codebook j + 1 from the predictor's (B, Hp) last hidden
     state before its final norm, which the head folds in: sampling in `frame_step`, the
     given codes in teacher-forced parity checks.
     """
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
-    x = torch.cat((state.hidden, embeds[:, :1]), dim=1)  # (1, 2, H)
-    x = project(x, m.to_predictor, F.linear)  # (1, 2, Hp)
+    x = torch.cat((state.hidden, embeds[:, :1]), dim=1)  # (B, 2, H)
+    # Outside the compiled functions; the reference's product (row by row) on the reference
+    # ops, the library's otherwise.
+    x = project(x, m.to_predictor, REFERENCE.linear if fns.ops is REFERENCE else F.linear)
     out = run_decoder(fns, m.predictor, x, at[0], m.predictor_cache, normed=False)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
-        tok = pick(j, out[:, -1])  # (1,)
+        tok = pick(j, out[:, -1])  # (B,)
         tokens.append(tok)
         last = j + 1 == NUM_CODEBOOKS - 1
         proj = (None, None) if last else m.to_predictor
@@ -307,10 +399,12 @@ def predict_codebooks(
 
 
 def advance_talker(m: StaticModel, state: FrameState, fns: FrameFunctions) -> None:
-    """Feed the frame's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
-    text = state.trailing.index_select(1, state.step.view(1))  # (1, 1, H)
+    """Feed each row's summed codebook embeddings (+ trailing text) to the talker; step += 1."""
+    B, _, H = state.trailing.shape
+    index = state.step.clamp(max=state.trailing.shape[1] - 1)  # past the text: tts_pad
+    text = state.trailing.gather(1, index.view(B, 1, 1).expand(B, 1, H))  # (B, 1, H)
     x = state.embeds.sum(dim=1, keepdim=True) + text
-    at = m.talker_positions(state.pos)
+    at = m.talker_positions(state.pos.view(B, 1))
     state.hidden.copy_(run_decoder(fns, m.talker, x, at, m.talker_cache))
     state.pos.add_(1)
     state.step.add_(1)
@@ -323,9 +417,14 @@ def frame_step(
     talker_sampling: SamplingTensors,
     sub_sampling: SamplingTensors,
     mode: SamplingMode,
+    generators: list[torch.Generator] | None = None,
 ) -> None:
-    """Advance one frame in place: codes for frame `state.step`, then the next talker hidden."""
-    noise = draw_noise(m.vocab_size, m.device) if mode.do_sample else None
+    """Advance every row one frame in place: its codes for frame `state.step` (into
+    `state.block_codes` at `state.block_index`), then its next talker hidden state.
+
+    generators: each row's random stream (None: one row drawing from torch's default).
+    """
+    noise = draw_noise(m.vocab_size, m.device, generators) if mode.do_sample else None
     cb0 = fns.talker_token(
         state.hidden,
         m.codec_head,
@@ -337,11 +436,11 @@ def frame_step(
         state.step,
         mode.do_sample,
         mode.top_p,
-    )  # (1,)
+    )  # (B,)
 
     def pick(j: int, hidden: torch.Tensor) -> torch.Tensor:
         head = m.predictor_heads[j]
-        noise = draw_noise(head.shape[0], m.device) if mode.sub_do_sample else None
+        noise = draw_noise(head.shape[0], m.device, generators) if mode.sub_do_sample else None
         w = m.predictor
         return fns.predictor_token(
             hidden,
@@ -355,6 +454,7 @@ def frame_step(
         )
 
     rest = predict_codebooks(m, state, fns, cb0, pick)
-    frame = torch.cat([cb0] + rest).view(1, NUM_CODEBOOKS)
-    state.codes.index_copy_(0, state.step.view(1), frame)
+    frame = torch.stack([cb0] + rest, dim=1)  # (B, 16)
+    state.block_codes.index_copy_(1, state.block_index.view(1), frame.unsqueeze(1))
+    state.block_index.add_(1)
     advance_talker(m, state, fns)

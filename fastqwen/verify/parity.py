@@ -167,20 +167,24 @@ def reference_logits(
     return cb0, sub
 
 
-@serialized  # runs on the engine's frame state
 @torch.inference_mode()
 def engine_logits(
     engine, prompt: TalkerPrompt, codes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the static engine for given codes, running its own prefill and frame
-    functions (compiled ones too) on the full-length cache."""
-    runner = engine.runner
-    m, state, fns = runner.model, runner.state, runner.functions
+    functions (compiled ones too) in slot 0 on the full-length cache, while the engine's
+    scheduler waits."""
+    with engine.scheduler.exclusive() as runner:
+        return _slot_logits(runner, prompt, codes)
+
+
+def _slot_logits(runner, prompt: TalkerPrompt, codes: torch.Tensor):
+    m, state, fns = runner.model.rows(1), runner.state.rows(1), runner.functions
     codes = codes.to(m.device)
-    state.reset(
-        prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
+    runner.state.reset(
+        0, prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
     )
-    eager_prefill(m, state, prompt.inputs_embeds)
+    eager_prefill(runner.model, runner.state, [prompt.inputs_embeds], [0], runner.scratch)
     cb0_rows, sub_rows = [], []
     for i in range(codes.shape[0]):
         cb0_rows.append(talker_logits(m, state.hidden)[0])

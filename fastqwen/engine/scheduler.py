@@ -1,0 +1,307 @@
+"""Continuous batching: one thread owns the frame loop of an engine and serves every request.
+
+Requests are submitted from any thread (`Scheduler.submit`) and wait in a queue. Between
+blocks of frames the loop admits as many as there are free slots: each is loaded into
+the lowest free slot and the newcomers' prompts are prefilled together (at most
+`max_prefill_batch` at a time), so the running requests pause for about one prefill. Then
+every slot up to the highest busy one runs one block of frames (`FrameRunner.step`, a
+graph replay per frame on CUDA), and each request's codes go to its `Job`. A request that
+reaches EOS or its frame limit, fails, or is cancelled frees its slot at once.
+
+A request's codes do not depend on its slot, on the batch, or on when it joined: every
+op of a frame works row by row, and each slot draws from its own generator, seeded with
+the request's seed (see `FrameRunner`). The CPU tests check it against solo runs and the
+reference; `bench/batch_check.py` checks it on the GPU.
+
+This is the only generation loop: `FastQwen3TTS.generate` is a batch of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from fastqwen.config import SamplingParams
+from fastqwen.device import synchronize
+from fastqwen.engine.loop import LoopStats, trim_at_eos
+from fastqwen.engine.runner import FrameRunner
+from fastqwen.engine.sampling import SamplingMode
+from fastqwen.prompts.builder import TalkerPrompt
+from fastqwen.results import GenerationStopped
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5  # how long the idle loop sleeps between looks at its queue
+
+
+@dataclass
+class _Done:
+    """The end of a job's codes: normal (error None), failed or cancelled."""
+
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the scheduler; its codes arrive block by block (`blocks`).
+
+    Read it from one thread: `blocks()` yields (k, 16) int64 CPU code blocks until the
+    request ends, and raises its error (`GenerationStopped` when cancelled).
+    """
+
+    prompt: TalkerPrompt
+    params: SamplingParams
+    seed: int
+    max_frames: int
+    first_block: int | None = None
+    stop: threading.Event | None = None  # set by a caller's Stop button: cancels the job
+    stats: LoopStats = field(default_factory=LoopStats)
+    submitted_s: float = field(default_factory=time.perf_counter)
+    slot: int | None = None
+    done_frames: int = 0  # frames run in its slot (EOS overshoot included)
+    _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+    _finished: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Free the slot at the next block boundary; `blocks()` then raises GenerationStopped."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set() or (self.stop is not None and self.stop.is_set())
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def blocks(self, timeout: float | None = None) -> Iterator[torch.Tensor]:
+        while True:
+            item = self._queue.get(timeout=timeout)
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+
+    def _put(self, codes: torch.Tensor) -> None:
+        self._queue.put(codes)
+
+    def _end(self, error: BaseException | None = None) -> None:
+        if not self._finished.is_set():
+            self._finished.set()
+            self._queue.put(_Done(error))
+
+
+class Scheduler:
+    """Owns the frame loop of one `FrameRunner`, in a thread of its own (started on the
+    first submit)."""
+
+    def __init__(self, runner: FrameRunner, name: str = "fastqwen-scheduler"):
+        self.runner = runner
+        self.name = name
+        self._pending: list[Job] = []
+        self._slots: list[Job | None] = [None] * runner.max_batch_size
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._paused = 0
+        self._loop_lock = threading.Lock()  # held while the loop touches the runner
+
+    # ---- submitting ---------------------------------------------------------------------
+    def submit(
+        self,
+        prompt: TalkerPrompt,
+        params: SamplingParams,
+        seed: int,
+        *,
+        first_block: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Job:
+        """Queue a request; raises at once (ValueError naming the limit) if it cannot fit
+        a slot, so a bad request never reaches the loop."""
+        max_frames = self.runner.check(prompt, params)
+        job = Job(prompt, params, seed, max_frames, first_block=first_block, stop=stop)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine's scheduler is closed")
+            self._pending.append(job)
+            self._start()
+            self._cond.notify_all()
+        return job
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    @property
+    def active(self) -> int:
+        """Requests in slots now."""
+        return sum(job is not None for job in self._slots)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Cancel everything and stop the loop thread."""
+        with self._cond:
+            self._closed = True
+            for job in self._pending:
+                job._end(GenerationStopped(0))
+            self._pending.clear()
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def exclusive(self):
+        """A context in which the caller alone uses the runner (parity checks run their own
+        frames on slot 0): new requests wait, running ones finish first."""
+        return _Exclusive(self)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while (
+                        not self._closed
+                        and not self.active
+                        and (self._paused or not self._pending)
+                    ):
+                        self._cond.wait(IDLE_WAIT_S)
+                    if self._closed:
+                        self._fail_all(GenerationStopped(0))
+                        return
+                with self._loop_lock:
+                    try:
+                        self._iteration()
+                    except Exception as error:  # a failed step fails its batch, not the loop
+                        log.exception("frame step failed; failing the requests in it")
+                        self._fail_all(error)
+
+    def _iteration(self) -> None:
+        self._admit()
+        self._drop_cancelled()
+        jobs = [(slot, job) for slot, job in enumerate(self._slots) if job is not None]
+        if not jobs:
+            return
+        runner = self.runner
+        rows = runner.bucket(jobs[-1][0] + 1)
+        runner.state.park([s for s in range(rows) if self._slots[s] is None])
+        needed = max(job.prompt.prompt_len + job.max_frames for _, job in jobs)
+        m = runner.view(rows, needed)
+        step = runner.step(m, SamplingMode.union([job.params for _, job in jobs]))
+        n = runner.sync_every
+        for _, job in jobs:
+            if job.done_frames == 0 and job.first_block:
+                n = min(n, job.first_block)
+            n = min(n, job.max_frames - job.done_frames)
+        t0 = time.perf_counter()
+        codes = runner.run_block(step, rows, n)
+        elapsed = time.perf_counter() - t0
+        for slot, job in jobs:
+            self._deliver(slot, job, codes[slot], elapsed)
+
+    def _deliver(self, slot: int, job: Job, codes: torch.Tensor, elapsed: float) -> None:
+        block, eos = trim_at_eos(codes, self.runner.model.eos_id)
+        stats = job.stats
+        stats.block_times_s.append(elapsed)
+        stats.block_frames.append(int(block.shape[0]))
+        stats.frames += int(block.shape[0])
+        stats.eos_reached = eos
+        job.done_frames += int(codes.shape[0])
+        if block.shape[0]:
+            job._put(block)
+        if not eos and job.done_frames >= job.max_frames:
+            stats.eos_reached = self.runner.final_token_is_eos(slot, job.params)
+            eos = True
+        if eos:
+            self._free(slot)
+            job._end()
+
+    def _admit(self) -> None:
+        """Move queued requests into free slots and prefill them, a group at a time."""
+        with self._cond:
+            if self._paused:
+                return
+            free = [s for s, job in enumerate(self._slots) if job is None]
+            joining: list[tuple[int, Job]] = []
+            while self._pending and free:
+                job = self._pending.pop(0)
+                if job.cancelled:
+                    job._end(GenerationStopped(0))
+                    continue
+                joining.append((free.pop(0), job))
+        limit = self.runner.config.max_prefill_batch
+        for start in range(0, len(joining), limit):
+            group = joining[start : start + limit]
+            ready = []
+            for slot, job in group:
+                try:
+                    self.runner.load(slot, job.prompt, job.params, job.seed)
+                except Exception as error:  # this request alone fails
+                    job._end(error)
+                    continue
+                ready.append((slot, job))
+            if not ready:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
+                synchronize(self.runner.device)
+            except Exception as error:
+                for _, job in ready:
+                    job._end(error)
+                continue
+            elapsed = time.perf_counter() - t0
+            for slot, job in ready:
+                job.slot = slot
+                job.stats.prefill_s = elapsed
+                self._slots[slot] = job
+
+    def _drop_cancelled(self) -> None:
+        for slot, job in enumerate(self._slots):
+            if job is not None and job.cancelled:
+                self._free(slot)
+                job._end(GenerationStopped(job.stats.frames))
+
+    def _free(self, slot: int) -> None:
+        with self._cond:
+            self._slots[slot] = None
+            self._cond.notify_all()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for slot, job in enumerate(self._slots):
+            if job is not None:
+                self._free(slot)
+                job._end(error)
+
+
+class _Exclusive:
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+
+    def __enter__(self) -> FrameRunner:
+        s = self.scheduler
+        with s._cond:
+            s._paused += 1
+            while s.active:
+                s._cond.wait(IDLE_WAIT_S)
+        s._loop_lock.acquire()
+        return s.runner
+
+    def __exit__(self, *exc) -> None:
+        s = self.scheduler
+        s._loop_lock.release()
+        with s._cond:
+            s._paused -= 1
+            s._cond.notify_all()

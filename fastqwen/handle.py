@@ -1,0 +1,183 @@
+"""`RequestHandle`: a request submitted to the engine's scheduler (`FastQwen3TTS.submit`).
+
+Iterate it for audio chunks as frames are decoded, call `result()` (or `await` it) for the
+whole `GenerationResult`, or `cancel()` it; `async for` works too. The scheduler makes
+the codes; the handle decodes them to audio in the thread that reads it, so a slow reader
+never holds up the frame loop, and the codec (shared by every request of the engine)
+decodes one span at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from fastqwen.codec.decoder import StreamingDecoder
+from fastqwen.engine.loop import LoopStats
+from fastqwen.engine.scheduler import Job
+from fastqwen.prompts.builder import TalkerPrompt
+from fastqwen.results import AudioChunk, GenerationResult
+
+if TYPE_CHECKING:
+    from fastqwen.api import FastQwen3TTS
+
+
+class RequestHandle:
+    """One submitted request. Read it once: iterate it (a stream) or call `result()`."""
+
+    def __init__(
+        self,
+        engine: FastQwen3TTS,
+        job: Job,
+        prompt: TalkerPrompt,
+        *,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+    ):
+        self.engine = engine
+        self.job = job
+        self.prompt = prompt
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
+        self.submitted_s = job.submitted_s
+        self._result: GenerationResult | None = None
+        self._reading = threading.Lock()
+        self._started = False
+
+    # ---- control ----------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next block boundary and reading the
+        handle raises `GenerationStopped`."""
+        self.job.cancel()
+
+    def done(self) -> bool:
+        """Whether the request has finished generating (its audio may still be decoding)."""
+        return self.job.finished
+
+    @property
+    def stats(self) -> LoopStats:
+        return self.job.stats
+
+    # ---- reading ----------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """The whole utterance, decoded at once (blocks until the request ends).
+
+        timeout: seconds to wait for each block of frames (None: no limit); on expiry the
+        request is cancelled and `queue.Empty` is raised.
+        """
+        if self._result is not None:
+            return self._result
+        self._begin()
+        try:
+            blocks = list(self.job.blocks(timeout))
+        except BaseException:
+            self.job.cancel()
+            raise
+        t_gen = time.perf_counter()
+        codes = _concat(blocks)
+        audio, sr = self.engine._decode_utterance(codes, self.prompt.ref_codes)
+        t_end = time.perf_counter()
+        self._result = self._make_result(audio, sr, codes, t_gen, t_end, first_audio_s=None)
+        return self._result
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        """Audio chunks as they are decoded: `first_chunk_frames` first, then `chunk_frames`
+        at a time. The codec decodes each chunk with left context, so the chunks concatenate
+        to the non-streamed audio (up to the codec's float rounding)."""
+        self._begin()
+        decoder = StreamingDecoder(
+            self.engine.tts.model.speech_tokenizer,
+            first_chunk_frames=self.first_chunk_frames,
+            chunk_frames=self.chunk_frames,
+        )
+        device = self.engine.device
+        if self.prompt.ref_codes is not None:
+            # ICL: the reference codes are decoding context only. The reference cuts its
+            # waveform at int(ref / total * samples), which can fall one sample early;
+            # streaming cuts exactly at the frame boundary.
+            with self.engine._codec_lock:
+                decoder.prime(self.prompt.ref_codes.to(device))
+        sr = self.engine.sample_rate
+        t0 = self.submitted_s
+        blocks: list[torch.Tensor] = []
+        pieces: list[np.ndarray] = []
+        first_audio_s: float | None = None
+        try:
+            for block in self.job.blocks():
+                blocks.append(block)
+                with self.engine._codec_lock:
+                    audio = decoder.push(block.to(device))
+                if audio is not None and len(audio):
+                    elapsed = time.perf_counter() - t0
+                    first_audio_s = elapsed if first_audio_s is None else first_audio_s
+                    pieces.append(audio)
+                    yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=elapsed)
+            t_gen = time.perf_counter()
+            with self.engine._codec_lock:
+                tail = decoder.flush()
+            if tail is not None and len(tail):
+                elapsed = time.perf_counter() - t0
+                first_audio_s = elapsed if first_audio_s is None else first_audio_s
+                pieces.append(tail)
+                yield AudioChunk(audio=tail, sample_rate=sr, elapsed_s=elapsed)
+        except BaseException:  # closed early, cancelled or failed: free the slot
+            self.job.cancel()
+            raise
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        self._result = self._make_result(
+            audio, sr, _concat(blocks), t_gen, time.perf_counter(), first_audio_s
+        )
+
+    def __await__(self):
+        return asyncio.to_thread(self.result).__await__()
+
+    async def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        chunks = iter(self)
+        end = object()
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, end)) is not end:
+                yield chunk
+        finally:
+            chunks.close()
+
+    def _begin(self) -> None:
+        with self._reading:
+            if self._started:
+                raise RuntimeError(
+                    "this request is already being read; iterate it or call result(), once"
+                )
+            self._started = True
+
+    def _make_result(self, audio, sr, codes, t_gen, t_end, first_audio_s) -> GenerationResult:
+        stats = self.job.stats
+        return GenerationResult(
+            audio=audio,
+            sample_rate=sr,
+            codes=codes,
+            eos_reached=stats.eos_reached,
+            engine="static",
+            wall_s=t_end - self.submitted_s,
+            generate_s=t_gen - self.submitted_s,
+            prefill_s=stats.prefill_s,
+            time_to_first_audio_s=first_audio_s,
+            frame_times_s=per_frame_times(stats),
+        )
+
+
+def _concat(blocks: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(blocks) if blocks else torch.zeros((0, 16), dtype=torch.long)
+
+
+def per_frame_times(stats: LoopStats) -> list[float]:
+    """Each frame's share of its block's wall time."""
+    out: list[float] = []
+    for t, n in zip(stats.block_times_s, stats.block_frames, strict=True):
+        out.extend([t / n] * n if n else [])
+    return out
+
