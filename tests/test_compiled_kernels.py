@@ -52,7 +52,7 @@ def test_decoder_layer_compiles_once_for_every_layer(compiled):
     """A layer's weights are a NamedTuple of tensors, so Dynamo guards their shapes, not
     their identity: one graph serves every layer (copies included), and a real change
     of shape is still caught."""
-    m = compiled.runner.model
+    m = compiled.runner.model.rows(1)
     layer = FrameFunctions.of(FUSED).compile().layer
     w = m.talker
     layers = list(w.layers) + [LayerWeights(*(t.clone() for t in lw)) for lw in w.layers]

@@ -309,8 +309,9 @@ def test_a_stop_request_ends_a_stream(custom):
     next(chunks)  # the first chunk: 2 frames
     stop.set()
     with pytest.raises(GenerationStopped) as info:
-        next(chunks)
-    assert info.value.frames == 2
+        list(chunks)
+    # The scheduler runs ahead of the reader; it sees the event at its next block.
+    assert 2 <= info.value.frames < 59
 
 
 def test_without_a_stop_request_nothing_changes(custom):

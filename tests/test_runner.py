@@ -15,11 +15,11 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.config import SamplingParams
 from fastqwen.engine.layers import Positions, decoder_layer, mlp_down
-from fastqwen.engine.loop import LoopStats
 from fastqwen.engine.model import LayerDims, LayerWeights, StaticModel
 from fastqwen.engine.ops import FOLD_MAX_WEIGHT, FUSED, REFERENCE, TRITON
 from fastqwen.engine.runner import Execution, FrameRunner, default_ops
 from fastqwen.engine.sampling import SamplingTensors
+from fastqwen.engine.scheduler import Scheduler
 from fastqwen.engine.step import talker_token
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.verify.reference import run_reference
@@ -69,12 +69,16 @@ def test_fused_ops_run_eagerly_on_cpu_give_the_reference_codes(tiny_model, do_sa
     """The fused forms of every op (multiply-and-sum products, folded norms, counted top-k),
     chosen through the runner's constructor and run eagerly, against qwen-tts."""
     tts = tiny_model("custom_voice").tts
-    config = EngineConfig(max_seq_len=256)
-    runner = FrameRunner(StaticModel.from_qwen_tts(tts.model, 256), config, ops=FUSED)
+    config = EngineConfig(max_seq_len=256, max_batch_size=2)
+    runner = FrameRunner(StaticModel.from_qwen_tts(tts.model, 256, batch=2), config, ops=FUSED)
     assert runner.ops is FUSED and runner.execution.name == "eager"
     params = SamplingParams(max_new_tokens=31, do_sample=do_sample, subtalker_dosample=do_sample)
     prompt = build_talker_prompt(tts, REQUEST)
-    codes = torch.cat(list(runner.frames(prompt, params, 5, LoopStats())))
+    scheduler = Scheduler(runner)
+    try:
+        codes = torch.cat(list(scheduler.submit(prompt, params, 5).blocks()))
+    finally:
+        scheduler.close()
     expected = run_reference(tts, REQUEST, params, seed=5).codes
     assert codes.shape == expected.shape == (30, 16)
     diff = (codes != expected).nonzero()
@@ -102,7 +106,7 @@ def layer_kernels(dims: LayerDims, hidden: int, inter: int, S: int, T: int) -> l
             r(2 * inter, hidden), r(hidden, inter),
         )  # fmt: skip
         mask = torch.ones(1, 1, dims.rep * T, S, dtype=torch.bool, device="cuda")
-        at = Positions(torch.arange(T, device="cuda"), r(T, d), r(T, d), mask)
+        at = Positions(torch.arange(T, device="cuda").view(1, T), r(1, T, d), r(1, T, d), mask)
 
         def layer(x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
             y, h = decoder_layer(x, kv, at, w, dims, TRITON)
@@ -131,7 +135,7 @@ def test_triton_ops_take_top_k_from_the_kernel_when_sampling(do_sample):
         hidden = torch.empty(1, 1, 2048, device="cuda", dtype=torch.bfloat16)
         head = torch.empty(3072, 2048, device="cuda", dtype=torch.bfloat16)
         flags = torch.zeros(1, 3072, dtype=torch.bool, device="cuda")
-        step = torch.zeros((), dtype=torch.long, device="cuda")
+        step = torch.zeros((1,), dtype=torch.long, device="cuda")
 
         def token(hidden, head):
             noise = torch.ones(1, 3072, device="cuda") if do_sample else None

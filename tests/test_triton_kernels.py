@@ -67,7 +67,8 @@ ATTENTION = textwrap.dedent(
         out = launch(
             _decode_attention_kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, HQ, eps, **config
         )
-        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos, sin, LayerDims(HQ, HKV, D, eps))
+        dims = LayerDims(HQ, HKV, D, eps)
+        q, new_kv = attention_inputs(qkv, q_norm, k_norm, cos[None], sin[None], dims)
         expected_kv.index_copy_(3, pos, new_kv)
         mask = (torch.arange(S)[None, :] <= pos[:, None])[None, None].repeat(1, 1, HQ // HKV, 1)
         a = attend(q, expected_kv[0], expected_kv[1], mask)
