@@ -121,6 +121,17 @@ def resolve_seed(seed: int | None) -> int:
     return int(seed)
 
 
+def _per_item(value: Any, n: int, name: str) -> list:
+    """`value` for each of n texts: a list of n, a list of one (for all), or one value."""
+    if isinstance(value, list):
+        if len(value) == 1:
+            return value * n
+        if len(value) != n:
+            raise ValueError(f"batch size mismatch: {n} texts but {len(value)} values of {name}")
+        return value
+    return [value] * n
+
+
 def _check_texts(text: Any) -> None:
     """One text, or a non-empty list of texts (the reference's batch form)."""
     if isinstance(text, list) and (not text or not all(isinstance(t, str) for t in text)):
@@ -261,15 +272,47 @@ class FastQwen3TTS:
         `streaming=False` runs it in blocks of `sync_every` frames from the start, for a
         caller that only wants the result.
         """
-        params = params or SamplingParams()
-        seed = resolve_seed(seed)
-        prompt = build_talker_prompt(self.tts, request)
-        job = self.scheduler.submit(
-            prompt, params, seed, first_block=first_chunk_frames if streaming else None, stop=stop
-        )
-        return RequestHandle(
-            self, job, prompt, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
-        )
+        return self.submit_many(
+            [request],
+            params,
+            seed,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
+            stop=stop,
+            streaming=streaming,
+        )[0]
+
+    @torch.inference_mode()
+    def submit_many(
+        self,
+        requests: list[VoiceRequest],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        seeds: int | None | list[int | None] = None,
+        *,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 12,
+        stop: threading.Event | None = None,
+        streaming: bool = True,
+    ) -> list[RequestHandle]:
+        """`submit` for several requests that join the batch at the same frame (one prompt
+        group). `params` and `seeds` are one for all, or one per request. Nothing is queued
+        if any request is bad."""
+        n = len(requests)
+        all_params = _per_item(params, n, "params")
+        all_seeds = [resolve_seed(s) for s in _per_item(seeds, n, "seeds")]
+        first = first_chunk_frames if streaming else None
+        prompts, jobs = [], []
+        for request, p, seed in zip(requests, all_params, all_seeds, strict=True):
+            prompts.append(build_talker_prompt(self.tts, request))
+            job = self.scheduler.job(prompts[-1], p or SamplingParams(), seed, first, stop)
+            jobs.append(job)
+        self.scheduler.submit_many(jobs)
+        return [
+            RequestHandle(
+                self, job, prompt, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+            )
+            for job, prompt in zip(jobs, prompts, strict=True)
+        ]
 
     def generate(
         self,
@@ -346,22 +389,31 @@ class FastQwen3TTS:
         )
 
     def _clone_items(self, voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode) -> list:
+        """One prompt item per text: the given items, or made from each reference (a
+        reference given once, or the same object given again, is encoded once)."""
         if voice_clone_prompt is not None:
-            return voice_clone_prompt
-        if ref_audio is None:
+            return list(voice_clone_prompt)
+        if ref_audio is None or (isinstance(ref_audio, list) and not ref_audio):
             raise ValueError("pass ref_audio (with ref_text for ICL) or a voice_clone_prompt")
-        return self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
+        refs = ref_audio if isinstance(ref_audio, list) else [ref_audio]
+        n = len(refs)
+        texts = _per_item(ref_text, n, "ref_text")
+        xvec = _per_item(x_vector_only_mode, n, "x_vector_only_mode")
+        made: dict[tuple, Any] = {}
+        items = []
+        for ref, text, only in zip(refs, texts, xvec, strict=True):
+            key = (id(ref), text, bool(only))
+            if key not in made:
+                made[key] = self.create_voice_clone_prompt(ref, text, bool(only))[0]
+            items.append(made[key])
+        return items
 
-    def _run_many(self, texts, make_request, gen: dict, seed: int | None):
-        """One text or a list, as the reference's batch API accepts both: a list is
-        submitted at once and generated as one batch, each text with `seed`."""
+    def _run_many(self, requests: list[VoiceRequest], gen: dict, seed: int | None):
+        """Submit every request at once, so they run as one batch, each with `seed`
+        (the reference's list calls give every text the same seed too)."""
         params = SamplingParams.from_kwargs(**gen)
-        texts = texts if isinstance(texts, list) else [texts]
-        seed = resolve_seed(seed)
-        handles = []
+        handles = self.submit_many(requests, params, resolve_seed(seed), streaming=False)
         try:
-            for t in texts:
-                handles.append(self.submit(make_request(t), params, seed, streaming=False))
             results = [h.result() for h in handles]
         except BaseException:
             for h in handles:
@@ -371,22 +423,36 @@ class FastQwen3TTS:
         return [r.audio for r in results], results[0].sample_rate
 
     def _voice_call(self, mode: str, streaming: bool, args: dict[str, Any]):
-        """The body of every `generate_<mode>` / `stream_<mode>`, given its bound arguments."""
+        """The body of every `generate_<mode>` / `stream_<mode>`, given its bound arguments.
+
+        As in `qwen_tts`, `text` may be a list, and so may each voice argument (one per
+        text, or one for all).
+        """
         gen, text, seed = args.pop("gen"), args.pop("text"), args.pop("seed")
         _check_texts(text)
         _check_seed(seed)
         chunking = {p.name: args.pop(p.name) for p in _STREAM_ARGS if p.name in args}
-        if mode == "voice_clone":  # the clone inputs become the request's prompt items
+        texts = text if isinstance(text, list) else [text]
+        lists = [k for k, v in args.items() if isinstance(v, list) and k != "voice_clone_prompt"]
+        if streaming and lists:
+            raise ValueError(
+                f"stream_* calls take one text and one voice, got a list for {lists[0]}; "
+                "use generate_* for lists"
+            )
+        n = len(texts)
+        if mode == "voice_clone":  # the clone inputs become each request's prompt item
             clone = {k: args.pop(k) for k in _CLONE_INPUTS}
-            args["voice_clone_prompt"] = self._clone_items(**clone)
-        language = args.pop("language") or "auto"
-
-        def request(t: str) -> VoiceRequest:
-            return VoiceRequest(mode, t, language, **args)
-
+            items = _per_item(self._clone_items(**clone), n, "voice_clone_prompt")
+            args["voice_clone_prompt"] = [[item] for item in items]
+        per_text = {k: _per_item(v, n, k) for k, v in args.items()}
+        languages = per_text.pop("language")
+        requests = [
+            VoiceRequest(mode, t, languages[i] or "auto", **{k: v[i] for k, v in per_text.items()})
+            for i, t in enumerate(texts)
+        ]
         if streaming:
-            return self.stream(request(text), SamplingParams.from_kwargs(**gen), seed, **chunking)
-        return self._run_many(text, request, gen, seed)
+            return self.stream(requests[0], SamplingParams.from_kwargs(**gen), seed, **chunking)
+        return self._run_many(requests, gen, seed)
 
     generate_custom_voice = _voice_method("custom_voice", streaming=False)
     generate_voice_design = _voice_method("voice_design", streaming=False)

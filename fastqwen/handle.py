@@ -180,4 +180,3 @@ def per_frame_times(stats: LoopStats) -> list[float]:
     for t, n in zip(stats.block_times_s, stats.block_frames, strict=True):
         out.extend([t / n] * n if n else [])
     return out
-

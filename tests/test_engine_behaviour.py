@@ -22,7 +22,7 @@ from fastqwen.verify.reference import run_reference
 TEXT = "On Tuesday morning I missed the bus, so I walked home through the park."
 
 
-def eos_favouring(scale: float) -> FastQwen3TTS:
+def eos_favouring(scale: float, config: EngineConfig | None = None) -> FastQwen3TTS:
     """A fresh tiny CustomVoice model whose codec head leans towards EOS (2150).
 
     The EOS row is set along the sign pattern of the final norm weight, so its logit
@@ -33,7 +33,7 @@ def eos_favouring(scale: float) -> FastQwen3TTS:
     head = tts.model.talker.codec_head.weight.data
     direction = torch.ones(head.shape[1]) * tts.model.talker.model.norm.weight.data.sign()
     head[2150] = direction * head[:2048].std() * scale
-    return FastQwen3TTS(tts)
+    return FastQwen3TTS(tts, config)
 
 
 @pytest.fixture(scope="module")

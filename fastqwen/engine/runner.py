@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fastqwen.config import EngineConfig, SamplingParams
+from fastqwen.constants import NUM_CODEBOOKS
 from fastqwen.engine.cache import StaticKVCache
 from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
@@ -108,6 +109,20 @@ def capture_graph(
     return graph
 
 
+def _draw_offsets(model: StaticModel, device: torch.device) -> tuple[int, int]:
+    """How far one frame's draws move a CUDA generator's Philox offset: codebook 0's one
+    draw, and codebooks 1..15's fifteen (measured, as torch rounds each call's share)."""
+    generator = torch.Generator(device)
+
+    def moved(vocab: int) -> int:
+        before = generator.get_offset()
+        torch.empty((vocab,), device=device).exponential_(1, generator=generator)
+        return generator.get_offset() - before
+
+    sub_vocab = model.predictor_heads[0].shape[0]
+    return moved(model.vocab_size), (NUM_CODEBOOKS - 1) * moved(sub_vocab)
+
+
 def window_length(needed: int, max_seq_len: int) -> int:
     """The smallest cache window (256, 512, 1024, ... positions) that fits `needed`."""
     length = MIN_WINDOW
@@ -154,6 +169,10 @@ class FrameRunner:
         self.talker_sampling = SamplingTensors(self.device, batch)
         self.sub_sampling = SamplingTensors(self.device, batch)
         self.generators = [torch.Generator(self.device) for _ in range(batch)]
+        # Whether each slot's request samples codebook 0 and codebooks 1..15: a greedy side
+        # makes no draws in the reference, so it must not move the slot's stream.
+        self.drawing: list[tuple[bool, bool]] = [(True, True)] * batch
+        self.draw_offsets = _draw_offsets(model, self.device) if self.execution.graphed else None
         scratch = StaticKVCache(
             len(model.talker.layers),
             model.talker.dims.num_kv_heads,
@@ -215,6 +234,7 @@ class FrameRunner:
         self.talker_sampling.load_talker(params, slot)
         self.sub_sampling.load_subtalker(params, slot)
         self.generators[slot].manual_seed(seed)
+        self.drawing[slot] = (params.do_sample, params.subtalker_dosample)
 
     def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
         """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
@@ -249,10 +269,15 @@ class FrameRunner:
         generators = self.generators[:rows]
 
         def run() -> None:
+            drawing = [d[0] for d in self.drawing[:rows]], [d[1] for d in self.drawing[:rows]]
+            frame_step(m, state, self.functions, talker, sub, mode, generators, drawing)
+
+        def replay_all_draws() -> None:
             frame_step(m, state, self.functions, talker, sub, mode, generators)
 
         if not self.execution.graphed:
             return run
+        run = replay_all_draws  # a graph draws for every row; run_block moves streams back
         key = (rows, m.talker_cache.max_len, mode)
         if key not in self.frame_graphs:
             log.info(
@@ -263,7 +288,33 @@ class FrameRunner:
             with self.preserved():
                 graph = capture_graph(run, warmup=warmup, generators=generators)
             self.frame_graphs[key] = graph
-        return self.frame_graphs[key].replay
+        replay = self.frame_graphs[key].replay
+        rewind = self._rewinds(rows, mode)
+        if not rewind:
+            return replay
+
+        def replay_and_rewind() -> None:
+            replay()
+            for generator, offset in rewind:
+                generator.set_offset(generator.get_offset() - offset)
+
+        return replay_and_rewind
+
+    def _rewinds(self, rows: int, mode: SamplingMode) -> list[tuple[torch.Generator, int]]:
+        """(generator, offset) of the rows whose request is greedy on a side the graph
+        samples: after each replay their stream goes back by what that side drew, so it
+        stands where the reference's (which made no such draw) would."""
+        talker, sub = self.draw_offsets
+        out = []
+        for generator, (draws_talker, draws_sub) in zip(
+            self.generators[:rows], self.drawing[:rows], strict=True
+        ):
+            offset = (talker if mode.do_sample and not draws_talker else 0) + (
+                sub if mode.sub_do_sample and not draws_sub else 0
+            )
+            if offset:
+                out.append((generator, offset))
+        return out
 
     @contextmanager
     def preserved(self) -> Iterator[None]:

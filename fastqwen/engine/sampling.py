@@ -174,20 +174,27 @@ def in_top_k_counted(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 
 
 def draw_noise(
-    vocab: int, device: torch.device, generators: list[torch.Generator] | None = None
+    vocab: int,
+    device: torch.device,
+    generators: list[torch.Generator] | None = None,
+    drawing: list[bool] | None = None,
 ) -> torch.Tensor:
     """The (B, V) exponential variates `torch.multinomial` draws for one sample per row.
 
     Each row draws from its own generator (its request's seeded stream), one call per
     token as the reference makes them, so each stream advances exactly as the reference's
     would alone; the arithmetic on them can then be fused (`pick_token`). Without
-    generators, one row from torch's default generator.
+    generators, one row from torch's default generator. `drawing` (eager runs) leaves out
+    the rows whose request is greedy on this side: the reference makes no draw there, so
+    neither may the row's stream (a graph draws for every row, and the runner moves those
+    streams back instead: `FrameRunner.run_block`).
     """
     if generators is None:
         return torch.empty((1, vocab), dtype=torch.float32, device=device).exponential_(1)
-    noise = torch.empty((len(generators), vocab), dtype=torch.float32, device=device)
-    for row, generator in zip(noise, generators, strict=True):
-        row.exponential_(1, generator=generator)
+    noise = torch.ones((len(generators), vocab), dtype=torch.float32, device=device)
+    for i, (row, generator) in enumerate(zip(noise, generators, strict=True)):
+        if drawing is None or drawing[i]:
+            row.exponential_(1, generator=generator)
     return noise
 
 

@@ -64,6 +64,7 @@ class Job:
     stats: LoopStats = field(default_factory=LoopStats)
     submitted_s: float = field(default_factory=time.perf_counter)
     slot: int | None = None
+    joined_step: int | None = None  # the scheduler's frame count when it joined
     done_frames: int = 0  # frames run in its slot (EOS overshoot included)
     _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -113,6 +114,8 @@ class Scheduler:
         self._closed = False
         self._paused = 0
         self._loop_lock = threading.Lock()  # held while the loop touches the runner
+        self.steps = 0  # frame steps run so far (each serves every busy slot)
+        self.peak_active = 0  # the most requests that ran together
 
     # ---- submitting ---------------------------------------------------------------------
     def submit(
@@ -126,15 +129,30 @@ class Scheduler:
     ) -> Job:
         """Queue a request; raises at once (ValueError naming the limit) if it cannot fit
         a slot, so a bad request never reaches the loop."""
+        return self.submit_many([self.job(prompt, params, seed, first_block, stop)])[0]
+
+    def job(
+        self,
+        prompt: TalkerPrompt,
+        params: SamplingParams,
+        seed: int,
+        first_block: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Job:
+        """A request checked against the slot limits (ValueError naming the limit), ready
+        for `submit_many`."""
         max_frames = self.runner.check(prompt, params)
-        job = Job(prompt, params, seed, max_frames, first_block=first_block, stop=stop)
+        return Job(prompt, params, seed, max_frames, first_block=first_block, stop=stop)
+
+    def submit_many(self, jobs: list[Job]) -> list[Job]:
+        """Queue jobs together: the loop admits them at the same frame (as slots allow)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine's scheduler is closed")
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._start()
             self._cond.notify_all()
-        return job
+        return jobs
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -173,9 +191,7 @@ class Scheduler:
             while True:
                 with self._cond:
                     while (
-                        not self._closed
-                        and not self.active
-                        and (self._paused or not self._pending)
+                        not self._closed and not self.active and (self._paused or not self._pending)
                     ):
                         self._cond.wait(IDLE_WAIT_S)
                     if self._closed:
@@ -205,9 +221,11 @@ class Scheduler:
             if job.done_frames == 0 and job.first_block:
                 n = min(n, job.first_block)
             n = min(n, job.max_frames - job.done_frames)
+        self.peak_active = max(self.peak_active, len(jobs))
         t0 = time.perf_counter()
         codes = runner.run_block(step, rows, n)
         elapsed = time.perf_counter() - t0
+        self.steps += n
         for slot, job in jobs:
             self._deliver(slot, job, codes[slot], elapsed)
 
@@ -265,6 +283,7 @@ class Scheduler:
             elapsed = time.perf_counter() - t0
             for slot, job in ready:
                 job.slot = slot
+                job.joined_step = self.steps
                 job.stats.prefill_s = elapsed
                 self._slots[slot] = job
 

@@ -418,13 +418,16 @@ def frame_step(
     sub_sampling: SamplingTensors,
     mode: SamplingMode,
     generators: list[torch.Generator] | None = None,
+    drawing: tuple[list[bool], list[bool]] | None = None,
 ) -> None:
     """Advance every row one frame in place: its codes for frame `state.step` (into
     `state.block_codes` at `state.block_index`), then its next talker hidden state.
 
     generators: each row's random stream (None: one row drawing from torch's default).
+    drawing: which rows draw for codebook 0 and for codebooks 1..15 (None: all of them).
     """
-    noise = draw_noise(m.vocab_size, m.device, generators) if mode.do_sample else None
+    talker_rows, sub_rows = drawing if drawing is not None else (None, None)
+    noise = draw_noise(m.vocab_size, m.device, generators, talker_rows) if mode.do_sample else None
     cb0 = fns.talker_token(
         state.hidden,
         m.codec_head,
@@ -440,7 +443,11 @@ def frame_step(
 
     def pick(j: int, hidden: torch.Tensor) -> torch.Tensor:
         head = m.predictor_heads[j]
-        noise = draw_noise(head.shape[0], m.device, generators) if mode.sub_do_sample else None
+        noise = (
+            draw_noise(head.shape[0], m.device, generators, sub_rows)
+            if mode.sub_do_sample
+            else None
+        )
         w = m.predictor
         return fns.predictor_token(
             hidden,

@@ -1,0 +1,228 @@
+"""Continuous batching on the CPU (tiny models, float32): many requests in one frame loop,
+each giving exactly its solo codes and the reference's codes with its seed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fastqwen import EngineConfig, FastQwen3TTS, GenerationStopped
+from fastqwen.config import SamplingParams
+from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.verify.reference import run_reference
+from tests.test_engine_behaviour import eos_favouring
+
+TIMEOUT_S = 300.0
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def custom(speaker: str, text: str, **kw) -> VoiceRequest:
+    return VoiceRequest("custom_voice", text, kw.pop("language", "english"), speaker=speaker, **kw)
+
+
+# (request, params, seed): different speakers, languages, instructs, sampling settings and
+# lengths; on the EOS-favouring model some stop early, at different frames.
+MIXED = [
+    (custom("aiden", "The train was late again."),
+     SamplingParams(max_new_tokens=40, min_new_tokens=22), 1),
+    (custom("vivian", "Could you pass the salt?", language="chinese"),
+     SamplingParams(max_new_tokens=30, do_sample=False, subtalker_dosample=False), 2),
+    (custom("ryan", "We walked along the river.", instruct="Speak slowly and softly."),
+     SamplingParams(max_new_tokens=50, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.2,
+                    subtalker_temperature=0.6, subtalker_top_k=10, subtalker_top_p=0.9), 3),
+    (custom("serena", "It rained all night.", non_streaming_mode=False),
+     SamplingParams(max_new_tokens=25, min_new_tokens=5, subtalker_dosample=False), 4),
+]  # fmt: skip
+LATE = (custom("eric", "A late arrival joins the batch."), SamplingParams(max_new_tokens=30), 5)
+CANCELLED = (
+    custom("aiden", "This one is cancelled half way."),
+    SamplingParams(max_new_tokens=60, min_new_tokens=60),
+    6,
+)
+
+
+@pytest.fixture(scope="module")
+def eos_batch_engine() -> FastQwen3TTS:
+    engine = eos_favouring(3.0, EngineConfig(max_batch_size=8, max_prefill_batch=2))
+    yield engine
+    engine.close()
+
+
+def test_a_mixed_batch_gives_each_request_its_solo_and_reference_codes(eos_batch_engine):
+    engine = eos_batch_engine
+    everyone = MIXED + [CANCELLED]
+    *handles, doomed = engine.submit_many(
+        [r for r, _, _ in everyone],
+        [p for _, p, _ in everyone],
+        [s for _, _, s in everyone],
+        streaming=False,
+    )
+    first = handles[0].job
+    wait_for(lambda: first.done_frames >= 10, "the first request's 10th frame")
+    late = engine.submit(*LATE[:2], LATE[2], streaming=False)
+    wait_for(lambda: doomed.job.done_frames >= 5, "the request to cancel to run a while")
+    doomed.cancel()
+    with pytest.raises(GenerationStopped):
+        doomed.result(timeout=TIMEOUT_S)
+    batched = [h.result(timeout=TIMEOUT_S) for h in handles] + [late.result(timeout=TIMEOUT_S)]
+
+    assert late.job.joined_step - first.joined_step >= 10, "the late request joined early"
+    assert engine.scheduler.peak_active >= 5, "the requests never ran together"
+    wait_for(lambda: engine.scheduler.active == 0, "every slot to be freed")
+    limits = [p.max_new_tokens - 1 for _, p, _ in MIXED + [LATE]]
+    assert any(r.eos_reached and r.frames < n for r, n in zip(batched, limits, strict=True))
+
+    for result, (request, params, seed) in zip(batched, MIXED + [LATE], strict=True):
+        solo = engine.generate(request, params, seed)
+        reference = run_reference(engine.tts, request, params, seed)
+        name = request.speaker
+        assert torch.equal(result.codes, solo.codes), f"{name}: batched differs from solo"
+        assert torch.equal(result.codes, reference.codes), f"{name}: differs from qwen-tts"
+        assert result.eos_reached == reference.eos_reached, name
+        assert np.array_equal(result.audio, solo.audio), f"{name}: audio differs"
+
+
+def test_bad_requests_fail_alone(eos_batch_engine):
+    engine = eos_batch_engine
+    request, params, seed = MIXED[0]
+    running = engine.submit(request, params, seed, streaming=False)
+    with pytest.raises(ValueError, match="unknown speaker 'nobody'"):
+        engine.submit(custom("nobody", "Hello there."), params, 1)
+    with pytest.raises(ValueError, match="text must be a non-empty string"):
+        engine.submit(custom("aiden", "   "), params, 1)
+    too_long = SamplingParams(max_new_tokens=engine.config.max_seq_len + 10)
+    with pytest.raises(ValueError, match="max_seq_len is"):
+        engine.submit(custom("aiden", "Hello there."), too_long, 1)
+    assert torch.equal(
+        running.result(timeout=TIMEOUT_S).codes, engine.generate(request, params, seed).codes
+    )
+
+
+def test_a_batched_stream_concatenates_to_its_whole_audio(eos_batch_engine):
+    engine = eos_batch_engine
+    request, params, seed = MIXED[2]
+    others = [engine.submit(r, p, s, streaming=False) for r, p, s in MIXED[:2]]
+    handle = engine.submit(request, params, seed, first_chunk_frames=2, chunk_frames=3)
+    chunks = [c.audio for c in handle]
+    for other in others:
+        other.result(timeout=TIMEOUT_S)
+    whole = engine.generate(request, params, seed)
+    streamed = np.concatenate(chunks)
+    assert torch.equal(handle.result().codes, whole.codes)
+    assert streamed.shape == whole.audio.shape
+    assert float(np.abs(streamed - whole.audio).max()) < 1e-4
+
+
+def test_list_calls_run_as_one_batch(tiny_engine):
+    engine = tiny_engine("custom_voice")
+    texts = ["First of three.", "Second one, longer than the first.", "Third."]
+    speakers = ["aiden", "serena", "ryan"]
+    before = engine.scheduler.peak_active
+    engine.scheduler.peak_active = 0
+    try:
+        wavs, _ = engine.generate_custom_voice(
+            texts, speaker=speakers, language="english", seed=3, max_new_tokens=12
+        )
+        assert engine.scheduler.peak_active == 3, "the list did not run as one batch"
+    finally:
+        engine.scheduler.peak_active = max(before, engine.scheduler.peak_active)
+    for text, speaker, wav in zip(texts, speakers, wavs, strict=True):
+        alone, _ = engine.generate_custom_voice(
+            text, speaker=speaker, language="english", seed=3, max_new_tokens=12
+        )
+        assert np.array_equal(wav, alone[0]), speaker
+    with pytest.raises(ValueError, match="batch size mismatch: 3 texts but 2 values of speaker"):
+        engine.generate_custom_voice(texts, speaker=speakers[:2], max_new_tokens=4)
+
+
+def test_voice_design_descriptions_in_one_batch(tiny_engine):
+    engine = tiny_engine("voice_design")
+    instructs = ["A calm low voice.", "A bright excited child.", "An old storyteller."]
+    params = SamplingParams(max_new_tokens=14)
+    requests = [
+        VoiceRequest("voice_design", "Once upon a time.", "english", instruct=i) for i in instructs
+    ]
+    handles = [engine.submit(r, params, 7 + i, streaming=False) for i, r in enumerate(requests)]
+    for i, (request, handle) in enumerate(zip(requests, handles, strict=True)):
+        reference = run_reference(engine.tts, request, params, 7 + i)
+        assert torch.equal(handle.result(timeout=TIMEOUT_S).codes, reference.codes), (
+            request.instruct
+        )
+
+
+def test_voice_clone_icl_and_x_vector_in_one_batch(tiny_engine, tmp_path):
+    engine = tiny_engine("base")
+    sr = 24000
+    t = np.arange(2 * sr) / sr
+    refs = []
+    for i, hz in enumerate((150, 220)):
+        path = tmp_path / f"ref{i}.wav"
+        sf.write(path, (0.2 * np.sin(2 * np.pi * hz * t)).astype(np.float32), sr)
+        refs.append(str(path))
+    icl = engine.create_voice_clone_prompt(refs[0], "The first reference speaking.")
+    xvec = engine.create_voice_clone_prompt(refs[1], x_vector_only_mode=True)
+    icl2 = engine.create_voice_clone_prompt(refs[1], "The second reference speaking.")
+    params = SamplingParams(max_new_tokens=16)
+    requests = [
+        VoiceRequest("voice_clone", "Cloned from the first.", "english", voice_clone_prompt=icl),
+        VoiceRequest("voice_clone", "Only the speaker vector.", "english", voice_clone_prompt=xvec),
+        VoiceRequest("voice_clone", "Cloned from the second.", "english", voice_clone_prompt=icl2),
+    ]
+    handles = [engine.submit(r, params, 11 + i, streaming=False) for i, r in enumerate(requests)]
+    for i, (request, handle) in enumerate(zip(requests, handles, strict=True)):
+        reference = run_reference(engine.tts, request, params, 11 + i)
+        assert torch.equal(handle.result(timeout=TIMEOUT_S).codes, reference.codes), request.text
+
+
+def test_handles_from_asyncio(tiny_engine):
+    engine = tiny_engine("custom_voice")
+    params = SamplingParams(max_new_tokens=10)
+    request = custom("aiden", "Awaited and streamed.")
+    solo = engine.generate(request, params, 5)
+
+    async def main():
+        awaited = await engine.submit(request, params, 5, streaming=False)
+        pieces = [c.audio async for c in engine.submit(request, params, 5)]
+        return awaited, np.concatenate(pieces)
+
+    awaited, streamed = asyncio.run(main())
+    assert torch.equal(awaited.codes, solo.codes)
+    assert float(np.abs(streamed - solo.audio).max()) < 1e-4
+
+
+def test_a_handle_is_read_once(tiny_engine):
+    engine = tiny_engine("custom_voice")
+    handle = engine.submit(custom("aiden", "Read me once."), SamplingParams(max_new_tokens=6), 1)
+    result = handle.result(timeout=TIMEOUT_S)
+    assert handle.result() is result  # the result again is fine
+    with pytest.raises(RuntimeError, match="already being read"):
+        list(handle)
+
+
+def test_buckets_and_memory_settings(tiny_model):
+    assert EngineConfig(max_batch_size=6).buckets == (1, 2, 4, 6)
+    assert EngineConfig(max_batch_size=8, batch_buckets=(8, 2)).buckets == (2, 8)
+    with pytest.raises(ValueError, match="batch_buckets must be integers from 1 to max_batch_size"):
+        EngineConfig(max_batch_size=4, batch_buckets=(8,))
+    with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1"):
+        EngineConfig(max_batch_size=0)
+    engine = FastQwen3TTS(
+        tiny_model("custom_voice").tts, EngineConfig(max_batch_size=3, max_seq_len=128)
+    )
+    try:
+        kv = engine.runner.model.talker_cache
+        assert kv.batch == 3 and kv.bytes_per_slot <= engine.kv_bytes_per_slot
+        assert engine.runner.bucket(3) == 3 and engine.runner.bucket(1) == 1
+    finally:
+        engine.close()
