@@ -8,8 +8,10 @@ the test asserts on.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +234,27 @@ def test_batched_top_k_mask_matches_sorted_threshold_per_row():
     assert got["checked"] == 3 * (4 + 4 + 2)
     assert got["mismatched"] == 0, f"{got['mismatched']} mask entries differ from in_top_k"
     assert got["invariant"] == [True, True, True], "a row's mask depends on the batch"
+
+
+def test_batch_kernel_check_dry_run_writes_its_plan(tmp_path):
+    """bench/batch_kernel_check.py is a GPU script; its argument handling and plan run here."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "batch_kernel_check.py"
+    spec = importlib.util.spec_from_file_location("batch_kernel_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    out = tmp_path / "plan.json"
+    check.main([str(out), "--dry-run", "--rows", "1,8,64", "--quick"])
+    record = json.loads(out.read_text())
+    assert record["dry_run"] is True and record["plan"]["rows"] == [1, 8, 64]
+    assert record["plan"]["products"]["talker"]["gate_up"] == [6144, 2048, True, False, True]
+    assert record["plan"]["products"]["predictor"]["down"] == [1024, 3072, False, True, False]
+    assert record["plan"]["tile_configs"] == [{}]
+    with pytest.raises(SystemExit):
+        check.main([str(out), "--rows", "1,x"])
+    timings = [
+        {"kernel": "tiled_product", "model": "t", "product": "o", "config": c, "M": m, "us": us}
+        for c, m, us in (("a", 1, 10.0), ("a", 8, 30.0), ("b", 1, 12.0), ("b", 8, 20.0))
+    ]
+    best = check.best_configs(timings)["t/o"]
+    assert best["one_config"] == "b"  # mean slowdown 1.1 against a's 1.25
+    assert best["fastest_per_M"][1]["config"] == "a"

@@ -60,7 +60,8 @@ def _tiled_product_kernel(
     dtype = y_ptr.dtype.element_ty
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < M, n < N
+    m_ok = m < M
+    n_ok = n < N
     x_rows = x_ptr + m.to(tl.int64)[:, None] * K  # (BLOCK_M, 1) row starts
     if NORM:  # the rows' RMS scale, summed over the same chunks for every M
         ssq = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
