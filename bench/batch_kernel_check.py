@@ -19,10 +19,10 @@ For the 1.7B talker's and the code predictor's decoder shapes in bf16 and M rows
   check on the output row and the row's cache.
 
 Times are CUDA events around each call, the median of `--repeat` (50) calls after 10
-warm-up calls; they include the launch. The fastest configuration is printed per shape
-and M, and the one configuration per shape with the smallest mean slowdown over every M
-(batch invariance needs one tiling for all M, so that is the one to put in
-`tiled_product.CONFIGS`).
+warm-up calls; a busy-wait kernel queued before each call keeps the launch out of them.
+The fastest configuration is printed per shape and M, and the one configuration per shape
+with the smallest mean slowdown over every M (batch invariance needs one tiling for all
+M, so that is the one to put in `tiled_product.CONFIGS`).
 
 usage: python bench/batch_kernel_check.py OUT.json [--rows 1,8,...] [--repeat 50]
                                                   [--quick] [--dry-run]
@@ -51,14 +51,18 @@ MODELS = {"talker": (2048, 16, 8, 128, 6144), "predictor": (1024, 16, 8, 128, 30
 # (BLOCK_N, BLOCK_K, num_warps, num_stages); None is `tiled_product.default_config`
 TILE_CONFIGS = (
     None,
+    (16, 64, 4, 4),
     (16, 128, 4, 4),
     (16, 256, 4, 3),
     (32, 64, 4, 4),
     (32, 128, 4, 3),
     (32, 256, 8, 3),
     (64, 64, 4, 3),
+    (64, 64, 4, 5),
+    (64, 128, 4, 3),
     (64, 128, 8, 3),
     (128, 64, 8, 3),
+    (128, 128, 8, 3),
 )
 
 ATTENTION_CASES = {  # name: (T, window S, positions shared by every row)
@@ -100,8 +104,15 @@ def plan(rows: tuple[int, ...], quick: bool) -> dict:
     }
 
 
+BUSY_CYCLES = 1_000_000  # ~0.5 ms of GPU clock: longer than a launch from Python takes
+
+
 def median_us(call: Callable[[int], object], repeat: int, warmup: int = 10) -> float:
-    """Median microseconds of `call(i)` over `repeat` calls, each between CUDA events."""
+    """Median microseconds of `call(i)` over `repeat` calls, each between CUDA events.
+
+    Before each call the GPU gets a busy-wait kernel, so it is still busy while Python
+    launches the call and the events time the kernel itself, not the launch (small
+    kernels take less GPU time than a launch from Python takes CPU time)."""
     for i in range(warmup):
         call(i)
     torch.cuda.synchronize()
@@ -110,6 +121,7 @@ def median_us(call: Callable[[int], object], repeat: int, warmup: int = 10) -> f
         for _ in range(repeat)
     ]
     for i, (start, end) in enumerate(marks):
+        torch.cuda._sleep(BUSY_CYCLES)
         start.record()
         call(i)
         end.record()
