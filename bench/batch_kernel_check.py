@@ -25,15 +25,17 @@ with the smallest mean slowdown over every M (batch invariance needs one tiling 
 M, so that is the one to put in `tiled_product.CONFIGS`).
 
 usage: python bench/batch_kernel_check.py OUT.json [--rows 1,8,...] [--repeat 50]
-                                                  [--quick] [--dry-run]
+        [--quick | --grid] [--shapes talker/qkv,...] [--no-attention] [--dry-run]
 
---quick tries only the default configuration; --dry-run needs no GPU: it checks the
-arguments and writes the plan (shapes, configurations, rows) without running anything.
+--quick tries only the default configuration, --grid every combination of `GRID` (for a
+shape or two); --dry-run needs no GPU: it checks the arguments and writes the plan
+(shapes, configurations, rows) without running anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -48,22 +50,32 @@ ROWS = (1, 8, 32, 64, 128, 256)
 # name: (H, Hq, Hkv, D, I)
 MODELS = {"talker": (2048, 16, 8, 128, 6144), "predictor": (1024, 16, 8, 128, 3072)}
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages); None is `tiled_product.default_config`
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); None is `tiled_product.default_config`.
+# Any of them is batch-invariant as long as the same one serves every M of a shape.
 TILE_CONFIGS = (
     None,
-    (16, 64, 4, 4),
-    (16, 128, 4, 4),
-    (16, 256, 4, 3),
-    (32, 64, 4, 4),
-    (32, 128, 4, 3),
-    (32, 256, 8, 3),
-    (64, 64, 4, 3),
-    (64, 64, 4, 5),
-    (64, 128, 4, 3),
-    (64, 128, 8, 3),
-    (128, 64, 8, 3),
-    (128, 128, 8, 3),
+    (64, 16, 64, 4, 4),
+    (64, 16, 128, 4, 4),
+    (64, 16, 256, 4, 3),
+    (64, 32, 64, 4, 4),
+    (64, 32, 128, 4, 3),
+    (64, 32, 256, 8, 3),
+    (64, 64, 64, 4, 3),
+    (64, 64, 64, 4, 5),
+    (64, 64, 128, 4, 3),
+    (64, 64, 128, 8, 3),
+    (64, 128, 64, 8, 3),
+    (64, 128, 128, 8, 3),
 )
+
+# --grid: every combination (slow: for one shape or two, see --shapes)
+GRID = {
+    "BLOCK_M": (16, 32, 64),
+    "BLOCK_N": (16, 32, 64, 128),
+    "BLOCK_K": (64, 128, 256, 512),
+    "num_warps": (4, 8),
+    "num_stages": (2, 3, 4),
+}
 
 ATTENTION_CASES = {  # name: (T, window S, positions shared by every row)
     "talker_step": (1, 512, False),
@@ -82,21 +94,32 @@ def products(model: str) -> dict[str, tuple[int, int, bool, bool, bool]]:
     }
 
 
-def config_dict(config: tuple[int, int, int, int] | None) -> dict:
+def config_dict(config: tuple[int, ...] | None) -> dict:
     if config is None:
         return {}
-    block_n, block_k, warps, stages = config
-    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+    return dict(zip(GRID, config, strict=True))
 
 
-def plan(rows: tuple[int, ...], quick: bool) -> dict:
+def chosen_configs(quick: bool, grid: bool) -> tuple:
+    """The configurations to try: the default only, every `GRID` one, or `TILE_CONFIGS`."""
+    if quick:
+        return (None,)
+    if grid:
+        return (None, *itertools.product(*GRID.values()))
+    return TILE_CONFIGS
+
+
+def plan(rows: tuple[int, ...], configs: tuple, shapes: set[str] | None) -> dict:
     """Everything the run will measure, as plain data (what --dry-run writes)."""
-    configs = TILE_CONFIGS[:1] if quick else TILE_CONFIGS
     return {
         "rows": list(rows),
         "models": {name: list(dims) for name, dims in MODELS.items()},
         "products": {
-            model: {name: list(shape) for name, shape in products(model).items()}
+            model: {
+                name: list(shape)
+                for name, shape in products(model).items()
+                if shapes is None or f"{model}/{name}" in shapes
+            }
             for model in MODELS
         },
         "tile_configs": [config_dict(c) for c in configs],
@@ -207,11 +230,14 @@ def product_case(
     return timings, invariance
 
 
-def run_products(rows: tuple[int, ...], repeat: int, quick: bool) -> tuple[list, list]:
+def run_products(
+    rows: tuple[int, ...], repeat: int, configs: tuple, shapes: set[str] | None
+) -> tuple[list, list]:
     timings, invariance = [], []
-    configs = TILE_CONFIGS[:1] if quick else TILE_CONFIGS
     for model in MODELS:
         for name in products(model):
+            if shapes is not None and f"{model}/{name}" not in shapes:
+                continue
             t, i = product_case(model, name, rows, repeat, configs)
             timings += t
             invariance += i
@@ -293,6 +319,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="M values, e.g. 1,8,64")
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per median")
     parser.add_argument("--quick", action="store_true", help="the default tiles only")
+    parser.add_argument("--grid", action="store_true", help="every GRID configuration")
+    parser.add_argument("--shapes", help="only these products, e.g. talker/qkv,predictor/o")
+    parser.add_argument("--no-attention", action="store_true", help="the products only")
     parser.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
     args = parser.parse_args(argv)
     try:
@@ -301,12 +330,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--rows takes comma-separated integers, not {args.rows!r}")
     if not args.rows or min(args.rows) < 1 or args.repeat < 1:
         parser.error("--rows must be positive integers and --repeat at least 1")
+    known = {f"{model}/{name}" for model in MODELS for name in products(model)}
+    args.shapes = None if args.shapes is None else set(args.shapes.split(","))
+    if args.shapes is not None and not args.shapes <= known:
+        parser.error(f"--shapes: unknown {sorted(args.shapes - known)}; known {sorted(known)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
-    record = {"plan": plan(args.rows, args.quick), "dry_run": args.dry_run}
+    configs = chosen_configs(args.quick, args.grid)
+    record = {"plan": plan(args.rows, configs, args.shapes), "dry_run": args.dry_run}
     if not args.dry_run:
         if not torch.cuda.is_available():
             raise SystemExit("needs CUDA (use --dry-run to check the arguments only)")
@@ -316,8 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         record["device"] = torch.cuda.get_device_name()
         record["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
-        products_us, products_same = run_products(args.rows, args.repeat, args.quick)
-        attention_us, attention_same = run_attention(args.rows, args.repeat)
+        products_us, products_same = run_products(args.rows, args.repeat, configs, args.shapes)
+        attention_us, attention_same = [], []
+        if not args.no_attention:
+            attention_us, attention_same = run_attention(args.rows, args.repeat)
         record["products"], record["attention"] = products_us, attention_us
         record["invariance"] = products_same + attention_same
         record["all_invariant"] = all(r["same"] for r in record["invariance"])

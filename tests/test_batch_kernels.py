@@ -251,6 +251,12 @@ def test_batch_kernel_check_dry_run_writes_its_plan(tmp_path):
     assert record["plan"]["tile_configs"] == [{}]
     with pytest.raises(SystemExit):
         check.main([str(out), "--rows", "1,x"])
+    with pytest.raises(SystemExit):
+        check.main([str(out), "--dry-run", "--shapes", "talker/nope"])
+    check.main([str(out), "--dry-run", "--grid", "--shapes", "talker/qkv"])
+    record = json.loads(out.read_text())
+    assert list(record["plan"]["products"]["talker"]) == ["qkv"]
+    assert len(record["plan"]["tile_configs"]) == 1 + 3 * 4 * 4 * 2 * 3
     timings = [
         {"kernel": "tiled_product", "model": "t", "product": "o", "config": c, "M": m, "us": us}
         for c, m, us in (("a", 1, 10.0), ("a", 8, 30.0), ("b", 1, 12.0), ("b", 8, 20.0))
