@@ -140,7 +140,8 @@ PRODUCT = """
 
     torch.manual_seed(0)
     eps = 1e-6
-    configs = ({"BLOCK_N": 16, "BLOCK_K": 32}, {})  # ragged N and K; the default tiles
+    # ragged N and K, 16-row tiles (70 rows: five tiles); the default tiles (64 rows)
+    configs = ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, {})
     worst, checked, same = 0.0, 0, []
     for N, K in ((40, 96), (32, 128)):
         for norm_on, swiglu, res_on in ((0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1)):
@@ -164,7 +165,8 @@ PRODUCT = """
                     checked += 1
 
                 # invariance: one row's input at row 0 of 1, 1 of 3, 3 of 2 x 2 (second
-                # token of the second request) and 67 of 70 (another tile, another offset)
+                # token of the second request) and 67 of 70 (another tile, another offset,
+                # a ragged tile)
                 row_x, row_res = torch.randn(K), torch.randn(N)
                 outs = []
                 for shape, at in (((1, 1), (0, 0)), ((3, 1), (1, 0)), ((2, 2), (1, 1)),

@@ -4,16 +4,18 @@ With B requests decoded together, a layer product is (B T, K) x (K, N) for B T r
 `matvec` serves one or two rows (the weight streamed once, multiply-and-sum per row); a
 cuBLAS GEMM serves many, but picks its algorithm, tiles and split of K by the number of
 rows, so a request's numbers change with how many others share its step. Here one
-kernel serves every row count with ONE tiling: BLOCK_M (64) rows by BLOCK_N outputs per
+kernel serves every row count with ONE tiling: BLOCK_M rows by BLOCK_N outputs per
 program, the K loop in BLOCK_K chunks in ascending order, a `tl.dot` per chunk into a
-float32 accumulator, no split of K. The tile sizes depend on the weight's shape only,
-never on the row count, and M is a runtime argument kept out of Triton's
+float32 accumulator, no split of K. The tile sizes depend on the weight's shape only
+(`CONFIGS`), never on the row count, and M is a runtime argument kept out of Triton's
 specialisation, so one compiled kernel serves every M. A row's output is then the same
 sequence of operations on the same numbers whatever M is and wherever the row sits in
 its tile (padding rows are zeros and only ever meet their own output row), so it is
-bit-identical for every batch size and every content of the other rows.
+bit-identical for every batch size and every content of the other rows (checked on the
+CPU by tests/test_batch_kernels.py and on an H200 by bench/batch_kernel_check.py).
 
-The weight is read once per BLOCK_M rows: exactly once for up to 64 rows, so the
+The weight is read once per BLOCK_M rows (64 by default; 16 or 32 for the shapes where
+that measured faster over 1 to 256 rows): exactly once for up to BLOCK_M rows, so a
 batched decode step streams each weight once as the single-row step does.
 
 What surrounds a product in a decoder is folded in, as in `matvec`:
@@ -41,7 +43,7 @@ from torch.library import triton_op
 
 from fastqwen.engine.triton import traceable
 
-BLOCK_M = 64  # rows per program, for every row count (batch invariance depends on it)
+BLOCK_M = 64  # rows per program unless `CONFIGS` says otherwise for a weight shape
 
 
 @triton.jit
@@ -97,19 +99,34 @@ def _tiled_product_kernel(
     tl.store(y_ptr + out_off, y.to(dtype), mask=out_ok)
 
 
-# (N, K, swiglu) -> (BLOCK_N, BLOCK_K, num_warps, num_stages). Empty until measured on the
-# device (bench/batch_kernel_check.py prints the fastest per shape); keyed by the weight's
-# shape only, never by the row count, which would break batch invariance.
-CONFIGS: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
+# (N, K, swiglu) -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): per weight shape,
+# never per row count (that would break batch invariance). Measured on an H200 with
+# bench/batch_kernel_check.py (bench/results/2026-12-02_h200_8e7c008/): of the configurations
+# tried, the one with the smallest mean slowdown against the fastest at each of M = 1, 8,
+# 32, 64, 128, 256. Shapes not listed there took the fallback. The predictor's (and 0.6B
+# talker's) QKV and gate/up, then the 1.7B talker's.
+CONFIGS: dict[tuple[int, int, bool], tuple[int, int, int, int, int]] = {
+    (4096, 1024, False): (16, 128, 128, 8, 3),
+    (3072, 1024, True): (32, 64, 256, 4, 3),
+    (4096, 2048, False): (16, 128, 128, 8, 3),
+    (6144, 2048, True): (32, 64, 256, 4, 3),
+}
 
 
 def default_config(N: int, K: int, swiglu: bool) -> dict:
-    """Launch configuration for a weight shape: `CONFIGS`, else narrow output tiles (16
-    columns up to N = 2048, else 32) so even one row keeps ~128 programs streaming the
-    weight, with 128-wide K chunks."""
-    fallback = (16 if N <= 2048 else 32, 128, 4, 4)
-    block_n, block_k, warps, stages = CONFIGS.get((N, K, swiglu), fallback)
-    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+    """Launch configuration for a weight shape: `CONFIGS`, else 64-row tiles with narrow
+    output tiles (16 columns up to N = 2048, else 32), so even one row keeps ~128
+    programs streaming the weight, and 128-wide K chunks (the fastest for the O and down
+    products of both models)."""
+    fallback = (BLOCK_M, 16 if N <= 2048 else 32, 128, 4, 4)
+    block_m, block_n, block_k, warps, stages = CONFIGS.get((N, K, swiglu), fallback)
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+        "num_warps": warps,
+        "num_stages": stages,
+    }
 
 
 def launch(
@@ -123,15 +140,15 @@ def launch(
     **config,
 ) -> torch.Tensor:
     """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on x (..., K) and
-    w (N, K) ((2 N, K) with swiglu); returns (..., N). `config` overrides BLOCK_N, BLOCK_K,
-    num_warps, num_stages (and BLOCK_M, for experiments only: the invariance holds for
-    one BLOCK_M used for every row count). x, w, norm, residual contiguous."""
+    w (N, K) ((2 N, K) with swiglu); returns (..., N). `config` overrides BLOCK_M, BLOCK_N,
+    BLOCK_K, num_warps, num_stages: rows stay bit-identical across M only while the same
+    configuration serves every M. x, w, norm, residual contiguous."""
     K = x.shape[-1]
     N = w.shape[0] // 2 if swiglu else w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"tiled_product: x {tuple(x.shape)} against w {tuple(w.shape)}")
     M = x.numel() // K
-    config = {"BLOCK_M": BLOCK_M, **default_config(N, K, swiglu), **config}
+    config = {**default_config(N, K, swiglu), **config}
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32
     y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, config["BLOCK_N"]), triton.cdiv(M, config["BLOCK_M"]))
