@@ -13,6 +13,7 @@ For the 1.7B talker's and the code predictor's decoder shapes in bf16 and M rows
 - batch invariance, on the GPU: for every configuration and M, row 0 and row M - 1 (a
   different tile and tile offset once M > 64) hold the same input as the M = 1 call and
   must give a bit-identical output row; the others are random;
+- torch.compile: the three ops traced in one function (fullgraph) give the eager numbers;
 - `decode_attention` at B rows: the talker's step (T = 1, each row at its own position,
   window S = 512, all rows at the window's end so the whole window is read) and the
   predictor's first pass (T = 2, positions shared, window 16), with the same invariance
@@ -25,7 +26,8 @@ with the smallest mean slowdown over every M (batch invariance needs one tiling 
 M, so that is the one to put in `tiled_product.CONFIGS`).
 
 usage: python bench/batch_kernel_check.py OUT.json [--rows 1,8,...] [--repeat 50]
-        [--quick | --grid] [--shapes talker/qkv,...] [--no-attention] [--dry-run]
+        [--quick | --grid] [--shapes talker/qkv,...] [--no-attention] [--compiled-only]
+        [--dry-run]
 
 --quick tries only the default configuration, --grid every combination of `GRID` (for a
 shape or two); --dry-run needs no GPU: it checks the arguments and writes the plan
@@ -285,6 +287,41 @@ def run_attention(rows: tuple[int, ...], repeat: int) -> tuple[list, list]:
     return timings, invariance
 
 
+def check_compiled() -> dict[str, bool]:
+    """The three ops in one function through torch.compile(fullgraph=True), as the
+    compiled frame calls them, against the same function run eagerly: the launches must
+    trace, and give the same numbers (and the same cache writes)."""
+    from fastqwen.engine.triton.decode_attention import decode_attention
+    from fastqwen.engine.triton.tiled_product import tiled_product
+    from fastqwen.engine.triton.top_k import top_k_mask
+
+    dev, dt = "cuda", torch.bfloat16
+    B, H, inter, hq, hkv, d = 4, 1024, 3072, 16, 8, 128
+    x = torch.randn(B, 1, H, device=dev, dtype=dt)
+    gate_up = torch.randn(2 * inter, H, device=dev, dtype=dt) * 0.02
+    norm = torch.ones(H, device=dev, dtype=dt)
+    head_norm = torch.ones(d, device=dev, dtype=dt)
+    qkv = torch.randn(B, 1, (hq + 2 * hkv) * d, device=dev, dtype=dt)
+    kv = torch.randn(2, B, hkv, 64, d, device=dev, dtype=dt)
+    pos = torch.tensor([[3], [10], [31], [63]], device=dev)  # each row its own position
+    angles = pos[..., None].float() * torch.linspace(0, 1, d, device=dev)
+    cos, sin = angles.cos().to(dt), angles.sin().to(dt)
+    scores = torch.randn(B, 3072, device=dev)
+    top_k = torch.tensor([1, 50, 0, 3000], device=dev)
+
+    def frame(x, qkv, kv, scores):
+        h = tiled_product(x, gate_up, norm, None, 1e-6, True)
+        a = decode_attention(qkv, head_norm, head_norm, cos, sin, pos, kv, hq, 1e-6)
+        return h, a, top_k_mask(scores, top_k)
+
+    kv_eager, kv_compiled = kv.clone(), kv.clone()
+    eager = frame(x, qkv, kv_eager, scores)
+    got = torch.compile(frame, fullgraph=True)(x, qkv, kv_compiled, scores)
+    names = ("tiled_product", "decode_attention", "top_k_mask")
+    same = {name: torch.equal(e, g) for name, e, g in zip(names, eager, got, strict=True)}
+    return {**same, "cache": torch.equal(kv_eager, kv_compiled)}
+
+
 def best_configs(timings: list[dict]) -> dict:
     """Per product shape: the fastest configuration at each M, and the one configuration
     with the smallest mean slowdown (time / the fastest at that M) over every M."""
@@ -324,6 +361,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grid", action="store_true", help="every GRID configuration")
     parser.add_argument("--shapes", help="only these products, e.g. talker/qkv,predictor/o")
     parser.add_argument("--no-attention", action="store_true", help="the products only")
+    parser.add_argument("--compiled-only", action="store_true", help="only check_compiled")
     parser.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
     args = parser.parse_args(argv)
     try:
@@ -352,6 +390,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         record["device"] = torch.cuda.get_device_name()
         record["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+        record["compiled_same"] = check_compiled()
+        print("compiled against eager, bit-identical:", record["compiled_same"], flush=True)
+        if args.compiled_only:
+            with open(args.out, "w") as f:
+                json.dump(record, f, indent=1, default=str)
+            return
         products_us, products_same = run_products(args.rows, args.repeat, configs, args.shapes)
         attention_us, attention_same = [], []
         if not args.no_attention:
