@@ -4,11 +4,20 @@ For T <= 2 (every decode step, and the code predictor's two-token first pass of 
 frame), everything between the QKV projection and the output projection (per-head
 q/k RMSNorm, RoPE, the cache write, scores, softmax, the weighted sum of values) is one
 kernel instead of six, and it reads only the valid part of the cache (positions
-<= pos), not the whole window. One program per KV head handles the query heads that
-share it. The new key and value are written to the cache and used from registers, so
-no program reads what it has just stored, except that the second of two rows reads the
-first row's key and value after a barrier (a program's own global stores are visible to
-its threads after `tl.debug_barrier`), so the two-token pass is one kernel too.
+<= pos), not the whole window. One program per KV head and batch row handles the query
+heads that share that KV head, for that row only. The new key and value are written to
+the cache and used from registers, so no program reads what it has just stored, except
+that the second of two rows reads the first row's key and value after a barrier (a
+program's own global stores are visible to its threads after `tl.debug_barrier`), so the
+two-token pass is one kernel too.
+
+Batched: the activations are (B, T, ...) for B independent requests, each with its own
+cache row (batch dimension 1 of the layer's cache) and its own position, or one position
+shared by every row (the code predictor, whose rows all stand at the same step). A
+program never looks at another row, and nothing in the launch (block sizes, warps, the
+order of the cache blocks) depends on B, so a row's output is bit-identical whatever B
+is and whatever the other rows hold. At B = 1 it is the single-request kernel: the same
+programs, the same launch configuration, the same numbers.
 
 It rounds where the reference rounds (the normed q/k and each RoPE product go through
 the model dtype). Scores and the weighted sum are tensor-core `tl.dot`s (the query rows
@@ -47,12 +56,13 @@ def _norm_rope(
 @triton.jit
 def _decode_attention_kernel(
     qkv_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr, kv_ptr, out_ptr,
-    stride_kv, stride_h, stride_s,
+    stride_kv, stride_h, stride_s, stride_b, stride_pos_b, stride_rope_b,
     EPS: tl.constexpr, SCALE: tl.constexpr,
     HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
     QR: tl.constexpr, PRECISION: tl.constexpr, T: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0)
+    b = tl.program_id(1)  # the batch row; its position row is b, or 0 when shared
     REP: tl.constexpr = HQ // HKV
     dtype = kv_ptr.dtype.element_ty
     d = tl.arange(0, D)
@@ -61,7 +71,12 @@ def _decode_attention_kernel(
     sign = tl.where(d < half, -1.0, 1.0)[None, :]
     kw, kw_rot = tl.load(k_norm_ptr + d).to(tl.float32), tl.load(k_norm_ptr + d_rot).to(tl.float32)
     qw, qw_rot = tl.load(q_norm_ptr + d).to(tl.float32), tl.load(q_norm_ptr + d_rot).to(tl.float32)
-    cache = kv_ptr + h * stride_h
+    cache = kv_ptr + b.to(tl.int64) * stride_b + h * stride_h  # a big batch's cache > 2**31
+    qkv_ptr += b * (T * (HQ + 2 * HKV) * D)
+    out_ptr += b * (T * HQ * D)
+    pos_ptr += b * stride_pos_b
+    cos_ptr += b * stride_rope_b
+    sin_ptr += b * stride_rope_b
     rows = tl.arange(0, QR)
     in_group = (rows < REP)[:, None]
     for t in tl.static_range(T):  # token rows in order: row t sees what rows < t wrote
@@ -115,18 +130,31 @@ def _decode_attention_kernel(
 def launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads: int, eps: float, **config):
     """Run `kernel` (the Triton kernel, or it wrapped for torch.compile) on these inputs.
 
-    `config` overrides the launch (BLOCK_S, num_warps). The defaults are the fastest of
-    bench/kernel_configs.py (results in bench/results/): short blocks for the predictor's
-    16-position window, 128-position blocks for the talker's.
+    Shapes as `decode_attention`'s. `config` overrides the launch (BLOCK_S, num_warps). The
+    defaults are the fastest of bench/kernel_configs.py (results in bench/results/): short
+    blocks for the predictor's 16-position window, 128-position blocks for the talker's.
+    They depend on the window and the dtype only, never on B (batch invariance).
     """
+    B, T = qkv.shape[0], qkv.shape[1]
+    if pos.dim() == 1:  # the single-request form: pos (T,), cos and sin (T, D)
+        pos, cos, sin = pos.view(1, T), cos.view(1, T, -1), sin.view(1, T, -1)
+    P = pos.shape[0]
+    if P not in (1, B) or kv.shape[1] != B or T > 2 or kv.stride(4) != 1:
+        raise ValueError(
+            f"decode_attention: qkv {tuple(qkv.shape)}, pos {tuple(pos.shape)}, kv "
+            f"{tuple(kv.shape)} (2, B, Hkv, S, D) with unit stride along D; P must be 1 or B"
+        )
+    qkv, pos, cos, sin = qkv.contiguous(), pos.contiguous(), cos.contiguous(), sin.contiguous()
     long_block = 128 if kv.element_size() <= 2 else 64  # fp32 128-blocks overflow shared memory
     config = {"BLOCK_S": 32 if kv.shape[3] <= 32 else long_block, "num_warps": 8, **config}
     precision = "ieee" if qkv.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32
-    hkv, d, T = kv.shape[2], kv.shape[4], qkv.shape[1]
-    out = torch.empty((1, T, num_heads * d), dtype=qkv.dtype, device=qkv.device)
-    kernel[(hkv,)](
+    hkv, d = kv.shape[2], kv.shape[4]
+    shared = P == 1 and B > 1  # every row at the same positions (the code predictor)
+    out = torch.empty((B, T, num_heads * d), dtype=qkv.dtype, device=qkv.device)
+    kernel[(hkv, B)](
         qkv, q_norm, k_norm, cos, sin, pos, kv, out,
-        kv.stride(0), kv.stride(2), kv.stride(3),
+        kv.stride(0), kv.stride(2), kv.stride(3), kv.stride(1),
+        0 if shared else pos.stride(0), 0 if shared else cos.stride(0),
         EPS=eps, SCALE=d**-0.5, HQ=num_heads, HKV=hkv, D=d,
         QR=max(16, num_heads // hkv), PRECISION=precision, T=T, **config,
     )  # fmt: skip
@@ -145,10 +173,13 @@ def decode_attention(
     num_heads: int,
     eps: float,
 ) -> torch.Tensor:
-    """Attention output (1, T, Hq * D) for T = 1 or 2 tokens at ascending positions.
+    """Attention output (B, T, Hq * D) of B rows of T = 1 or 2 tokens at ascending positions.
 
-    qkv: (1, T, (Hq + 2 Hkv) D) projection output; cos, sin: (T, D); pos: (T,) int64;
-    kv: the layer's (2, 1, Hkv, S, D) cache, written at `pos` in place.
+    qkv: (B, T, (Hq + 2 Hkv) D) projection output; pos: (P, T) int64 and cos, sin:
+    (P, T, D), where P is B (each row at its own positions) or 1 (shared by every row);
+    kv: the layer's (2, B, Hkv, S, D) cache (any strides but D's, e.g. a window view of
+    a longer one), each row written at its own `pos` in place. The single-request form,
+    pos (T,) and cos, sin (T, D) with B = 1, is accepted too.
     """
     kernel = traceable(_decode_attention_kernel)
     return launch(kernel, qkv, q_norm, k_norm, cos, sin, pos, kv, num_heads, eps)
