@@ -72,6 +72,43 @@ def run_batched(engine, requests, stagger_s: float):
     return results, wall, [h.job.joined_step for h in handles]
 
 
+def save(path: str, record: dict) -> None:
+    """Write what is measured so far (a time limit may end the run)."""
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def throughput(engine: FastQwen3TTS, size: int, frames: int) -> dict:
+    """`size` sampled requests of `frames` tokens at once, after a short warm-up round at the
+    same size (graphs captured, functions compiled): delivered audio seconds per second,
+    decode included."""
+    requests = mixed_requests(engine, size, frames)
+    params = [SamplingParams(max_new_tokens=frames, min_new_tokens=frames)] * size
+    warm = [SamplingParams(max_new_tokens=8, min_new_tokens=8)] * size
+    reqs = [r for r, _, _ in requests]
+    seeds = [s for _, _, s in requests]
+    for h in engine.submit_many(reqs, warm, seeds, streaming=False):
+        h.result()
+    steps0 = engine.scheduler.steps
+    t0 = time.perf_counter()
+    results = [h.result() for h in engine.submit_many(reqs, params, seeds, streaming=False)]
+    wall = time.perf_counter() - t0
+    generate = max(r.generate_s for r in results)
+    audio = sum(r.audio_seconds for r in results)
+    rtfs = sorted(r.audio_seconds / r.generate_s for r in results)
+    return {
+        "engine": "static",
+        "batch_size": size,
+        "frames": results[0].frames,
+        "wall_s": round(wall, 3),
+        "audio_seconds_per_second": round(audio / wall, 2),
+        "generated_audio_seconds_per_second": round(audio / generate, 2),
+        "step_ms": round(1000 * generate / (engine.scheduler.steps - steps0), 3),
+        "per_stream_rtf_min": round(rtfs[0], 2),
+        "per_stream_rtf_median": round(rtfs[len(rtfs) // 2], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
@@ -80,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--sizes", default="1,8,64", help="batch sizes for the throughput rounds")
+    p.add_argument("--throughput-frames", type=int, default=128)
     args = p.parse_args(argv)
-    config = EngineConfig(
-        max_batch_size=args.batch, batch_buckets=(1, min(8, args.batch)), max_seq_len=512
-    )
+    sizes = sorted({int(x) for x in args.sizes.split(",")})
+    top = max(args.batch, *sizes)
+    config = EngineConfig(max_batch_size=top, batch_buckets=(*sizes, args.batch), max_seq_len=512)
     t0 = time.perf_counter()
     engine = FastQwen3TTS.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, config=config
@@ -134,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(json.dumps(rounds[-1])[:400], flush=True)
+        save(args.out, {**record, "rounds": rounds})
     record["rounds"] = rounds
+    record["throughput"] = []
+    for size in sizes:
+        record["throughput"].append(throughput(engine, size, args.throughput_frames))
+        print(json.dumps(record["throughput"][-1]), flush=True)
+        save(args.out, record)
     record["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     record["graphs"] = sorted(f"{k[0]}x{k[1]} {k[2]}" for k in engine.runner.frame_graphs)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=1)
+    save(args.out, record)
     print(json.dumps({k: v for k, v in record.items() if k != "rounds"}))
     engine.close()
     return 0

@@ -247,19 +247,11 @@ def matvec_layer_product(
 def kernel_attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDims):
     """`attention` as one `triton.decode_attention` launch for one or two new tokens (norms,
     RoPE, cache write, softmax over the valid cache only); else `fused_attention`."""
-    if qkv_out.shape[1] <= 2 and qkv_out.shape[0] == 1:
+    if qkv_out.shape[1] <= 2:
         return decode_attention(
             qkv_out, w.q_norm, w.k_norm, at.cos, at.sin, at.pos, kv, dims.num_heads, dims.eps
         )
     return fused_attention(qkv_out, kv, at, w, dims)
-
-
-def kernel_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """The top-k mask from `triton.top_k` for one row; a batch takes the k-th value off a
-    sort (`in_top_k`), which costs O(V log V) per row instead of the counted O(V^2)."""
-    if scores.shape[0] == 1:
-        return top_k_mask(scores, top_k.reshape(()))
-    return in_top_k(scores, top_k)
 
 
 REFERENCE = Ops(
@@ -287,6 +279,6 @@ TRITON = (
         norm_linear=fused_norm_linear,
         layer_product=matvec_layer_product,
         attention=kernel_attention,
-        top_k=kernel_top_k,
+        top_k=top_k_mask,
     )
 )
