@@ -32,7 +32,7 @@ def bar_figure(
     per engine; `limits` draws each size's target as a dashed line over its group."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in run.records if r.get(key) is not None and not r.get("error")]
+    rows = [r for r in run.single if r.get(key) is not None and not r.get("error")]
     sizes = [s for s in run.values("size") if any(r.get("size") == s for r in rows)]
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()

@@ -19,6 +19,8 @@ ENGINE_NAMES = {
     "static": "fastqwen static",
     "static-eager": "fastqwen static, eager",
     "anchor": "faster-qwen3-tts",
+    "faster-qwen3-tts": "faster-qwen3-tts, one after another",
+    "faster-qwen3-tts-batch": "faster-qwen3-tts-batch",
     "dynamic": "qwen-tts (reference)",
 }
 
@@ -71,7 +73,7 @@ def engines_table(run: BenchRun):
     import pandas as pd
 
     rows = []
-    for r in run.records:
+    for r in run.single:
         peak = r.get("peak_gpu_bytes")
         rows.append(
             {
