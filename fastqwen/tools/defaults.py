@@ -30,4 +30,9 @@ def demo_sampling(**overrides) -> SamplingParams:
 
 __all__ = [
     "BENCH_RUNS",
-    "BENCH_SPEAKERS", "DEFAULT_SEED", "DEMO_MAX_NEW_TOKENS", "SEED_PROMPTS", "demo_sampling"]
+    "BENCH_SPEAKERS",
+    "DEFAULT_SEED",
+    "DEMO_MAX_NEW_TOKENS",
+    "SEED_PROMPTS",
+    "demo_sampling",
+]
