@@ -20,6 +20,13 @@ What is measured, per record (bench/README.md describes every field):
 - CUDA only: peak allocated memory against weights + KV cache.
 
 Run one process per (engine, model) when peak memory matters: the peak is process-wide.
+
+`--batch-sizes 1,8,32` measures throughput instead (`run_batch_bench`, static only): one
+engine for all sizes, one warm-up round per size, then `--batch-rounds` timed rounds of B
+requests submitted together; one record per size, reporting the best round (highest
+audio seconds per second). The arithmetic, shared with the anchors' batch scripts
+(`bench/anchor_bench.py --batch-sizes`, `bench/batch_anchor_bench.py`), is in
+`fastqwen.tools.bench.throughput`.
 """
 
 from __future__ import annotations
