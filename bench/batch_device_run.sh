@@ -14,9 +14,10 @@
 #        (bench/batch_anchor_bench.py);
 #      faster-qwen3-tts 0.5.4 with the same requests one after another, at 1 and 8 only
 #        (bench/anchor_bench.py --batch-sizes; no batching, so its time grows with B);
-# 3. writes one JSON record per (engine, batch size) into OUT (a size that failed or was
-#    skipped gets a record whose "error" says why), the full log in
-#    OUT/batch_device_run.log, and prints a summary table last.
+# 3. writes one JSON record per (engine, batch size) into OUT/records (a size that failed
+#    or was skipped gets a record whose "error" says why), prints a summary table last,
+#    and packs the records into OUT/batch_records.tgz (the device tool brings back only a
+#    few files); the full log is OUT/batch_device_run.log.
 #
 # Each step has a time limit, cut to what is left of BENCH_BUDGET_S (default 520 s; a step
 # with under 30 s left is skipped), so the call, with ~30 s of on-device.sh before it, ends
@@ -32,7 +33,8 @@ ANCHOR_SIZES=${BENCH_ANCHOR_BATCH_SIZES:-1,8}
 ROUNDS=${BENCH_BATCH_ROUNDS:-2}
 export FASTQWEN_CACHE=${FASTQWEN_CACHE:-/tmp/fq-cache}
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+RECORDS=$OUT/records
+mkdir -p "$RECORDS"
 
 if [[ -z ${REF_PYTHONPATH:-} || -z ${ANCHOR_PYTHONPATH:-} || -z ${BATCH_ANCHOR_PYTHONPATH:-} ]]; then
   echo "REF_PYTHONPATH / ANCHOR_PYTHONPATH / BATCH_ANCHOR_PYTHONPATH unset: run 'source .gpu-wheels/on-device.sh .gpu-wheels' first" >&2
@@ -45,9 +47,9 @@ ANCHOR=(env "PYTHONPATH=$ANCHOR_PYTHONPATH" python3)
 FORK=(env "PYTHONPATH=$BATCH_ANCHOR_PYTHONPATH" python3)
 
 # missing_records ENGINE MODEL SIZES MESSAGE: an error record for each batch size of ENGINE
-# that has no record in OUT (the step died, timed out or was skipped).
+# that has no record in RECORDS (the step died, timed out or was skipped).
 missing_records() {
-  python3 - "$OUT" "$@" <<'EOF'
+  python3 - "$RECORDS" "$@" <<'EOF'
 import glob, json, os, sys
 out, engine, model, sizes, message = sys.argv[1:6]
 done = set()
@@ -109,22 +111,22 @@ for kind in ('custom_voice', 'base'):
   step static-batch 300 static random:1.7b-custom_voice "$SIZES" -- \
     "${REF[@]}" -m fastqwen bench --device cuda --dtype bfloat16 --engine static \
     --model random:1.7b-custom_voice --batch-sizes "$SIZES" --batch-rounds "$ROUNDS" \
-    --engine-option "compile=${BENCH_COMPILE:-true}" --out "$OUT"
+    --engine-option "compile=${BENCH_COMPILE:-true}" --out "$RECORDS"
 
   # The fork: its own budget leaves ~90 s for the sequential anchor after it.
   local fork_budget=$((BUDGET_S - SECONDS - 90))
   ((fork_budget < 60)) && fork_budget=60
   step fork-batch $((fork_budget + 20)) faster-qwen3-tts-batch random:1.7b-base "$FORK_SIZES" -- \
     "${FORK[@]}" bench/batch_anchor_bench.py --model-dir "$ck17base" --model-name random:1.7b-base \
-    --batch-sizes "$FORK_SIZES" --batch-rounds "$ROUNDS" --budget-s "$fork_budget" --out "$OUT"
+    --batch-sizes "$FORK_SIZES" --batch-rounds "$ROUNDS" --budget-s "$fork_budget" --out "$RECORDS"
 
   # faster-qwen3-tts one request after another: one timed round (its throughput is flat).
   step anchor-sequential 120 faster-qwen3-tts random:1.7b-custom_voice "$ANCHOR_SIZES" -- \
     "${ANCHOR[@]}" bench/anchor_bench.py --model-dir "$ck17" --model-name random:1.7b-custom_voice \
-    --batch-sizes "$ANCHOR_SIZES" --batch-rounds 1 --out "$OUT"
+    --batch-sizes "$ANCHOR_SIZES" --batch-rounds 1 --out "$RECORDS"
 
   echo "### summary (audio s/s: all streams' audio over the round's wall time; best round)"
-  python3 - "$OUT"/*.json <<'EOF'
+  python3 - "$RECORDS"/*.json <<'EOF'
 import json, sys
 rows = []
 for path in sys.argv[1:]:
@@ -152,3 +154,4 @@ EOF
 }
 
 main 2>&1 | tee "$OUT/batch_device_run.log"
+tar czf "$OUT/batch_records.tgz" -C "$OUT" records && rm -rf "$RECORDS"

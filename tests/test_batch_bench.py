@@ -116,6 +116,30 @@ def test_bad_batch_sizes_are_named(value, capsys):
         throughput.parse_batch_sizes(value)
 
 
+def test_a_bench_that_cannot_start_writes_a_record_per_size(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status = cli_main(
+        [
+            "bench",
+            "--model",
+            MODEL,
+            "--device",
+            "cuda",
+            "--batch-sizes",
+            "1,4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert status == 1
+    recs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
+    assert sorted(r["batch_size"] for r in recs) == [1, 4]
+    assert all("CUDA is not available" in r["error"] for r in recs)
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 2
+
+
 def test_batch_options_that_do_not_apply_are_refused(tmp_path):
     common = ["bench", "--model", MODEL, "--device", "cpu", "--batch-sizes", "1"]
     with pytest.raises(SystemExit, match="static engine only"):

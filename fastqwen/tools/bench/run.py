@@ -764,10 +764,11 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
             seed=args.seed,
             on_record=emit,
         )
-    except Exception as exc:
+    except Exception as exc:  # before any size ran (no CUDA, no model): every size says why
         log.exception("batch bench on %s failed", args.model)
-        emit(error_record("static", args.model, exc, dtype=dtype, device=args.device,
-                          batch_size=max(args.batch_sizes)))  # fmt: skip
+        for b in args.batch_sizes:
+            emit(error_record("static", args.model, exc, dtype=dtype, device=args.device,
+                              batch_size=b))  # fmt: skip
         return 1
     return int(any(r.get("error") for r in records))
 
