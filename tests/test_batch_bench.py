@@ -347,7 +347,8 @@ def test_show_batch_run_says_nothing_without_batch_records(batch_root, monkeypat
     assert shown == []
     view.show_batch_run(records.select_batch_run(None, batch_root))
     kinds = [type(o).__name__ for o in shown]
-    assert kinds == ["Markdown", "DataFrame", "Image"]
+    assert kinds == ["Markdown", "Markdown", "DataFrame", "Image"]
+    assert "**Run `2026-01-02_batch`**" in shown[1].data
     assert "Throughput vs batch size" in shown[0].data and "anchor" not in shown[0].data
 
 

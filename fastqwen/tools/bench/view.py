@@ -74,12 +74,13 @@ def show_batch_run(run: BenchRun | None) -> None:
     notes = "".join(f"\n- {line}" for line in batch_notes(run))
     display.show(
         Markdown(
-            f"## Throughput vs batch size\n\n**Run `{run.name}`**: B requests submitted "
+            "## Throughput vs batch size\n\nB requests submitted "
             "together, each generating the same number of frames (no early EOS). *audio s/s*: "
             "all the audio over the round's wall time (submit to last decoded result); "
             "*step ms*: one frame step for the whole batch; *stream x real time*: each "
             "stream's audio over its own generation time. Best of the timed rounds." + notes
         ),
+        Markdown(header_markdown(run)),
         formatted(batch_table(run)).set_index(["engine", "batch"]),
         Image(data=throughput_figure(run), format="png", alt=f"throughput, {run.name}"),
     )
