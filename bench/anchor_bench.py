@@ -22,6 +22,13 @@ What is timed, to match fastqwen.tools.bench.run:
 - Graph capture happens inside the first call; it is part of warmup_s.
 
 On any failure the script still prints (and writes) one record whose `error` says why.
+
+With `--batch-sizes 1,8` it measures throughput instead (one record per size, engine
+"faster-qwen3-tts", into the directory `--out`): faster-qwen3-tts 0.5.4 has no batching, so
+the B requests of `fastqwen.tools.bench.throughput.request_mix` run one after another, each
+with min_new_tokens = max_new_tokens, and throughput is their audio over the wall time of
+all of them (codec decode included). The time grows with B at a constant throughput, so
+keep B small (device scripts use 1 and 8).
 """
 
 from __future__ import annotations
@@ -52,6 +59,15 @@ from fastqwen.tools.bench.measure import (  # noqa: E402
     profile_counts,
     spread,
     tensor_bytes,
+)
+from fastqwen.tools.bench.throughput import (  # noqa: E402
+    DEFAULT_BATCH_ROUNDS,
+    Round,
+    StreamTiming,
+    mix_description,
+    parse_batch_sizes,
+    request_mix,
+    throughput_fields,
 )
 from fastqwen.tools.defaults import BENCH_RUNS, DEFAULT_SEED, DEMO_MAX_NEW_TOKENS  # noqa: E402
 from fastqwen.tools.env import git_state, package_version  # noqa: E402
@@ -132,19 +148,29 @@ class Anchor:
 
         torch.cuda.synchronize(self.device)
 
-    def generate(self, args, max_new_tokens: int) -> dict:
-        """One non-streamed utterance; returns frames and times like a GenerationResult."""
+    def generate(
+        self, args, max_new_tokens: int, request=None, min_new_tokens: int | None = None
+    ) -> dict:
+        """One non-streamed utterance; returns frames and times like a GenerationResult.
+
+        request: a `throughput.BatchRequest` (text, speaker, seed) instead of args'.
+        """
         import torch
 
+        text, speaker, seed = (args.text, args.speaker, args.seed) if request is None else (
+            request.text, request.speaker, request.seed
+        )  # fmt: skip
+        extra = {} if min_new_tokens is None else {"min_new_tokens": min_new_tokens}
         self.last = {}
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         self.sync()
         t0 = time.perf_counter()
         wavs, sr = self.model.generate_custom_voice(
-            text=args.text,
-            speaker=args.speaker,
+            text=text,
+            speaker=speaker,
             language=args.language,
             max_new_tokens=max_new_tokens,
+            **extra,
         )
         self.sync()
         wall_s = time.perf_counter() - t0
@@ -187,8 +213,9 @@ class Anchor:
             chunks.close()
 
 
-def run(args: argparse.Namespace, rec: dict) -> None:
-    """Fill `rec` in place, so a failure part-way still leaves what was measured."""
+def run_setup(args: argparse.Namespace, rec: dict) -> None:
+    """Check the environment and the checkpoint, fill the model's fields of `rec`, and load
+    the anchor into `rec["_anchor"]` (popped by the caller)."""
     import torch
     import transformers
 
@@ -218,8 +245,16 @@ def run(args: argparse.Namespace, rec: dict) -> None:
     torch.cuda.reset_peak_memory_stats(args.device)
 
     t0 = time.perf_counter()
-    anchor = Anchor(args.model_dir, args.device, args.dtype, args.max_seq_len)
+    rec["_anchor"] = Anchor(args.model_dir, args.device, args.dtype, args.max_seq_len)
     rec["load_s"] = round(time.perf_counter() - t0, 3)
+
+
+def run(args: argparse.Namespace, rec: dict) -> None:
+    """Fill `rec` in place, so a failure part-way still leaves what was measured."""
+    import torch
+
+    run_setup(args, rec)
+    anchor = rec.pop("_anchor")
 
     t0 = time.perf_counter()
     warm = anchor.generate(args, args.warmup_max_new_tokens or args.max_new_tokens)
@@ -281,6 +316,94 @@ def run(args: argparse.Namespace, rec: dict) -> None:
             rec["profile_error"] = f"{type(exc).__name__}: {exc}"
 
 
+def sequential_round(generate, requests, max_new_tokens: int) -> Round:
+    """The B requests one after another through `generate(request, max_new_tokens,
+    min_new_tokens) -> dict` (`Anchor.generate`'s result), timed from the first call to the
+    last return."""
+    t0 = time.perf_counter()
+    results = [generate(r, max_new_tokens, max_new_tokens) for r in requests]
+    wall = time.perf_counter() - t0
+    streams = tuple(
+        StreamTiming(
+            frames=r["frames"],
+            audio_s=r["audio_s"],
+            generate_s=r["generate_s"],
+            loop_s=r["generate_s"] - r["prefill_ms"] / 1000,
+            prefill_s=r["prefill_ms"] / 1000,
+            eos_reached=r["eos_reached"],
+        )
+        for r in results
+    )
+    return Round(len(requests), wall, streams)
+
+
+SEQUENTIAL_NOTE = (
+    "faster-qwen3-tts has no batching: the B requests ran one after another; measured at "
+    "small B only, since its time grows with B at a constant throughput"
+)
+
+
+def run_sequential(args: argparse.Namespace, base: dict) -> list[dict]:
+    """Throughput records of the anchor at each of `args.batch_sizes`, one after another.
+
+    `base` holds the fields every record shares; each record is written to
+    `args.out/faster-qwen3-tts-b<B>.json` as soon as it is made.
+    """
+    import torch
+
+    records = []
+    rec = dict(base)
+    try:
+        rec.update(environment(args.device))
+        anchor_rec = dict(rec)
+        run_setup(args, anchor_rec)  # checks, model facts, load
+        anchor = anchor_rec.pop("_anchor")
+        rec = anchor_rec
+        t0 = time.perf_counter()
+        anchor.generate(args, args.max_new_tokens)  # graph capture: the warm-up
+        rec["warmup_s"] = round(time.perf_counter() - t0, 3)
+    except Exception as exc:
+        log.exception("anchor setup failed")
+        rec.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        for b in args.batch_sizes:
+            records.append({**rec, "batch_size": b})
+            write_batch(args.out, records[-1])
+        return records
+
+    def generate(request, n, n_min):
+        return anchor.generate(args, n, request=request, min_new_tokens=n_min)
+
+    for b in args.batch_sizes:
+        out = {**rec, "batch_size": b, "runs": args.batch_rounds, "note": SEQUENTIAL_NOTE}
+        requests = request_mix(b, args.seed)
+        out["batch_mix"] = mix_description(requests)
+        try:
+            torch.cuda.reset_peak_memory_stats(args.device)
+            rounds = [
+                sequential_round(generate, requests, args.max_new_tokens)
+                for _ in range(args.batch_rounds)
+            ]
+            out.update(throughput_fields(rounds))
+            out.update(
+                peak_active=1,
+                peak_memory_bytes=int(torch.cuda.max_memory_allocated(args.device)),
+            )
+        except Exception as exc:
+            log.exception("anchor at batch %d failed", b)
+            out.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        records.append(out)
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+        write_batch(args.out, out)
+    return records
+
+
+def write_batch(out: str | None, record: dict) -> None:
+    """`out/<engine>-b<B>.json`, when `out` is given."""
+    if out:
+        write(str(Path(out) / f"{record['engine']}-b{record['batch_size']}.json"), record)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,9 +428,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-tokens", type=int, nargs=2, default=list(PROFILE_TOKENS))
     p.add_argument("--out", default=None, help="also write the record to this JSON file")
+    p.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="throughput of B requests one after another, per B (e.g. 1,8); --out is then "
+        "a directory",
+    )
+    p.add_argument("--batch-rounds", type=int, default=DEFAULT_BATCH_ROUNDS)
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error(f"--runs must be >= 1, got {args.runs}")
+    if args.batch_sizes is not None:
+        try:
+            args.batch_sizes = parse_batch_sizes(args.batch_sizes)
+        except ValueError as exc:
+            p.error(str(exc))
+        if args.batch_rounds < 1:
+            p.error(f"--batch-rounds must be >= 1, got {args.batch_rounds}")
+        if args.out and Path(args.out).suffix == ".json":
+            p.error(f"with --batch-sizes, --out is a directory, got {args.out}")
     return args
 
 
@@ -330,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         runs=args.runs,
     )
+    if args.batch_sizes is not None:
+        rec.update(engine="faster-qwen3-tts", text=None, speaker=None)
+        records = run_sequential(args, rec)
+        return int(any(r.get("error") for r in records))
     status = 0
     try:
         rec.update(environment(args.device))

@@ -16,6 +16,7 @@ SEED_PROMPTS = (
     "On Tuesday morning I missed the bus, so I walked home through the park. I took the long "
     "path and listened to the wind in the trees before heading back. I took my time.",
 )
+BENCH_SPEAKERS = ("aiden", "serena")  # English speakers the batch bench cycles through
 DEMO_MAX_NEW_TOKENS = 168  # 167 frames, 13.4 s: room for the seed prompts to finish
 DEFAULT_SEED = 1337
 BENCH_RUNS = 3  # timed warm runs per engine, after one warm-up run
@@ -27,4 +28,11 @@ def demo_sampling(**overrides) -> SamplingParams:
     return SamplingParams.from_kwargs(**{"max_new_tokens": DEMO_MAX_NEW_TOKENS, **given})
 
 
-__all__ = ["BENCH_RUNS", "DEFAULT_SEED", "DEMO_MAX_NEW_TOKENS", "SEED_PROMPTS", "demo_sampling"]
+__all__ = [
+    "BENCH_RUNS",
+    "BENCH_SPEAKERS",
+    "DEFAULT_SEED",
+    "DEMO_MAX_NEW_TOKENS",
+    "SEED_PROMPTS",
+    "demo_sampling",
+]

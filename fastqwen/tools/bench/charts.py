@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fastqwen.tools.bench.records import BenchRun
-from fastqwen.tools.bench.tables import TARGETS
+from fastqwen.tools.bench.tables import TARGETS, engine_name
 from fastqwen.tools.notebook.display import png
 
 _COLORS = {
     "static": "tab:blue",
     "static-eager": "tab:cyan",
     "anchor": "tab:orange",
+    "faster-qwen3-tts": "tab:orange",
+    "faster-qwen3-tts-batch": "tab:purple",
     "dynamic": "tab:red",
 }
 
@@ -32,7 +34,7 @@ def bar_figure(
     per engine; `limits` draws each size's target as a dashed line over its group."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in run.records if r.get(key) is not None and not r.get("error")]
+    rows = [r for r in run.single if r.get(key) is not None and not r.get("error")]
     sizes = [s for s in run.values("size") if any(r.get("size") == s for r in rows)]
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -96,4 +98,42 @@ def ttfa_figure(run: BenchRun) -> bytes:
     return bar_figure(run, "ttfa_ms", "ms", title, limits)
 
 
-__all__ = ["bar_figure", "ms_per_frame_figure", "ttfa_figure"]
+def throughput_figure(run: BenchRun) -> bytes:
+    """Audio seconds per second against batch size, one line per engine (log-log: ideal
+    batching is a straight line of slope 1), with the real-time mark of one stream."""
+    from matplotlib.figure import Figure
+
+    rows = [
+        r for r in run.batch if r.get("audio_seconds_per_second") is not None and not r.get("error")
+    ]
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for lab in dict.fromkeys(r["label"] for r in rows):
+        points = sorted(
+            (int(r["batch_size"]), float(r["audio_seconds_per_second"]))
+            for r in rows
+            if r["label"] == lab
+        )
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", color=_COLORS.get(lab, "tab:gray"), label=engine_name(lab))
+        x, y = points[-1]
+        ax.annotate(f"{y:.0f}", (x, y), xytext=(4, 0), textcoords="offset points", fontsize=8)
+    ax.axhline(1.0, color="gray", linestyle="dotted", linewidth=1, label="real time, one stream")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    sizes = sorted({int(r["batch_size"]) for r in rows})
+    if sizes:  # ticks at the measured sizes, written as numbers
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+    ax.margins(x=0.08)  # room for the value labels
+    ax.set_xlabel("batch size (requests generated together)")
+    ax.set_ylabel("audio seconds per second (log)")
+    ax.set_title(f"throughput vs batch size, {run.name}")
+    if rows:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    return png(fig)
+
+
+__all__ = ["bar_figure", "ms_per_frame_figure", "throughput_figure", "ttfa_figure"]

@@ -37,10 +37,25 @@ FIELDS = (
     "ttfa_ms_max ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes "
     "talker_weight_bytes kv_cache_bytes peak_gpu_bytes peak_over_weights_kv kernels_per_frame "
     "memops_per_frame gpu_busy_ms_per_frame launches_per_frame graph_launches_per_frame "
-    "syncs_per_frame profile_frames profile_error error"
-).split()
+    "syncs_per_frame profile_frames"
+).split() + [
+    # Batched throughput (null in single-stream records): `fastqwen.tools.bench.throughput`.
+    *(
+        "batch_size audio_seconds_per_second step_ms per_stream_rtf_min per_stream_rtf_median "
+        "batch_rounds_aps steps peak_active peak_memory_bytes kv_bytes_per_slot batch_mix note"
+    ).split(),
+    "profile_error",
+    "error",
+]
 RESULTS_DIR = Path("bench/results")  # relative to the project folder
-ENGINE_ORDER = ("static", "static-eager", "anchor", "dynamic")
+ENGINE_ORDER = (
+    "static",
+    "static-eager",
+    "anchor",
+    "faster-qwen3-tts",
+    "faster-qwen3-tts-batch",
+    "dynamic",
+)
 SIZE_ORDER = ("1.7b", "0.6b", "tiny")
 
 
@@ -61,12 +76,29 @@ class BenchRun:
     def newest_timestamp(self) -> str:
         return max((r.get("timestamp") or "" for r in self.records), default="")
 
+    @property
+    def single(self) -> list[dict]:
+        """The single-stream records (the engines table, speedups and targets)."""
+        return [r for r in self.records if not is_batch(r)]
+
+    @property
+    def batch(self) -> list[dict]:
+        """The batched-throughput records (one per engine and batch size)."""
+        return [r for r in self.records if is_batch(r)]
+
     def find(self, label: str, size: str) -> dict | None:
-        """The record of engine `label` (see `label`) at `size` that has no error."""
-        for r in self.records:
+        """The single-stream record of engine `label` (see `label`) at `size` that has no
+        error."""
+        for r in self.single:
             if r["label"] == label and r.get("size") == size and not r.get("error"):
                 return r
         return None
+
+
+def is_batch(record: Mapping) -> bool:
+    """Whether `record` measures throughput at a batch size (`fastqwen bench
+    --batch-sizes`, the anchors' batch scripts) rather than one stream."""
+    return record.get("batch_size") is not None
 
 
 def results_root(root: str | Path | None = None) -> Path:
@@ -133,23 +165,28 @@ def load_run(directory: str | Path) -> BenchRun:
     return BenchRun(directory.name, sorted(records, key=sort_key), directory, skipped)
 
 
-def list_runs(root: str | Path | None = None) -> list[BenchRun]:
+def list_runs(root: str | Path | None = None, kind: str | None = None) -> list[BenchRun]:
     """The run directories under `root` (default `bench/results`) that hold bench records,
-    oldest first."""
+    oldest first; `kind` "single" or "batch" keeps the runs with records of that kind."""
+    if kind not in (None, "single", "batch"):
+        raise ValueError(f"kind must be None, 'single' or 'batch', got {kind!r}")
     root = results_root(root)
     subdirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     runs = [run for run in map(load_run, subdirs) if run.records]
+    if kind is not None:
+        runs = [run for run in runs if getattr(run, kind)]
     return sorted(runs, key=lambda run: (run.newest_timestamp, run.name))
 
 
 def select_run(results_dir: str | Path | None = None, root: str | Path | None = None):
     """The run in `results_dir` (a directory name under `root`, or a path from the project
-    folder), or the newest under `root` (default `bench/results`).
+    folder), or the newest under `root` (default `bench/results`) with single-stream
+    records (a batch-only run has its own view: `select_batch_run`).
 
     Returns None when `results_dir` is None and `root` holds no run.
     """
     if results_dir is None:
-        runs = list_runs(root)
+        runs = list_runs(root, kind="single")
         return runs[-1] if runs else None
     root = results_root(root)
     candidates = (root / results_dir, project_path(results_dir))
@@ -164,6 +201,17 @@ def select_run(results_dir: str | Path | None = None, root: str | Path | None = 
     if not run.records:
         raise ValueError(f"{path} holds no {SCHEMA} records (skipped: {run.skipped})")
     return run
+
+
+def select_batch_run(results_dir: str | Path | None = None, root: str | Path | None = None):
+    """The run with batch records to show: `results_dir`'s if it has any, else (no
+    `results_dir`) the newest under `root`; None when there is none, so the notebook says
+    nothing about batching."""
+    if results_dir is not None:
+        run = select_run(results_dir, root)
+        return run if run.batch else None
+    runs = list_runs(root, kind="batch")
+    return runs[-1] if runs else None
 
 
 def write_run(run: BenchRun, directory: str | Path) -> Path:
@@ -187,11 +235,13 @@ __all__ = [
     "SIZE_ORDER",
     "BenchRun",
     "config_text",
+    "is_batch",
     "label",
     "list_runs",
     "load_record",
     "load_run",
     "results_root",
+    "select_batch_run",
     "select_run",
     "sort_key",
     "write_run",

@@ -20,6 +20,13 @@ What is measured, per record (bench/README.md describes every field):
 - CUDA only: peak allocated memory against weights + KV cache.
 
 Run one process per (engine, model) when peak memory matters: the peak is process-wide.
+
+`--batch-sizes 1,8,32` measures throughput instead (`run_batch_bench`, static only): one
+engine for all sizes, one warm-up round per size, then `--batch-rounds` timed rounds of B
+requests submitted together; one record per size, reporting the best round (highest
+audio seconds per second). The arithmetic, shared with the anchors' batch scripts
+(`bench/anchor_bench.py --batch-sizes`, `bench/batch_anchor_bench.py`), is in
+`fastqwen.tools.bench.throughput`.
 """
 
 from __future__ import annotations
@@ -54,7 +61,24 @@ from fastqwen.tools.bench.measure import (
     spread,
     tensor_bytes,
 )
-from fastqwen.tools.defaults import BENCH_RUNS, DEFAULT_SEED, demo_sampling
+from fastqwen.tools.bench.throughput import (
+    DEFAULT_BATCH_ROUNDS,
+    DEFAULT_BATCH_SIZES,
+    Round,
+    StreamTiming,
+    mix_description,
+    parse_batch_sizes,
+    request_mix,
+    seq_len_for,
+    throughput_fields,
+)
+from fastqwen.tools.defaults import (
+    BENCH_RUNS,
+    BENCH_SPEAKERS,
+    DEFAULT_SEED,
+    SEED_PROMPTS,
+    demo_sampling,
+)
 from fastqwen.tools.env import git_state, package_version
 
 log = logging.getLogger(__name__)
@@ -341,6 +365,210 @@ def run_bench(
     return [rec]
 
 
+# ---------------------------------------------------------------- batched throughput
+
+
+def _peak_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def _batch_round(fast, requests, params: SamplingParams, dev: torch.device) -> Round:
+    """Submit every request at once (`submit_many`: they join at the same frame), read the
+    results in as many threads, and time from submit to the last decoded result.
+
+    One reader thread per request: each handle's `generate_s` then ends when its own last
+    frame arrives, not after the decodes of the handles read before it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastqwen.prompts.builder import VoiceRequest
+
+    voice = [VoiceRequest("custom_voice", r.text, "english", speaker=r.speaker) for r in requests]
+    seeds = [r.seed for r in requests]
+    steps0 = fast.scheduler.steps
+    fast.scheduler.peak_active = 0  # this round's concurrency, not the warm-up's
+    synchronize(dev)
+    t0 = time.perf_counter()
+    handles = fast.submit_many(voice, params, seeds, streaming=False)
+    with ThreadPoolExecutor(max_workers=len(handles)) as pool:
+        results = list(pool.map(lambda h: h.result(), handles))
+    synchronize(dev)
+    wall = time.perf_counter() - t0
+    streams = tuple(
+        StreamTiming(
+            frames=r.frames,
+            audio_s=r.audio_seconds,
+            generate_s=r.generate_s,
+            loop_s=sum(r.frame_times_s) if r.frame_times_s else None,
+            prefill_s=r.prefill_s,
+            eos_reached=r.eos_reached,
+        )
+        for r in results
+    )
+    return Round(len(requests), wall, streams, steps=fast.scheduler.steps - steps0)
+
+
+def run_batch_bench(
+    model: str,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    *,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    engine_options: dict | None = None,
+    sampling: SamplingParams | None = None,
+    rounds: int = DEFAULT_BATCH_ROUNDS,
+    seed: int = DEFAULT_SEED,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Throughput of the static engine at each batch size: one record per size.
+
+    One engine serves every size (`EngineConfig(max_batch_size=max(sizes),
+    batch_buckets=sizes)`), so its caches are allocated once and each size runs at its own
+    bucket. `max_seq_len` is the longest prompt of the mix plus the frames, rounded up to a
+    cache window (`seq_len_for`), unless `engine_options` sets it. If the engine does not
+    fit at the largest size, that size gets an error record (the engine's message names
+    the memory) and the engine is built again without it.
+
+    For each size, ascending: one warm-up round (graph capture, compilation), then `rounds`
+    timed rounds of B requests from `request_mix` (the seed prompts and `BENCH_SPEAKERS`
+    cycled, seeds seed, seed+1, ...), each with `min_new_tokens = max_new_tokens` so no
+    stream stops early. The record reports the best round (highest audio seconds per
+    second; `throughput.best_round`) and keeps every round's throughput in
+    `batch_rounds_aps`. A size that fails (out of memory) gets an error record and the
+    larger ones are still tried.
+
+    on_record: called with each record as soon as it is made (main() writes it), so the
+        sizes done survive a process that dies later.
+    """
+    from fastqwen import EngineConfig, FastQwen3TTS
+    from fastqwen.models.sources import load_model
+    from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
+
+    sizes = tuple(sorted(set(batch_sizes)))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch sizes must be integers >= 1, got {batch_sizes!r}")
+    if rounds < 1:
+        raise ValueError(f"--batch-rounds must be >= 1, got {rounds}")
+    base = sampling or demo_sampling()
+    n = base.max_new_tokens
+    params = dataclasses.replace(base, min_new_tokens=n)  # no early EOS: every stream N - 1
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but CUDA is not available; use --device cpu")
+    options = dict(engine_options or {})
+
+    t0 = time.perf_counter()
+    loaded = load_model(model, device=device, dtype=dtype)
+    synchronize(dev)
+    load_s = time.perf_counter() - t0
+    src = loaded.source
+    mix = request_mix(max(sizes), seed)
+    prompt_len = max(
+        build_talker_prompt(
+            loaded.tts, VoiceRequest("custom_voice", r.text, "english", speaker=r.speaker)
+        ).prompt_len
+        for r in mix[: len(SEED_PROMPTS) * len(BENCH_SPEAKERS)]
+    )
+    options.setdefault("max_seq_len", seq_len_for(prompt_len, n))
+    env = environment(dev)
+
+    def base_record(batch_size: int, config: dict | None) -> dict:
+        rec = dict.fromkeys(FIELDS)
+        rec.update(
+            schema=SCHEMA,
+            engine="static",
+            model=model,
+            dtype=dtype,
+            device=str(dev),
+            **env,
+            language="english",
+            seed=seed,
+            max_new_tokens=n,
+            sampling=dataclasses.asdict(params),
+            runs=rounds,
+            engine_config=config,
+            load_s=round(load_s, 3),
+            model_path=src.path,
+            size=src.size,
+            kind=src.kind,
+            random_weights=src.is_random,
+            package=f"qwen-tts {package_version('qwen-tts')}",
+            batch_size=batch_size,
+            batch_mix=mix_description(request_mix(batch_size, seed)),
+        )
+        return rec
+
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+
+    fast = None
+    while sizes:  # the engine for the largest size that fits
+        config = EngineConfig(**{**options, "max_batch_size": sizes[-1], "batch_buckets": sizes})
+        try:
+            fast = FastQwen3TTS(loaded.tts, config=config, source=src)
+            break
+        except (ValueError, torch.OutOfMemoryError) as exc:
+            log.warning("engine for batch %d does not fit: %s", sizes[-1], exc)
+            rec = base_record(sizes[-1], dataclasses.asdict(config))
+            rec.update(error=f"{type(exc).__name__}: {exc}")
+            emit(rec)
+            sizes = sizes[:-1]
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    if fast is None:
+        return records
+    try:
+        config = dataclasses.asdict(fast.config)
+        weights, talker = qwen_tts_weight_bytes(fast.tts)
+        kv = _static_kv_bytes(fast)
+        for b in sizes:
+            rec = base_record(b, config)
+            rec.update(
+                weight_bytes=weights,
+                talker_weight_bytes=talker,
+                kv_cache_bytes=kv,
+                kv_bytes_per_slot=fast.kv_bytes_per_slot,
+            )
+            requests = request_mix(b, seed)
+            try:
+                t0 = time.perf_counter()
+                warm = _batch_round(fast, requests, params, dev)
+                rec.update(
+                    warmup_s=round(time.perf_counter() - t0, 3),
+                    warmup_frames=max(s.frames for s in warm.streams),
+                )
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)  # the peak of this size's rounds
+                timed = []
+                for i in range(rounds):
+                    timed.append(_batch_round(fast, requests, params, dev))
+                    log.info(
+                        "static batch %d round %d: %.1f audio s/s, wall %.2f s",
+                        b, i, timed[-1].audio_seconds_per_second, timed[-1].wall_s,
+                    )  # fmt: skip
+                rec.update(throughput_fields(timed))
+                rec.update(
+                    peak_active=fast.scheduler.peak_active,
+                    peak_memory_bytes=_peak_bytes(dev),
+                    peak_gpu_bytes=_peak_bytes(dev),
+                )
+            except Exception as exc:  # one size failing (out of memory) keeps the others
+                log.exception("static batch %d failed", b)
+                rec.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+                gc.collect()
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            emit(rec)
+    finally:
+        fast.close()
+    return records
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -366,7 +594,10 @@ def output_path(out: str, record: dict) -> Path:
     on_gpu = str(record.get("device") or "").startswith("cuda")
     gpu = (record.get("device_name") or "gpu").replace("NVIDIA ", "") if on_gpu else "cpu"
     stamp = (record.get("timestamp") or "").replace("-", "").replace(":", "")
+    batch = record.get("batch_size")
     parts = [stamp, record["engine"], record.get("size") or "model", record.get("dtype"), gpu]
+    if batch is not None:
+        parts.insert(2, f"b{batch}")
     name = "_".join(str(p) for p in parts if p).lower()
     return path / ("".join(c if c.isalnum() or c in "._" else "-" for c in name) + ".json")
 
@@ -382,6 +613,13 @@ def _parse_options(items: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def _batch_sizes_arg(text: str) -> tuple[int, ...]:
+    try:
+        return parse_batch_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -409,6 +647,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="an EngineConfig field of the static engine, e.g. cuda_graph=false",
     )
     p.add_argument("--out", help="write each record as JSON: a *.json file or a directory")
+    p.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes_arg,
+        default=None,
+        metavar="B1,B2,...",
+        help="measure throughput at these batch sizes instead (static engine only; one "
+        "record per size; e.g. 1,8,32,64,128,256). --max-new-tokens is every request's "
+        "length (EOS suppressed), --seed the first request's seed",
+    )
+    p.add_argument(
+        "--batch-rounds",
+        type=int,
+        default=DEFAULT_BATCH_ROUNDS,
+        help="timed rounds per batch size after one warm-up round; the record reports the "
+        "best round (default: %(default)s)",
+    )
     for f in dataclasses.fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "profile":
@@ -452,6 +706,8 @@ def run_cli(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
     settings["profile_tokens"] = tuple(settings["profile_tokens"])
+    if getattr(args, "batch_sizes", None):
+        return _run_batch_cli(args, dtype)
     status = 0
     for engine in args.engine:
         try:
@@ -475,6 +731,46 @@ def run_cli(args: argparse.Namespace) -> int:
             if args.out:
                 log.info("wrote %s", _write(args.out, record))
     return status
+
+
+def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
+    """`--batch-sizes`: one record per size, each printed (and written) when it is made."""
+    if list(args.engine) != ["static"]:
+        raise SystemExit(
+            f"--batch-sizes measures the static engine only, got --engine {' '.join(args.engine)}"
+        )
+    if args.batch_rounds < 1:
+        raise SystemExit(f"--batch-rounds must be >= 1, got {args.batch_rounds}")
+    if args.out and Path(args.out).suffix == ".json":
+        raise SystemExit(
+            f"--batch-sizes writes one record per size: --out must be a directory, got {args.out}"
+        )
+
+    def emit(record: dict) -> None:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+        if args.out:
+            log.info("wrote %s", _write(args.out, record))
+
+    try:
+        records = run_batch_bench(
+            args.model,
+            args.batch_sizes,
+            device=args.device,
+            dtype=dtype,
+            engine_options=_parse_options(args.engine_option),
+            sampling=sampling_from_args(args),
+            rounds=args.batch_rounds,
+            seed=args.seed,
+            on_record=emit,
+        )
+    except Exception as exc:  # before any size ran (no CUDA, no model): every size says why
+        log.exception("batch bench on %s failed", args.model)
+        for b in args.batch_sizes:
+            emit(error_record("static", args.model, exc, dtype=dtype, device=args.device,
+                              batch_size=b))  # fmt: skip
+        return 1
+    return int(any(r.get("error") for r in records))
 
 
 def _write(out: str, record: dict) -> Path:

@@ -11,7 +11,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastqwen.tools.bench.records import BenchRun, config_text
+from fastqwen.tools.bench.records import ENGINE_ORDER, BenchRun, config_text
 
 BASELINES = ("anchor", "dynamic")  # what the static engine's speedup is measured against
 # What readers see for each record label ("anchor" stays the records' name for faster-qwen3-tts).
@@ -19,6 +19,8 @@ ENGINE_NAMES = {
     "static": "fastqwen static",
     "static-eager": "fastqwen static, eager",
     "anchor": "faster-qwen3-tts",
+    "faster-qwen3-tts": "faster-qwen3-tts, one after another",
+    "faster-qwen3-tts-batch": "faster-qwen3-tts-batch",
     "dynamic": "qwen-tts (reference)",
 }
 
@@ -71,7 +73,7 @@ def engines_table(run: BenchRun):
     import pandas as pd
 
     rows = []
-    for r in run.records:
+    for r in run.single:
         peak = r.get("peak_gpu_bytes")
         rows.append(
             {
@@ -167,7 +169,7 @@ def targets_table(run: BenchRun, targets: Sequence[Target] = TARGETS):
     return pd.DataFrame(rows)
 
 
-_INTEGER_COLUMNS = ("frames", "runs", "first chunk frames", "kernels/frame")
+_INTEGER_COLUMNS = ("frames", "runs", "first chunk frames", "kernels/frame", "batch")
 
 
 def formatted(df):
@@ -181,6 +183,48 @@ def formatted(df):
         fmt = "{:,.0f}" if col in _INTEGER_COLUMNS else "{:,.2f}"
         out[col] = ["-" if pd.isna(v) else fmt.format(v) for v in out[col]]
     return out
+
+
+def batch_table(run: BenchRun):
+    """DataFrame, one row per batch record (engine, batch size): throughput, step time,
+    per-stream speed, memory, and what each engine's record notes. Empty without batch
+    records."""
+    import pandas as pd
+
+    rows = []
+    for r in sorted(run.batch, key=lambda r: (_engine_rank(r["label"]), int(r["batch_size"]))):
+        peak = r.get("peak_memory_bytes")
+        kv = r.get("kv_bytes_per_slot")
+        rows.append(
+            {
+                "engine": engine_name(r["label"]),
+                "batch": int(r["batch_size"]),
+                "size": r.get("size"),
+                "audio s/s": _num(r.get("audio_seconds_per_second")),
+                "step ms": _num(r.get("step_ms")),
+                "stream x real time (min)": _num(r.get("per_stream_rtf_min")),
+                "stream x real time (median)": _num(r.get("per_stream_rtf_median")),
+                "frames": r.get("frames"),
+                "wall s": _num(r.get("wall_s")),
+                "peak GiB": _num(None if peak is None else peak / 2**30),
+                "KV MiB/slot": _num(None if kv is None else kv / 2**20),
+                "error": r.get("error") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def batch_notes(run: BenchRun) -> list[str]:
+    """One line per engine whose batch records carry a note (how it was measured)."""
+    notes = {}
+    for r in run.batch:
+        if r.get("note"):
+            notes.setdefault(engine_name(r["label"]), r["note"])
+    return [f"{name}: {note}" for name, note in notes.items()]
+
+
+def _engine_rank(label: str) -> int:
+    return ENGINE_ORDER.index(label) if label in ENGINE_ORDER else len(ENGINE_ORDER)
 
 
 def random_weights_banner(run: BenchRun) -> str:
@@ -219,6 +263,8 @@ __all__ = [
     "BASELINES",
     "TARGETS",
     "Target",
+    "batch_notes",
+    "batch_table",
     "engine_name",
     "engines_table",
     "formatted",

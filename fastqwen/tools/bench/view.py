@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastqwen.tools.bench.charts import ms_per_frame_figure, ttfa_figure
+from fastqwen.tools.bench.charts import ms_per_frame_figure, throughput_figure, ttfa_figure
 from fastqwen.tools.bench.live import BenchSettings
 from fastqwen.tools.bench.records import BenchRun, list_runs, results_root
 from fastqwen.tools.bench.tables import (
+    batch_notes,
+    batch_table,
     engines_table,
     formatted,
     header_markdown,
@@ -62,6 +64,28 @@ def show_run(run: BenchRun | None) -> None:
     )
 
 
+def show_batch_run(run: BenchRun | None) -> None:
+    """Throughput against batch size (ours and the anchors): a table and a chart; nothing
+    at all when `run` is None or has no batch records."""
+    if run is None or not run.batch:
+        return
+    from IPython.display import Image, Markdown
+
+    notes = "".join(f"\n- {line}" for line in batch_notes(run))
+    display.show(
+        Markdown(
+            "## Throughput vs batch size\n\nB requests submitted "
+            "together, each generating the same number of frames (no early EOS). *audio s/s*: "
+            "all the audio over the round's wall time (submit to last decoded result); "
+            "*step ms*: one frame step for the whole batch; *stream x real time*: each "
+            "stream's audio over its own generation time. Best of the timed rounds." + notes
+        ),
+        Markdown(header_markdown(run)),
+        formatted(batch_table(run)).set_index(["engine", "batch"]),
+        Image(data=throughput_figure(run), format="png", alt=f"throughput, {run.name}"),
+    )
+
+
 def show_runs_list(shown: BenchRun | None = None, root: str | Path | None = None) -> None:
     """The committed runs under `root` (default `bench/results`), oldest first, so another
     can be picked with `results_dir`."""
@@ -94,4 +118,4 @@ def show_skipped_live(settings: BenchSettings) -> None:
     display.show(Markdown(f"No live run: {why}."))
 
 
-__all__ = ["show_run", "show_runs_list", "show_skipped_live"]
+__all__ = ["show_batch_run", "show_run", "show_runs_list", "show_skipped_live"]
