@@ -1,9 +1,9 @@
 """Continuous batching: one thread owns the frame loop of an engine and serves every request.
 
-Requests are submitted from any thread (`Scheduler.submit`) and wait in a queue. Between
-blocks of frames the loop admits as many as there are free slots: each is loaded into
-the lowest free slot and the newcomers' prompts are prefilled together (at most
-`max_prefill_batch` at a time), so the running requests pause for about one prefill. Then
+Requests are submitted from any thread (`Scheduler.submit`) and wait in a queue. Before
+each block of frames the loop admits up to `max_prefill_batch` of them into free slots
+(the lowest free slots) and prefills their prompts together, so the running requests
+pause for one prefill at most per block. Then
 every slot up to the highest busy one runs one block of frames (`FrameRunner.step`, a
 graph replay per frame on CUDA), and each request's codes go to its `Job`. A request that
 reaches EOS or its frame limit, fails, or is cancelled frees its slot at once.
@@ -247,45 +247,45 @@ class Scheduler:
             job._end()
 
     def _admit(self) -> None:
-        """Move queued requests into free slots and prefill them, a group at a time."""
+        """Move up to `max_prefill_batch` queued requests into free slots and prefill them
+        together: the running requests pause for one prefill per block at most, and the
+        rest of the queue joins at the next blocks."""
+        limit = self.runner.config.max_prefill_batch
         with self._cond:
             if self._paused:
                 return
             free = [s for s, job in enumerate(self._slots) if job is None]
             joining: list[tuple[int, Job]] = []
-            while self._pending and free:
+            while self._pending and free and len(joining) < limit:
                 job = self._pending.pop(0)
                 if job.cancelled:
                     job._end(GenerationStopped(0))
                     continue
                 joining.append((free.pop(0), job))
-        limit = self.runner.config.max_prefill_batch
-        for start in range(0, len(joining), limit):
-            group = joining[start : start + limit]
-            ready = []
-            for slot, job in group:
-                try:
-                    self.runner.load(slot, job.prompt, job.params, job.seed)
-                except Exception as error:  # this request alone fails
-                    job._end(error)
-                    continue
-                ready.append((slot, job))
-            if not ready:
-                continue
-            t0 = time.perf_counter()
+        ready = []
+        for slot, job in joining:
             try:
-                self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
-                synchronize(self.runner.device)
-            except Exception as error:
-                for _, job in ready:
-                    job._end(error)
+                self.runner.load(slot, job.prompt, job.params, job.seed)
+            except Exception as error:  # this request alone fails
+                job._end(error)
                 continue
-            elapsed = time.perf_counter() - t0
-            for slot, job in ready:
-                job.slot = slot
-                job.joined_step = self.steps
-                job.stats.prefill_s = elapsed
-                self._slots[slot] = job
+            ready.append((slot, job))
+        if not ready:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
+            synchronize(self.runner.device)
+        except Exception as error:
+            for _, job in ready:
+                job._end(error)
+            return
+        elapsed = time.perf_counter() - t0
+        for slot, job in ready:
+            job.slot = slot
+            job.joined_step = self.steps
+            job.stats.prefill_s = elapsed
+            self._slots[slot] = job
 
     def _drop_cancelled(self) -> None:
         for slot, job in enumerate(self._slots):
