@@ -29,6 +29,7 @@ from fastqwen.handle import RequestHandle
 from fastqwen.locking import serialized
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
+from fastqwen.prompts.voice_cache import VoicePromptCache, voice_key
 from fastqwen.results import AudioChunk, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,9 @@ class FastQwen3TTS:
     `asyncio.to_thread`.
     """
 
-    def __init__(self, tts, config: EngineConfig | None = None, source=None):
+    def __init__(
+        self, tts, config: EngineConfig | None = None, source=None, voice_cache_size: int = 32
+    ):
         self.tts = tts
         self.config = config or EngineConfig()
         self.source = source
@@ -201,6 +204,7 @@ class FastQwen3TTS:
         self.runner = FrameRunner(model, self.config)  # state, graphs: how frames run
         self.scheduler = Scheduler(self.runner)  # the frame loop, in a thread of its own
         self._codec_lock = threading.Lock()  # the codec's graphs and buffers are shared
+        self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content
         self.last_results: list[GenerationResult] = []
         log.info(
             "engine: %d slots of %.1f MB of KV cache each (max_seq_len %d)",
@@ -368,11 +372,12 @@ class FastQwen3TTS:
             )
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
-    @serialized  # runs the speaker encoder and the codec's encoder
     def create_voice_clone_prompt(
         self, ref_audio, ref_text: str | None = None, x_vector_only_mode: bool = False
     ) -> list:
-        """Reusable voice-clone prompt; the reference audio is checked, mixed to mono, resampled."""
+        """Reusable voice-clone prompt; the reference audio is checked, mixed to mono,
+        resampled. The last `voice_cache_size` prompts are kept by content
+        (`prompts.voice_cache`): the same recording and text again costs no encoding."""
         if self.model_kind != "base":
             raise ValueError(
                 f"voice cloning needs a 'base' model, but this model is {self.model_kind!r}; "
@@ -384,13 +389,22 @@ class FastQwen3TTS:
                 "pass ref_text or x_vector_only_mode=True"
             )
         wav, sr = load_reference_audio(ref_audio)
+        key = voice_key(wav, sr, ref_text, x_vector_only_mode)
+        items = self.voice_cache.get(key)
+        if items is None:
+            items = self._encode_voice(wav, sr, ref_text, x_vector_only_mode)
+            self.voice_cache.put(key, items)
+        return list(items)
+
+    @serialized  # runs the speaker encoder and the codec's encoder
+    def _encode_voice(self, wav, sr: int, ref_text, x_vector_only_mode: bool) -> list:
         return self.tts.create_voice_clone_prompt(
             ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
         )
 
     def _clone_items(self, voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode) -> list:
         """One prompt item per text: the given items, or made from each reference (a
-        reference given once, or the same object given again, is encoded once)."""
+        reference used again comes from `voice_cache`)."""
         if voice_clone_prompt is not None:
             return list(voice_clone_prompt)
         if ref_audio is None or (isinstance(ref_audio, list) and not ref_audio):
@@ -399,14 +413,10 @@ class FastQwen3TTS:
         n = len(refs)
         texts = _per_item(ref_text, n, "ref_text")
         xvec = _per_item(x_vector_only_mode, n, "x_vector_only_mode")
-        made: dict[tuple, Any] = {}
-        items = []
-        for ref, text, only in zip(refs, texts, xvec, strict=True):
-            key = (id(ref), text, bool(only))
-            if key not in made:
-                made[key] = self.create_voice_clone_prompt(ref, text, bool(only))[0]
-            items.append(made[key])
-        return items
+        return [
+            self.create_voice_clone_prompt(ref, text, bool(only))[0]
+            for ref, text, only in zip(refs, texts, xvec, strict=True)
+        ]
 
     def _run_many(self, requests: list[VoiceRequest], gen: dict, seed: int | None):
         """Submit every request at once, so they run as one batch, each with `seed`

@@ -226,3 +226,51 @@ def test_buckets_and_memory_settings(tiny_model):
         assert engine.runner.bucket(3) == 3 and engine.runner.bucket(1) == 1
     finally:
         engine.close()
+
+
+def test_a_cached_voice_gives_the_same_codes_and_audio(tiny_model, tmp_path):
+    """The second use of a reference skips the encoders and changes nothing."""
+    engine = FastQwen3TTS(tiny_model("base").tts, EngineConfig(max_batch_size=2))
+    try:
+        sr = 24000
+        wav = (0.2 * np.sin(2 * np.pi * 170 * np.arange(2 * sr) / sr)).astype(np.float32)
+        sf.write(tmp_path / "ref.wav", wav, sr, subtype="FLOAT")  # the same samples as `wav`
+        text = "A reference sentence."
+        first = engine.create_voice_clone_prompt(str(tmp_path / "ref.wav"), text)
+        assert engine.voice_cache.stats.misses == 1 and len(engine.voice_cache) == 1
+        again = engine.create_voice_clone_prompt((wav, sr), text)  # same sound, as an array
+        assert engine.voice_cache.stats.hits == 1 and again[0] is first[0]
+        uncached = engine.tts.create_voice_clone_prompt(ref_audio=(wav, sr), ref_text=text)
+        params = SamplingParams(max_new_tokens=12)
+        results = [
+            engine.generate(
+                VoiceRequest("voice_clone", "Same voice.", "english", voice_clone_prompt=items),
+                params,
+                3,
+            )  # fmt: skip
+            for items in (first, again, uncached)
+        ]
+        for r in results[1:]:
+            assert torch.equal(r.codes, results[0].codes)
+            assert np.array_equal(r.audio, results[0].audio)
+        louder = engine.create_voice_clone_prompt((wav * 0.5, sr), text)
+        assert louder[0] is not first[0] and engine.voice_cache.stats.misses == 2
+        other_text = engine.create_voice_clone_prompt((wav, sr), "Another text.")
+        assert other_text[0] is not first[0] and engine.voice_cache.stats.misses == 3
+    finally:
+        engine.close()
+
+
+def test_the_voice_cache_is_bounded():
+    from fastqwen.prompts.voice_cache import VoicePromptCache, voice_key
+
+    cache = VoicePromptCache(2)
+    keys = [voice_key(np.full(10, i, np.float32), 24000, "t", False) for i in range(3)]
+    assert len(set(keys)) == 3
+    for i, key in enumerate(keys):
+        cache.put(key, [i])
+        if i == 1:
+            assert cache.get(keys[0]) == [0]  # touched: keys[1] is now the oldest
+    assert keys[1] not in cache and keys[0] in cache and keys[2] in cache
+    with pytest.raises(ValueError, match="max_entries must be an integer >= 0"):
+        VoicePromptCache(-1)
