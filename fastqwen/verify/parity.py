@@ -9,8 +9,8 @@ Two views:
   numerical drift from sampling: a small KL with divergent codes means bf16 drift,
   a large KL means a bug.
 
-Every function here that runs a model holds the generation slot (`fastqwen.locking`), so
-they may be called from any thread, beside the engine.
+Every function here that runs the reference holds the process-wide turn (`fastqwen.locking`),
+and the engine's side runs in its scheduler, so they may be called from any thread.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 go one level deeper: the prompt comes from the wrapper itself (`prompts.build_talker_prompt`),
 then we call the talker's own Hugging Face `generate` (DynamicCache, HF sampling) with
 all of `SamplingParams`, and post-process exactly as `Qwen3TTSForConditionalGeneration.generate`.
-Its calls take turns with the engine's (`fastqwen.locking`): both run the same model and
-draw from the same process-wide random generators.
+Its calls take the process-wide turn (`fastqwen.locking`): they seed and draw from torch's
+process-wide random generators, which the engine does not use (each of its slots has its own).
 """
 
 from __future__ import annotations
