@@ -79,6 +79,12 @@ class EngineConfig:
         runs at the smallest bucket that holds its highest slot. None: 1, 2, 4, ... up to
         max_batch_size, and max_batch_size itself.
     max_prefill_batch: prompts prefilled together when requests join at the same frame.
+    batch_invariant: on CUDA with the compiled Triton ops, run every product through the
+        tiled kernel (one tiling for any number of rows, the single row included) and
+        prefill each joining prompt alone, so a request's codes do not depend on the batch.
+        Off by default until its cost is measured: the tiled kernel is slower than the
+        single-row kernel at batch 1 (bench/results/2026-12-02_h200_8e7c008). The eager
+        CPU path (reference ops) is invariant either way.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
@@ -94,6 +100,7 @@ class EngineConfig:
     max_batch_size: int = 8
     batch_buckets: tuple[int, ...] | None = None
     max_prefill_batch: int = 4
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 16:

@@ -266,3 +266,51 @@ def test_batch_kernel_check_dry_run_writes_its_plan(tmp_path):
     best = check.best_configs(timings)["t/o"]
     assert best["one_config"] == "b"  # mean slowdown 1.1 against a's 1.25
     assert best["fastest_per_M"][1]["config"] == "a"
+
+
+INVARIANT_OPS = textwrap.dedent(
+    """
+    import torch
+    from fastqwen.engine.cache import StaticKVCache
+    from fastqwen.engine.layers import Positions, RopeTable, decoder_layer, mlp_down
+    from fastqwen.engine.model import LayerDims, LayerWeights
+    from fastqwen.engine.ops import REFERENCE, TRITON_INVARIANT as OPS
+
+    torch.manual_seed(0)
+    H, I, HQ, HKV, D, S, V = 64, 96, 4, 2, 16, 40, 50
+    dims = LayerDims(HQ, HKV, D, 1e-6)
+
+    def r(*shape):
+        return 0.1 * torch.randn(*shape)
+
+    w = LayerWeights(
+        1 + r(H), r((HQ + 2 * HKV) * D, H), 1 + r(D), 1 + r(D), r(H, HQ * D), 1 + r(H),
+        r(2 * I, H), r(H, I),
+    )
+    head, norm = r(V, H), 1 + r(H)
+    rope = RopeTable(1.0 / 10000 ** (torch.arange(0, D, 2).float() / D), S, torch.float32)
+    x, filled, pos = torch.randn(3, 1, H), torch.randn(2, 3, HKV, S, D), torch.tensor([5, 9, 2])
+
+    def frame(rows, ops):
+        cache = StaticKVCache(1, HKV, D, S, dtype=torch.float32, device="cpu", batch=rows)
+        cache.kv[0].copy_(filled[:, :rows])
+        at = Positions.at(pos[:rows].view(rows, 1), rope, cache, dims.rep)
+        y, h = decoder_layer(x[:rows], cache.layer(0), at, w, dims, ops)
+        y = mlp_down(y, h, w.down, ops)
+        return y, ops.norm_linear(y, norm, head, 1e-6), ops.linear(y, head)
+
+    one, three, ref = frame(1, OPS), frame(3, OPS), frame(3, REFERENCE)
+    same = all(torch.equal(a[0], b[0]) for a, b in zip(one, three))
+    close = max((a - b).abs().max().item() for a, b in zip(three, ref))
+    print(same, close)
+    """
+)
+
+
+def test_invariant_op_set_gives_a_row_the_same_numbers_in_any_batch():
+    """`ops.TRITON_INVARIANT`, interpreted: a decoder layer, the down product and both
+    heads give row 0 bit-identical numbers alone and beside two other rows at other
+    positions, and stay within float32 rounding of the reference ops."""
+    same, close = interpreted(INVARIANT_OPS).split()
+    assert same == "True", "row 0 changed with the batch"
+    assert float(close) < 1e-4, f"the invariant op set differs from the reference by {close}"

@@ -13,6 +13,8 @@ it (`layer_product`), the attention with its cache write (`attention`) and the t
   small enough weight takes its RMSNorm inside the product (`folds_norm`); the attention
   products are multiply-and-sums that read the cache in its own dtype; top-k counts the
   larger scores instead of sorting. Compiled runs without Triton use it.
+- `TRITON_INVARIANT`: `TRITON` with every product through `triton.tiled_product`, one tiling
+  for any number of rows, so a request's numbers do not depend on its batch.
 - `TRITON`: `FUSED` with three hand-written kernels for what Inductor did poorly: the layer
   products of one or two rows (`triton.matvec`), the attention of one or two new tokens
   (`triton.decode_attention`) and the top-k mask (`triton.top_k`). Compiled CUDA runs use
@@ -41,9 +43,10 @@ if TYPE_CHECKING:
 try:  # Triton comes with CUDA builds of torch
     from fastqwen.engine.triton.decode_attention import decode_attention
     from fastqwen.engine.triton.matvec import matvec
+    from fastqwen.engine.triton.tiled_product import tiled_product
     from fastqwen.engine.triton.top_k import top_k_mask
 except ImportError:  # pragma: no cover
-    decode_attention = matvec = top_k_mask = None
+    decode_attention = matvec = tiled_product = top_k_mask = None
 
 MATVEC_ROWS = frozenset({1, 2})  # token counts whose layer products use the matvec kernel
 FOLD_MAX_WEIGHT = 2**23  # elements; see `fused_norm_linear`
@@ -59,6 +62,9 @@ class Ops:
     layer_product: Callable  # (x, w, norm=None, residual=None, eps=0.0, swiglu=False)
     attention: Callable  # (qkv_out, kv, at, w, dims) -> (B, T, Hq D), writes the cache
     top_k: Callable  # (scores (B, V), top_k (B, 1) or 0-d) -> (B, V) bool
+    # Whether a row's numbers are the same whatever the number of rows: then the frame
+    # also routes the products outside the compiled functions through `linear`.
+    invariant: bool = False
 
 
 # ---- reference ---------------------------------------------------------------------------
@@ -254,6 +260,30 @@ def kernel_attention(qkv_out, kv, at: Positions, w: LayerWeights, dims: LayerDim
     return fused_attention(qkv_out, kv, at, w, dims)
 
 
+def tiled_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` as `triton.tiled_product`: the same tiles for any number of rows (the
+    bias, where a projection has one, added after the rounded product)."""
+    y = tiled_product(x, w, None, None, 0.0, False)
+    return y if b is None else y + b
+
+
+def tiled_norm_linear(
+    x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
+) -> torch.Tensor:
+    return tiled_product(x, w, norm, None, eps, False)
+
+
+def tiled_layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    return tiled_product(x, w, norm, residual, eps, swiglu)
+
+
 REFERENCE = Ops(
     name="reference",
     linear=linear,
@@ -261,6 +291,7 @@ REFERENCE = Ops(
     layer_product=layer_product,
     attention=attention,
     top_k=in_top_k,
+    invariant=True,  # one matrix-vector product per row (`linear`), as the reference runs
 )
 FUSED = Ops(
     name="fused",
@@ -280,5 +311,21 @@ TRITON = (
         layer_product=matvec_layer_product,
         attention=kernel_attention,
         top_k=top_k_mask,
+    )
+)
+# `TRITON` with every product (the single row included) through the tiled kernel, and the
+# attention and top-k kernels, which work row by row: a row's numbers do not depend on the
+# batch (`EngineConfig.batch_invariant`).
+TRITON_INVARIANT = (
+    None
+    if tiled_product is None
+    else Ops(
+        name="triton-invariant",
+        linear=tiled_linear,
+        norm_linear=tiled_norm_linear,
+        layer_product=tiled_layer_product,
+        attention=kernel_attention,
+        top_k=top_k_mask,
+        invariant=True,
     )
 )

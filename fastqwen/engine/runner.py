@@ -35,7 +35,7 @@ from fastqwen.constants import NUM_CODEBOOKS
 from fastqwen.engine.cache import StaticKVCache
 from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
-from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, Ops
+from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, TRITON_INVARIANT, Ops
 from fastqwen.engine.sampling import SamplingMode, SamplingTensors, apply_penalties, sample_token
 from fastqwen.engine.step import (
     FrameFunctions,
@@ -77,13 +77,18 @@ class Execution:
         return "compiled" if self.compiled else "eager"
 
 
-def default_ops(execution: Execution, device: torch.device) -> Ops:
+def default_ops(execution: Execution, device: torch.device, invariant: bool = False) -> Ops:
     """The reference ops when not compiled; compiled, the fused forms, with the Triton
-    kernels on CUDA."""
+    kernels on CUDA (the batch-invariant set with `invariant`)."""
     if not execution.compiled:
         return REFERENCE
     if device.type == "cuda" and TRITON is not None:
-        return TRITON
+        return TRITON_INVARIANT if invariant else TRITON
+    if invariant:
+        raise ValueError(
+            "batch_invariant needs the Triton kernels on CUDA, or the eager reference ops "
+            "(compile=False), which are invariant already; the compiled CPU ops are not"
+        )
     return FUSED
 
 
@@ -159,7 +164,11 @@ class FrameRunner:
         self.config = config
         self.device = model.device
         self.execution = Execution.choose(config, self.device)
-        self.ops = ops if ops is not None else default_ops(self.execution, self.device)
+        self.ops = (
+            ops
+            if ops is not None
+            else default_ops(self.execution, self.device, config.batch_invariant)
+        )
         functions = FrameFunctions.of(self.ops)
         windows = len(range(MIN_WINDOW.bit_length(), config.max_seq_len.bit_length() + 1))
         limit = recompile_limit(len(config.buckets), windows)
@@ -239,6 +248,11 @@ class FrameRunner:
     def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
         """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
         eagerly, or as one graph replay per (count, padded length)."""
+        if self.config.batch_invariant and len(prompts) > 1:
+            # Alone, a prompt's products have the same shapes as in a solo run.
+            for slot, prompt in zip(slots, prompts, strict=True):
+                self.prefill([slot], [prompt])
+            return
         embeds = [p.inputs_embeds for p in prompts]
         if not self.execution.graphed:
             eager_prefill(self.model, self.state, embeds, slots, self.scratch)

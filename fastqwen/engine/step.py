@@ -382,9 +382,9 @@ def predict_codebooks(
     embeds, at = state.embeds, m.predictor_positions
     embeds[:, 0].copy_(F.embedding(cb0, m.codec_embedding))
     x = torch.cat((state.hidden, embeds[:, :1]), dim=1)  # (B, 2, H)
-    # Outside the compiled functions; the reference's product (row by row) on the reference
-    # ops, the library's otherwise.
-    x = project(x, m.to_predictor, REFERENCE.linear if fns.ops is REFERENCE else F.linear)
+    # Outside the compiled functions: the op set's product where it keeps rows independent
+    # of the batch (the reference's row by row, or the tiled kernel), the library's otherwise.
+    x = project(x, m.to_predictor, fns.ops.linear if fns.ops.invariant else F.linear)
     out = run_decoder(fns, m.predictor, x, at[0], m.predictor_cache, normed=False)
     tokens = []
     for j in range(NUM_CODEBOOKS - 1):
