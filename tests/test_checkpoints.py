@@ -12,17 +12,20 @@ import torch
 
 from fastqwen import constants as C
 from fastqwen.models.checkpoints import (
+    _CODEC_OUTPUT_GAIN,
     GENERATION_DEFAULTS,
     MARKER_FILE,
     build_random_checkpoint,
     codec_config,
     model_config,
+    random_codec,
 )
 from fastqwen.tools.cli import main as cli_main
 
 KINDS = ("custom_voice", "base", "voice_design")
 TEXT = "Hello world, this is a quick test of the speech model."
 FRAME = C.SAMPLES_PER_FRAME
+CODEC_FRAMES = 25  # 2 s of audio: past the pre-transformer's warm-up, ~2 s to decode at 1.7B
 
 
 def _digest(path: Path) -> str:
@@ -188,3 +191,42 @@ def test_real_codec_matches_the_published_size():
 def test_bad_size_or_kind_is_a_value_error(tmp_path, size, kind):
     with pytest.raises(ValueError, match="huge|clone"):
         build_random_checkpoint(size, kind, tmp_path)
+
+
+@pytest.mark.parametrize("size", C.MODEL_SIZES)
+def test_random_codec_audio_stays_below_full_scale(size):
+    # Only the codec (seconds on CPU at 1.7B, the talker would take minutes); the talker's
+    # codes from random weights are near-uniform, like these.
+    codec = random_codec(size)
+    last_conv = codec.decoder.decoder[-1].conv
+    assert last_conv.bias is None or not last_conv.bias.any()  # output linear in the gain
+    raw = []
+    last_conv.register_forward_hook(lambda module, args, out: raw.append(out))
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, C.CODEBOOK_SIZE, (1, CODEC_FRAMES, C.NUM_CODEBOOKS), generator=gen)
+    with torch.no_grad():
+        wav = codec.decode(codes, return_dict=False)[0][0]
+    assert wav.shape == (CODEC_FRAMES * FRAME,)
+    peak, rms = wav.abs().max().item(), wav.pow(2).mean().sqrt().item()
+    print(f"{size}: peak {peak:.3f} rms {rms:.3f}")
+    assert peak < 1.0 and 0.1 < rms < 0.25, (peak, rms)
+    # The same decoder without the gain (one decode instead of two): clipped noise, so
+    # the check above measures the gain and can fail.
+    (out,) = raw
+    assert torch.equal(out.clamp(-1, 1).flatten(), wav)
+    loud = (out / _CODEC_OUTPUT_GAIN[size]).clamp(-1, 1)
+    loud_rms = loud.pow(2).mean().sqrt().item()
+    print(f"{size} without the gain: peak {loud.abs().max().item():.3f} rms {loud_rms:.3f}")
+    assert loud.abs().max().item() == 1.0 and loud_rms > 3 * rms
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_codec_is_random_codec(tiny_model, kind):
+    """The level test above checks `random_codec`: every kind must save exactly that codec."""
+    from safetensors.torch import load_file
+
+    saved = load_file(Path(tiny_model(kind).source.path) / "speech_tokenizer/model.safetensors")
+    expected = random_codec("tiny").state_dict()
+    assert saved.keys() <= expected.keys() and len(saved) > 100
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, expected[name]), name

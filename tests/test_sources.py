@@ -89,6 +89,34 @@ def test_stale_or_incomplete_cache_is_rebuilt(tmp_path, monkeypatch):
     assert calls == [("tiny", "base", 0, "cpu")] * 2
 
 
+@pytest.mark.parametrize("size", ["0.6b", "1.7b"])
+def test_checkpoints_with_clipping_codecs_are_rebuilt(tmp_path, monkeypatch, size):
+    """Builder 3 saved real-size codecs whose noise clips at full scale: none is reused."""
+    assert BUILDER_VERSION > 3
+    monkeypatch.setenv("FASTQWEN_CACHE", str(tmp_path))
+    monkeypatch.setattr(sources.torch.cuda, "is_available", lambda: False)
+    calls = []
+
+    def fake_build(size, kind, out_dir, *, seed, device):
+        calls.append((size, kind))
+        (Path(out_dir) / "speech_tokenizer").mkdir()
+        (Path(out_dir) / "speech_tokenizer/model.safetensors").write_text("quiet")
+        marker = dict(size=size, kind=kind, seed=seed, builder_version=BUILDER_VERSION)
+        (Path(out_dir) / MARKER_FILE).write_text(json.dumps(marker))
+
+    monkeypatch.setattr(sources, "build_random_checkpoint", fake_build)
+    final = tmp_path / "random" / f"{size}-custom_voice"
+    (final / "speech_tokenizer").mkdir(parents=True)
+    (final / "speech_tokenizer/model.safetensors").write_text("loud")
+    old = dict(size=size, kind="custom_voice", seed=0, builder_version=3)  # complete, but old
+    (final / MARKER_FILE).write_text(json.dumps(old))
+    assert sources.random_checkpoint(size, "custom_voice") == final
+    assert (final / "speech_tokenizer/model.safetensors").read_text() == "quiet"
+    assert json.loads((final / MARKER_FILE).read_text())["builder_version"] == BUILDER_VERSION
+    sources.random_checkpoint(size, "custom_voice")  # now current: reused
+    assert calls == [(size, "custom_voice")]
+
+
 def test_auto_falls_back_loudly_when_offline(offline, caplog, monkeypatch):
     monkeypatch.setattr(sources.torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="fastqwen.models.sources"):

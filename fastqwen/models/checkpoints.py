@@ -13,6 +13,8 @@ Strategy:
 - Scales keep activations sane: linear and embedding weights N(0, 0.02); output heads
   N(0, 1/sqrt(in)) so logits spread by about 1 (neither flat nor peaked); convolutions
   fan-in scaled; codebooks N(0, 1); norms at 1.
+- The codec's last conv is shrunk per size (`_CODEC_OUTPUT_GAIN`) so decoded noise sits
+  near RMS 0.15, well below full scale, instead of clipping at +-1.
 - The talker's EOS row (`codec_head.weight[2150]`) is zero, so the EOS logit is exactly 0:
   below the top-50 of ~2048 random logits, so runs with the reference sampling defaults do
   not stop early. A test of EOS handling must raise that row itself.
@@ -35,7 +37,7 @@ from fastqwen import constants as C
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "fastqwen_random.json"  # written last: its presence means "complete"
-BUILDER_VERSION = 3  # bump when a change here alters the files, so caches rebuild
+BUILDER_VERSION = 4  # bump when a change here alters the files, so caches rebuild
 TEXT_VOCAB_SIZE = 151_936
 ASSISTANT_TOKEN_ID = 77091  # "assistant" in the Qwen2 vocabulary (real config)
 
@@ -106,6 +108,11 @@ _CODEC = {  # size: (decoder, encoder)
                   num_key_value_heads=2, head_dim=16)),
     "0.6b": (_DECODER_REAL, _ENCODER_REAL), "1.7b": (_DECODER_REAL, _ENCODER_REAL),
 }
+# Unit-scale convs leave the decoder's waveform at RMS ~12 (peaks ~65) at tiny widths and
+# RMS ~55 (peaks ~270) at the real ones, so nearly every sample would clip at +-1. The last
+# conv is scaled by these gains for RMS ~0.14-0.19 with peaks below 1: audible, unclipped
+# noise that does not hurt on play and keeps streamed-vs-full comparisons meaningful.
+_CODEC_OUTPUT_GAIN = {"tiny": 0.015, "0.6b": 0.0025, "1.7b": 0.0025}
 _MODEL_SIZE_TAG = {"tiny": "tiny", "0.6b": "0b6", "1.7b": "1b7"}
 _TALKER_COMMON = dict(
     vocab_size=3072, num_code_groups=C.NUM_CODEBOOKS, text_vocab_size=TEXT_VOCAB_SIZE,
@@ -331,20 +338,28 @@ def write_text_tokenizer(out_dir: str | Path) -> None:
 # ---------------------------------------------------------------- build
 
 
-def _save_codec(size: str, out_dir: Path, seed: int, device: str) -> None:
+def random_codec(size: str, *, seed: int = 0, device: str = "cpu") -> nn.Module:
+    """The speech tokenizer (`Qwen3TTSTokenizerV2Model`) a checkpoint of `size` and `seed` holds.
+
+    Exactly what `build_random_checkpoint` saves under speech_tokenizer/ for every kind (the
+    codec does not depend on the kind), so its audio level can be checked without building
+    the talker: seconds on CPU even at the real sizes.
+    """
     from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
-    from transformers import EncodecFeatureExtractor
 
     config = Qwen3TTSTokenizerV2Config(**codec_config(size))
     with _fast_init(device, torch.float32):  # the published codec is float32
         codec = Qwen3TTSTokenizerV2Model(config)
     _fill_(codec, seed + 1)
-    # Unit-scale convs leave the waveform's spread near 10, so nearly every sample would
-    # clip at +-1. Shrinking the last conv gives audible, unclipped noise (RMS ~0.1-0.2)
-    # and keeps streamed-vs-full comparisons meaningful.
     with torch.no_grad():
-        codec.decoder.decoder[-1].conv.weight.mul_(0.015)
-    codec.save_pretrained(str(out_dir))
+        codec.decoder.decoder[-1].conv.weight.mul_(_CODEC_OUTPUT_GAIN[size])
+    return codec
+
+
+def _save_codec(size: str, out_dir: Path, seed: int, device: str) -> None:
+    from transformers import EncodecFeatureExtractor
+
+    random_codec(size, seed=seed, device=device).save_pretrained(str(out_dir))
     extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=C.SAMPLE_RATE)
     extractor.save_pretrained(str(out_dir))
 
