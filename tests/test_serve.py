@@ -147,6 +147,7 @@ def test_openai_sdk_streams_pcm(url):
         ({"model": "tts-1"}, "model", "tts-1"),
         ({"ref_text": "hi"}, "ref_text", "Base"),
         ({"top_p": 1.5}, "top_p", "top_p"),
+        ({"subtalker_temperature": 0}, "subtalker_temperature", "subtalker_temperature"),
         ({"voice": "nobody"}, None, "nobody"),
         ({"input": ""}, None, "text"),
         ({"language": "klingon"}, None, "klingon"),
@@ -275,6 +276,14 @@ def test_voice_clone_caches_the_reference(tiny_model, tmp_path):
             assert noise.status_code == 400
     finally:
         eng.close()
+
+
+def test_serve_command_defaults_to_localhost():
+    from fastqwen.tools import cli
+
+    args = cli.build_parser().parse_args(["serve", "--model", "random:tiny-custom_voice"])
+    assert (args.host, args.port, args.max_batch_size) == ("127.0.0.1", 8000, 8)
+    assert args.ref_audio_dir is None and args.request_timeout == 300.0
 
 
 def test_say_splits_sentences_and_caps_their_tokens():

@@ -27,6 +27,7 @@ from fastqwen.config import SamplingParams
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "auto:Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+DEFAULT_VOICE = "aiden"
 FRAMES_PER_WORD = 12  # about 1 s of audio per word: generous for any speaking rate
 FRAMES_MARGIN = 25  # plus 2 s, for pauses and very short sentences
 PAUSE_S = 0.2  # silence between sentences
@@ -70,13 +71,18 @@ def say(engine, text: str, args: argparse.Namespace, progress: bool = True) -> n
     given = {f.name: getattr(args, f.name) for f in fields(SamplingParams)}
     base = SamplingParams.from_kwargs(**given)
     voice: dict = {"language": (args.language or "auto").lower()}
+    if kind != "custom_voice" and args.voice is not None:
+        raise ValueError(f"--voice names a speaker of a CustomVoice model; this is {kind!r}")
     if kind == "custom_voice":
-        voice.update(mode="custom_voice", speaker=args.voice.lower(), instruct=args.instructions)
+        speaker = (args.voice or DEFAULT_VOICE).lower()
+        voice.update(mode="custom_voice", speaker=speaker, instruct=args.instructions)
     elif kind == "voice_design":
         if not args.instructions:
             raise ValueError("a VoiceDesign model needs --instructions describing the voice")
         voice.update(mode="voice_design", instruct=args.instructions)
     else:
+        if args.instructions is not None:
+            raise ValueError("--instructions is not supported by a Base (voice clone) model")
         if args.ref_audio is None:
             raise ValueError("a Base model clones a voice: give --ref-audio (and --ref-text)")
         prompt = engine.create_voice_clone_prompt(
@@ -129,7 +135,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model string (default {DEFAULT_MODEL})")
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--voice", default="aiden", help="speaker of a CustomVoice model")
+    p.add_argument(
+        "--voice", default=None, help=f"speaker of a CustomVoice model (default {DEFAULT_VOICE})"
+    )
     p.add_argument("--language", default=None, help="language (default auto)")
     p.add_argument("--instructions", help="style (CustomVoice) or voice description (VoiceDesign)")
     p.add_argument("--ref-audio", help="reference recording to clone (Base models)")

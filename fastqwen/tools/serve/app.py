@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -65,6 +67,17 @@ class Server:
         self.preparing = 0  # admitted requests not yet in the scheduler
         self.rejected = 0  # 429s so far
         self._lock = threading.Lock()
+        # Reading a handle blocks a thread per request (a stream waits for its next chunk,
+        # a whole request for its result). asyncio's default pool has only cpu_count + 4
+        # threads, which would make admitted requests wait for a thread, not for the GPU.
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.capacity + 4, thread_name_prefix="fastqwen-serve"
+        )
+
+    async def run(self, fn, *args):
+        """`fn(*args)` in the server's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
 
     @property
     def capacity(self) -> int:
@@ -155,6 +168,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         warm = threading.Thread(target=server.warm_up, name="fastqwen-warmup", daemon=True)
         warm.start()
         yield
+        server.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="fastqwen", lifespan=lifespan)
     app.state.server = server
@@ -235,7 +249,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             raise ApiError(400, str(err), err.param) from err
         server.admit()
         try:
-            handle = await asyncio.to_thread(server.submit, body, plan)
+            handle = await server.run(server.submit, body, plan)
         except schema.FieldError as err:
             raise ApiError(400, str(err), err.param) from err
         except ValueError as err:  # the engine names the bad value
@@ -245,19 +259,20 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         headers = {"X-Request-Id": rid, "X-Sample-Rate": str(engine.sample_rate)}
         media_type = audio.MEDIA_TYPES[plan.response_format]
         if plan.stream:
-            chunks = _stream(handle, plan.response_format, settings.request_timeout_s, rid)
+            chunks = _stream(server, handle, plan.response_format, rid)
             return StreamingResponse(chunks, media_type=media_type, headers=headers)
-        result = await _whole(handle, settings.request_timeout_s, rid)
+        result = await _whole(server, handle, rid)
         body_bytes = audio.encode(result.audio, result.sample_rate, plan.response_format)
         return Response(body_bytes, media_type=media_type, headers=headers)
 
     return app
 
 
-async def _whole(handle, timeout_s: float | None, rid: str):
+async def _whole(server: Server, handle, rid: str):
     """The whole result; past the timeout (or if the client goes) the request is cancelled."""
+    timeout_s = server.settings.request_timeout_s
     try:
-        result = await asyncio.wait_for(asyncio.to_thread(handle.result), timeout_s)
+        result = await asyncio.wait_for(server.run(handle.result), timeout_s)
     except asyncio.TimeoutError as err:
         handle.cancel()
         _log_request(rid, handle, None, "timed out")
@@ -272,10 +287,11 @@ async def _whole(handle, timeout_s: float | None, rid: str):
 _END = object()
 
 
-async def _stream(handle, fmt: str, timeout_s: float | None, rid: str):
+async def _stream(server: Server, handle, fmt: str, rid: str):
     """Yield the response body chunk by chunk as the handle decodes audio. However it ends
     (finished, client gone, timed out, failed), an unfinished request is cancelled."""
     chunks = iter(handle)
+    timeout_s = server.settings.request_timeout_s
     deadline = None if timeout_s is None else time.perf_counter() + timeout_s
     first_audio_s: float | None = None
     outcome = "client disconnected"
@@ -285,7 +301,7 @@ async def _stream(handle, fmt: str, timeout_s: float | None, rid: str):
         while True:
             left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
             try:
-                chunk = await asyncio.wait_for(asyncio.to_thread(next, chunks, _END), left)
+                chunk = await asyncio.wait_for(server.run(next, chunks, _END), left)
             except asyncio.TimeoutError:
                 outcome = f"timed out after {timeout_s} s; stream cut"
                 return

@@ -26,7 +26,7 @@ from fastqwen.tools.serve.voices import DEFAULT_VOICE, MODES, TASK_TYPES
 class FieldError(ValueError):
     """A request field the server cannot honour (HTTP 400); `param` names the field."""
 
-    def __init__(self, param: str, message: str):
+    def __init__(self, param: str | None, message: str):
         super().__init__(message)
         self.param = param
 
@@ -158,8 +158,8 @@ def _sampling(body) -> SamplingParams:
     try:
         return SamplingParams.from_kwargs(**given)
     except ValueError as err:
-        field = next((n for n in SAMPLING_FIELDS if n in str(err)), "input")
-        raise FieldError(field, str(err)) from err
+        named = str(err).split(" ", 1)[0]  # SamplingParams' messages start with the field
+        raise FieldError(named if named in SAMPLING_FIELDS else None, str(err)) from err
 
 
 def voice_request(plan: Plan, text: str, clone_prompt: list | None = None) -> VoiceRequest:
