@@ -97,6 +97,9 @@ def test_streamed_pcm_equals_the_whole_wav(url):
     assert whole.headers["content-type"] == "audio/wav"
     audio, sr = sf.read(io.BytesIO(whole.content), dtype="int16")
     assert sr == 24000 and len(audio) > 0
+    flac = _speech(url, seed=7, max_new_tokens=30, response_format="flac")
+    assert flac.headers["content-type"] == "audio/flac"
+    assert np.array_equal(sf.read(io.BytesIO(flac.content), dtype="int16")[0], audio)
 
     body = {"model": "tiny", "input": TEXT, "voice": "Aiden", "seed": 7, "max_new_tokens": 30}
     pieces = []
@@ -143,6 +146,7 @@ def test_openai_sdk_streams_pcm(url):
         ({"speed": 2.0}, "speed", "2.0"),
         ({"response_format": "mp3"}, "response_format", "mp3"),
         ({"stream_format": "sse"}, "stream_format", "sse"),
+        ({"response_format": "flac", "stream": True}, "response_format", "flac"),
         ({"task_type": "Base"}, "task_type", "Base"),
         ({"model": "tts-1"}, "model", "tts-1"),
         ({"ref_text": "hi"}, "ref_text", "Base"),

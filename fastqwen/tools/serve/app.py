@@ -105,19 +105,26 @@ class Server:
             self.preparing -= 1
 
     def warm_up(self) -> None:
-        """One short streamed generation in the served mode, then ready (or the failure)."""
+        """Two short generations in the served mode, streamed and whole (the two codec
+        paths), then ready; or the failure, which `/health` reports."""
         t0 = time.perf_counter()
         try:
             if self.settings.warmup:
-                handle = self.engine.submit(
-                    self._warmup_request(),
-                    SamplingParams(max_new_tokens=WARMUP_TOKENS),
-                    seed=0,
-                    first_chunk_frames=self.settings.first_chunk_frames,
-                    chunk_frames=self.settings.chunk_frames,
-                )
-                for _ in handle:
-                    pass
+                request = self._warmup_request()
+                for streaming in (True, False):
+                    handle = self.engine.submit(
+                        request,
+                        SamplingParams(max_new_tokens=WARMUP_TOKENS),
+                        seed=0,
+                        first_chunk_frames=self.settings.first_chunk_frames,
+                        chunk_frames=self.settings.chunk_frames,
+                        streaming=streaming,
+                    )
+                    if streaming:
+                        for _ in handle:
+                            pass
+                    else:
+                        handle.result()
         except Exception as err:  # reported by /health; the server stays up to say so
             log.exception("warm-up failed")
             self.failure = f"warm-up failed: {err}"
@@ -132,10 +139,11 @@ class Server:
             return VoiceRequest("custom_voice", WARMUP_TEXT, speaker=speaker)
         if kind == "voice_design":
             return VoiceRequest("voice_design", WARMUP_TEXT, instruct="A calm, clear voice.")
-        # A quiet tone stands in for a reference: the warm-up only needs the shapes.
+        # A quiet tone stands in for a reference (ICL: both the speaker encoder and the
+        # codec's encoder run); the warm-up only needs the shapes.
         t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
         tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-        prompt = self.engine.create_voice_clone_prompt((tone, SAMPLE_RATE), None, True)
+        prompt = self.engine.create_voice_clone_prompt((tone, SAMPLE_RATE), WARMUP_TEXT)
         return VoiceRequest("voice_clone", WARMUP_TEXT, voice_clone_prompt=prompt)
 
     def submit(self, body, plan: schema.Plan):

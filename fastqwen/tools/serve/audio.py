@@ -1,6 +1,6 @@
 """Response encodings: raw PCM16, WAV (whole, or streamed with a placeholder size) and FLAC.
 
-PCM and WAV are written here rather than by soundfile so that a streamed response and a
+PCM and WAV are written here (FLAC from the same PCM16) so that a streamed response and a
 whole one quantize each sample the same way: the chunks of a stream concatenate to exactly
 the bytes of the whole file's data (up to the codec's own float rounding between the two).
 """
@@ -51,6 +51,9 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
         return wav_header(sample_rate, len(data)) + data
     if fmt == "flac":
         out = io.BytesIO()
-        sf.write(out, np.asarray(audio, dtype=np.float32), sample_rate, format="FLAC")
+        # From our PCM16, so FLAC holds exactly the samples of the WAV and PCM responses
+        # (libsndfile's own float conversion rounds differently).
+        samples = np.frombuffer(pcm16(audio), dtype="<i2")
+        sf.write(out, samples, sample_rate, format="FLAC", subtype="PCM_16")
         return out.getvalue()
     raise ValueError(f"unknown audio format {fmt!r}; choose one of: {', '.join(FORMATS)}")
