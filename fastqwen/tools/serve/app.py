@@ -249,6 +249,14 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/v1/audio/speech")
     async def speech(body: schema.SpeechRequest) -> Response:
         rid = uuid.uuid4().hex[:12]
+        try:
+            return await _speech(body, rid)
+        except ApiError as err:  # refused before any audio: its log line says why
+            if err.status != 504:  # a timeout has logged its own line
+                log.info("request %s: refused, %d %s", rid, err.status, err)
+            raise
+
+    async def _speech(body, rid: str) -> Response:
         if not server.ready.is_set():
             raise ApiError(503, server.failure or "warming up", retry_after=settings.retry_after_s)
         try:
