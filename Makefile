@@ -9,7 +9,7 @@ VENV_PY := $(VENV)/bin/python
 # Touched after a successful install; it depends on pyproject.toml, so the package is
 # reinstalled only when the dependencies change, not on every `make test`.
 STAMP := $(VENV)/.installed
-EXTRAS := notebooks,test
+EXTRAS := notebooks,serve,test
 
 # The interpreter that creates .venv: the first of these that is Python 3.10-3.12
 # (torch 2.11 and qwen-tts 0.1.1 support these). Override: `make setup PYTHON=/path/python3.11`.
