@@ -14,6 +14,7 @@ import inspect
 import logging
 import numbers
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -220,21 +221,61 @@ class FastQwen3TTS:
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         config: EngineConfig | None = None,
+        warmup: bool = False,
     ) -> FastQwen3TTS:
         """Load a model string (HF id, directory, `random:<size>-<kind>`, `auto:<HF id>`).
 
-        dtype defaults to float32 on CPU and bfloat16 on CUDA.
+        dtype defaults to float32 on CPU and bfloat16 on CUDA. `warmup=True` compiles and
+        captures every batch bucket before returning (`warmup()`).
         """
         from fastqwen.models.sources import load_model
 
         if dtype is None:
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
         loaded = load_model(model, device=device, dtype=dtype)
-        return cls(loaded.tts, config=config, source=loaded.source)
+        engine = cls(loaded.tts, config=config, source=loaded.source)
+        if warmup:
+            engine.warmup()
+        return engine
 
     def close(self) -> None:
         """Stop the scheduler thread (cancelling what is queued or running)."""
         self.scheduler.close()
+
+    def warmup(self, buckets: tuple[int, ...] | None = None, frames: int = 4) -> dict[int, float]:
+        """Compile and capture, before the first request, what a batch at each size needs.
+
+        For each batch bucket b (default: all of `config.buckets`), b short requests at
+        once, so the frame graph of that bucket (default sampling, shortest cache window)
+        and the prefill graphs of 1 .. max_prefill_batch joining prompts exist before any
+        traffic; a server reports healthy after this. Longer utterances (a longer cache
+        window) and other sampling modes still capture on first use. Returns the seconds
+        each bucket took.
+        """
+        request = self.warmup_request()
+        params = SamplingParams(max_new_tokens=frames + 1, min_new_tokens=frames + 1)
+        took = {}
+        for size in buckets or self.config.buckets:
+            t0 = time.perf_counter()
+            for handle in self.submit_many([request] * size, params, 0, streaming=False):
+                handle.result()
+            took[size] = time.perf_counter() - t0
+            log.info("warm-up: batch %d in %.1f s", size, took[size])
+        return took
+
+    def warmup_request(self) -> VoiceRequest:
+        """A short request this model can serve (a quiet tone stands in for a clone's
+        reference: the warm-up needs the shapes, not a voice)."""
+        text = "Warming up."
+        if self.model_kind == "custom_voice":
+            speaker = sorted(self.get_supported_speakers())[0]
+            return VoiceRequest("custom_voice", text, speaker=speaker)
+        if self.model_kind == "voice_design":
+            return VoiceRequest("voice_design", text, instruct="A calm, clear voice.")
+        sr = self.sample_rate
+        tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(int(1.5 * sr)) / sr)).astype(np.float32)
+        prompt = self.create_voice_clone_prompt((tone, sr), text)
+        return VoiceRequest("voice_clone", text, voice_clone_prompt=prompt)
 
     # ---- properties mirroring the reference -------------------------------------------
     @property

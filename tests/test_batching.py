@@ -274,3 +274,14 @@ def test_the_voice_cache_is_bounded():
     assert keys[1] not in cache and keys[0] in cache and keys[2] in cache
     with pytest.raises(ValueError, match="max_entries must be an integer >= 0"):
         VoicePromptCache(-1)
+
+
+@pytest.mark.parametrize("kind", ["custom_voice", "voice_design", "base"])
+def test_warmup_runs_every_batch_bucket(tiny_model, kind):
+    engine = FastQwen3TTS(tiny_model(kind).tts, EngineConfig(max_batch_size=3))
+    try:
+        took = engine.warmup(frames=2)
+        assert sorted(took) == [1, 2, 3] and all(t > 0 for t in took.values())
+        assert engine.scheduler.peak_active == 3 and engine.scheduler.active == 0
+    finally:
+        engine.close()

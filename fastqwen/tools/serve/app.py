@@ -26,14 +26,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fastqwen.config import SamplingParams
-from fastqwen.constants import SAMPLE_RATE
-from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.results import GenerationStopped
 from fastqwen.tools.serve import audio, schema
 from fastqwen.tools.serve.settings import ServeSettings
@@ -105,12 +102,14 @@ class Server:
             self.preparing -= 1
 
     def warm_up(self) -> None:
-        """Two short generations in the served mode, streamed and whole (the two codec
-        paths), then ready; or the failure, which `/health` reports."""
+        """The engine's warm-up (every batch bucket), then two short generations in the
+        served mode, streamed and whole (the two codec paths); then ready, or the failure,
+        which `/health` reports."""
         t0 = time.perf_counter()
         try:
             if self.settings.warmup:
-                request = self._warmup_request()
+                self.engine.warmup()  # every batch bucket's graphs, before traffic
+                request = self.engine.warmup_request()
                 for streaming in (True, False):
                     handle = self.engine.submit(
                         request,
@@ -131,20 +130,6 @@ class Server:
             return
         log.info("ready: warmed up in %.1f s", time.perf_counter() - t0)
         self.ready.set()
-
-    def _warmup_request(self) -> VoiceRequest:
-        kind = self.engine.model_kind
-        if kind == "custom_voice":
-            speaker = sorted(self.engine.get_supported_speakers())[0]
-            return VoiceRequest("custom_voice", WARMUP_TEXT, speaker=speaker)
-        if kind == "voice_design":
-            return VoiceRequest("voice_design", WARMUP_TEXT, instruct="A calm, clear voice.")
-        # A quiet tone stands in for a reference (ICL: both the speaker encoder and the
-        # codec's encoder run); the warm-up only needs the shapes.
-        t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
-        tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-        prompt = self.engine.create_voice_clone_prompt((tone, SAMPLE_RATE), WARMUP_TEXT)
-        return VoiceRequest("voice_clone", WARMUP_TEXT, voice_clone_prompt=prompt)
 
     def submit(self, body, plan: schema.Plan):
         """Build the voice and the talker prompt and queue the request (in a worker thread:
