@@ -50,7 +50,7 @@ ATTENTION = """
     def reference(qkv_row, pos_row, kv_row):
         # one request as the eager layer computes it: returns (out (1, T, Hq D), new cache)
         cos, sin = rope.at(pos_row)
-        q, new_kv = attention_inputs(qkv_row, q_norm, k_norm, cos, sin, dims)
+        q, new_kv = attention_inputs(qkv_row, q_norm, k_norm, cos[None], sin[None], dims)
         kv_row = kv_row.clone()
         kv_row.index_copy_(3, pos_row, new_kv)
         mask = (torch.arange(S)[None, :] <= pos_row[:, None])[None, None]
