@@ -119,10 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--sizes", default="1,8,64", help="batch sizes for the throughput rounds")
     p.add_argument("--throughput-frames", type=int, default=128)
+    p.add_argument(
+        "--invariant",
+        action="store_true",
+        help="EngineConfig(batch_invariant=True): tiled products",
+    )
     args = p.parse_args(argv)
     sizes = sorted({int(x) for x in args.sizes.split(",")})
     top = max(args.batch, *sizes)
-    config = EngineConfig(max_batch_size=top, batch_buckets=(*sizes, args.batch), max_seq_len=512)
+    config = EngineConfig(
+        max_batch_size=top,
+        batch_buckets=(*sizes, args.batch),
+        max_seq_len=512,
+        batch_invariant=args.invariant,
+    )
     t0 = time.perf_counter()
     engine = FastQwen3TTS.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, config=config
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "kv_bytes_per_slot": engine.kv_bytes_per_slot,
         "execution": engine.runner.execution.name,
         "ops": engine.runner.ops.name,
+        "batch_invariant": args.invariant,
     }
     requests = mixed_requests(engine, args.batch, args.frames)
     t0 = time.perf_counter()
