@@ -167,14 +167,18 @@ def load_run(directory: str | Path) -> BenchRun:
 
 def list_runs(root: str | Path | None = None, kind: str | None = None) -> list[BenchRun]:
     """The run directories under `root` (default `bench/results`) that hold bench records,
-    oldest first; `kind` "single" or "batch" keeps the runs with records of that kind."""
+    oldest first; `kind` "single" keeps the runs with single-stream records of our engine
+    (a run of the anchors alone is no benchmark of fastqwen), "batch" those with batch
+    records."""
     if kind not in (None, "single", "batch"):
         raise ValueError(f"kind must be None, 'single' or 'batch', got {kind!r}")
     root = results_root(root)
     subdirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     runs = [run for run in map(load_run, subdirs) if run.records]
-    if kind is not None:
-        runs = [run for run in runs if getattr(run, kind)]
+    if kind == "single":
+        runs = [run for run in runs if any(r.get("engine") == "static" for r in run.single)]
+    elif kind == "batch":
+        runs = [run for run in runs if run.batch]
     return sorted(runs, key=lambda run: (run.newest_timestamp, run.name))
 
 
