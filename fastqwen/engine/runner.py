@@ -33,6 +33,7 @@ import torch
 from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.constants import NUM_CODEBOOKS
 from fastqwen.engine.cache import StaticKVCache
+from fastqwen.engine.compile_cache import use_compile_cache
 from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
 from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, TRITON_INVARIANT, Ops
@@ -169,6 +170,8 @@ class FrameRunner:
             if ops is not None
             else default_ops(self.execution, self.device, config.batch_invariant)
         )
+        if self.execution.compiled:
+            use_compile_cache()  # a later process reuses the kernels compiled here
         functions = FrameFunctions.of(self.ops)
         windows = len(range(MIN_WINDOW.bit_length(), config.max_seq_len.bit_length() + 1))
         limit = recompile_limit(len(config.buckets), windows)
