@@ -22,7 +22,12 @@ from fastqwen import constants as C
 log = logging.getLogger(__name__)
 
 # Optional command modules, each with `register(subparsers: argparse._SubParsersAction)`.
-PLUGIN_MODULES = ("fastqwen.tools.bench.run", "fastqwen.tools.serve.run", "fastqwen.tools.say")
+PLUGIN_MODULES = (
+    "fastqwen.tools.bench.run",
+    "fastqwen.tools.serve.run",
+    "fastqwen.tools.say",
+    "fastqwen.tools.loadtest",
+)
 
 
 def _make_checkpoint(args: argparse.Namespace) -> int:
