@@ -33,7 +33,7 @@ import json
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -106,8 +106,8 @@ class LoadtestSettings:
 @dataclass
 class RequestRecord:
     """One request. Times are seconds; offsets from the start of the run, latencies from
-    when the request was sent. outcome: ok, dropped, cut, http_<status>, timeout, connect
-    or transport."""
+    when the request was sent. outcome: ok, dropped, cut, http_<status>, timeout, connect,
+    transport, or client_error (an exception of the load tester itself)."""
 
     index: int
     scheduled_s: float
@@ -176,6 +176,11 @@ class LoadtestResult:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _plain(value):
+    """A settings value as JSON holds it (a path as its string)."""
+    return value if value is None or isinstance(value, (bool, int, float)) else str(value)
 
 
 def poisson_schedule(
@@ -374,6 +379,8 @@ async def run_loadtest_async(settings: LoadtestSettings, transport=None) -> Load
                 settings,
                 t0,
             )
+        except Exception as err:  # a bug of the client itself: kept with the request
+            record.outcome, record.error = "client_error", f"{type(err).__name__}: {err}"
         finally:
             in_flight -= 1
 
@@ -399,7 +406,7 @@ async def run_loadtest_async(settings: LoadtestSettings, transport=None) -> Load
         if record.outcome == "pending":
             record.outcome, record.ended_s = "cut", time.perf_counter() - t0
     return LoadtestResult(
-        settings=json.loads(json.dumps(asdict(settings), default=str)),
+        settings={f.name: _plain(getattr(settings, f.name)) for f in fields(settings)},
         started_at=started_at,
         summary=summarize(records, settings),
         requests=records,
