@@ -153,6 +153,27 @@ def test_connection_errors_and_the_concurrency_limit():
     assert s.sent + s.dropped == s.scheduled
 
 
+def test_the_concurrency_limit_holds_for_arrivals_in_a_burst():
+    import asyncio
+
+    now, peak = 0, 0
+
+    async def count(request: httpx.Request) -> httpx.Response:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        await asyncio.sleep(0.2)
+        now -= 1
+        return httpx.Response(200, content=_chunked(_pcm_tone(0.1)))
+
+    # ~100 arrivals within 50 ms: many are due in the same turn of the event loop
+    burst = LoadtestSettings(
+        url="http://x.invalid", rate=2000.0, duration_s=0.05, warmup_s=0, concurrency_limit=3
+    )
+    s = run_loadtest(burst, transport=httpx.MockTransport(count)).summary
+    assert peak == 3 and s.sent == s.completed >= 3 and s.dropped > 50
+
+
 def test_prompts_from_a_file_and_their_checks(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text('{"input": "Hi there.", "voice": "ryan", "seed": 2}\n\n{"input": "Yo."}\n')

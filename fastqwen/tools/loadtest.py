@@ -336,6 +336,8 @@ async def _one(client, record: RequestRecord, body: dict, settings: LoadtestSett
         record.outcome, record.error = "connect", str(err)
     except httpx.TransportError as err:  # reset, protocol error, stream cut mid-body
         record.outcome, record.error = "transport", f"{type(err).__name__}: {err}"
+    except Exception as err:  # a fault of the load tester itself: kept with its request
+        record.outcome, record.error = "client_error", f"{type(err).__name__}: {err}"
     ended = time.perf_counter()
     record.ended_s = ended - t0
     if record.outcome != "ok":
@@ -366,23 +368,7 @@ async def run_loadtest_async(settings: LoadtestSettings, transport=None) -> Load
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     timeout = httpx.Timeout(settings.timeout_s)
     tasks: list[asyncio.Task] = []
-    in_flight = 0
-
-    async def tracked(record: RequestRecord) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        try:
-            await _one(
-                client,
-                record,
-                request_body(prompts[record.prompt - 1], settings.voice),
-                settings,
-                t0,
-            )
-        except Exception as err:  # a bug of the client itself: kept with the request
-            record.outcome, record.error = "client_error", f"{type(err).__name__}: {err}"
-        finally:
-            in_flight -= 1
+    in_flight: set[asyncio.Task] = set()  # counted from launch, not from first run
 
     async with httpx.AsyncClient(
         base_url=settings.url, transport=transport, timeout=timeout, limits=limits
@@ -392,10 +378,15 @@ async def run_loadtest_async(settings: LoadtestSettings, transport=None) -> Load
             wait = t0 + record.scheduled_s - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if settings.concurrency_limit is not None and in_flight >= settings.concurrency_limit:
-                record.outcome = "dropped"
-                continue
-            tasks.append(asyncio.create_task(tracked(record)))
+            if settings.concurrency_limit is not None:
+                if len(in_flight) >= settings.concurrency_limit:
+                    record.outcome = "dropped"
+                    continue
+            body = request_body(prompts[record.prompt - 1], settings.voice)
+            task = asyncio.create_task(_one(client, record, body, settings, t0))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            tasks.append(task)
         if tasks:
             left = t0 + horizon + settings.timeout_s - time.perf_counter()
             _, pending = await asyncio.wait(tasks, timeout=max(left, 0.0))
