@@ -27,6 +27,7 @@ PLUGIN_MODULES = (
     "fastqwen.tools.serve.run",
     "fastqwen.tools.say",
     "fastqwen.tools.warmup",
+    "fastqwen.tools.loadtest",
 )
 
 
