@@ -98,7 +98,7 @@ def sync_free(tts) -> dict:
         torch.cuda.set_sync_debug_mode("default")
     eager = FastQwen3TTS(tts, EngineConfig(cuda_graph=False))
     eager.generate(REQUEST, params, seed=0)  # leaves params in the runner's sampling tensors
-    step = eager.runner.step(next(iter(eager.runner.windows.values())), SamplingMode())
+    step = eager.runner.step(next(iter(eager.runner.views.values())), SamplingMode())
     torch.cuda.synchronize()
     try:
         torch.cuda.set_sync_debug_mode("error")

@@ -34,20 +34,28 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--size", default="1.7b")
     ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=1, help="rows per frame step (batch size)")
+    ap.add_argument("--invariant", action="store_true", help="EngineConfig(batch_invariant=True)")
     args = ap.parse_args()
     from qwen_tts import Qwen3TTSModel
 
     with tempfile.TemporaryDirectory() as tmp:
         build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
         tts = Qwen3TTSModel.from_pretrained(f"{tmp}/ck", dtype=torch.bfloat16, device_map="cuda")
-    eng = FastQwen3TTS(tts, EngineConfig(compile=True))
+    B = args.batch
+    config = EngineConfig(
+        compile=True, max_batch_size=B, batch_buckets=(B,), max_seq_len=512,
+        batch_invariant=args.invariant,
+    )  # fmt: skip
+    eng = FastQwen3TTS(tts, config)
     params = SamplingParams(max_new_tokens=40)
-    eng.generate(REQUEST, params, seed=0)  # compile + capture
-    eng.generate(REQUEST, params, seed=0)
+    for _ in range(2):  # compile + capture, then warm
+        for h in eng.submit_many([REQUEST] * B, params, list(range(B)), streaming=False):
+            h.result()
     runner = eng.runner
-    window = next(iter(runner.windows.values()))
-    sampling = (runner.talker_sampling, runner.sub_sampling, SamplingMode())
-    step_args = (window, runner.state, runner.functions, *sampling)
+    window = runner.view(B, 256)
+    sampling = (runner.talker_sampling.rows(B), runner.sub_sampling.rows(B), SamplingMode())
+    step_args = (window, runner.state.rows(B), runner.functions, *sampling, runner.generators[:B])
     for _ in range(3):
         frame_step(*step_args)
     torch.cuda.synchronize()
@@ -67,6 +75,8 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name(),
         "size": args.size,
+        "batch": B,
+        "ops": runner.ops.name,
         "kernels_per_frame": count / args.frames,
         "gpu_ms_per_frame": total_us / args.frames / 1000,
         "top_kernels": [
@@ -88,8 +98,7 @@ def main() -> None:
     # graph replay timing
     replay = runner.step(window, SamplingMode())
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    state = runner.state
-    state.reset(1, torch.zeros_like(state.trailing[:, :1]), torch.zeros_like(state.trailing[:, :1]))
+    runner.state.park(list(range(B)))  # every row back at position 0: inside the window
     start.record()
     for _ in range(20):
         replay()
