@@ -5,11 +5,13 @@
 #
 # (optionally prefixed with FASTQWEN_GIT_COMMIT=<hash>: the tree travels without .git).
 #
-# The server needs the serve extra, which the GPU image lacks (it has httpx, anyio, h11,
-# click and numpy, which the load tester needs), so the wheelhouse must carry it. Once a
-# session, from the project root on the machine with network access:
+# The server needs the serve extra, which the GPU image lacks (it has httpx, anyio, h11 and
+# click, which the load tester and uvicorn need), so the wheelhouse must carry it.
+# wheelhouse.sh downloads with --no-deps: every dependency is named, pinned to the versions
+# the CPU test suite runs (fastapi 0.165 also needs annotated-doc and opentelemetry-api).
+# Once a session, from the project root on the machine with network access:
 #
-#   ../shared/gpu/wheelhouse.sh .gpu-wheels fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection typing-extensions sniffio
+#   ../shared/gpu/wheelhouse.sh .gpu-wheels fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 annotated-doc==0.0.7 opentelemetry-api==1.45.2
 #
 # then carry .gpu-wheels in the device call (the wheels land in REF_PYTHONPATH).
 #
