@@ -1,4 +1,5 @@
-"""The benchmark notebook's settings, and a live bench run on this machine's GPU.
+"""The benchmark and serving notebooks' settings, and their live runs on this machine: a
+bench run on its GPU, and a tiny CPU load test of `fastqwen serve`.
 
 `BenchSettings` holds the notebook's parameters. Generation settings are not restated
 here: `max_new_tokens` defaults to `DEMO_MAX_NEW_TOKENS`, every other field is the
@@ -8,6 +9,7 @@ engine unchanged. Torch is imported only for a live run.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -111,4 +113,140 @@ def live_run(settings: BenchSettings, bench_fn: Callable | None = None) -> Bench
     return run
 
 
-__all__ = ["PARAMETERS", "BenchSettings", "cuda_available", "live_run", "notebook_settings"]
+@dataclass(frozen=True)
+class ServingSettings:
+    """The serving notebook's parameters (see its `parameters` cell).
+
+    results_dir: a serving run under bench/results (None: the newest).
+    run_tiny: load-test a tiny random-weight model on CPU here. None: only when no serving
+        run is committed, so the notebook shows the same table and charts either way.
+    tiny_rates, tiny_duration_s: the tiny run's request rates and measured seconds per rate
+        (short: `make test` runs the notebook on two CPU cores).
+    """
+
+    results_dir: str | None = None
+    run_tiny: bool | None = None
+    tiny_rates: tuple[float, ...] = (1.0, 4.0)
+    tiny_duration_s: float = 3.0
+
+    def tiny_wanted(self, committed_run_found: bool) -> bool:
+        if self.run_tiny is None:
+            return not committed_run_found and self.results_dir is None
+        return bool(self.run_tiny)
+
+
+SERVING_PARAMETERS = tuple(f.name for f in fields(ServingSettings))
+TINY_MODEL = "random:tiny-custom_voice"
+# One short prompt with a frame cap: random weights rarely emit EOS, and the tiny run must
+# stay within seconds.
+TINY_PROMPT = {"input": "Hello there, this is a short test.", "max_new_tokens": 24}
+
+
+def serving_settings(namespace: Mapping, names_before: set[str]) -> ServingSettings:
+    """The serving notebook's parameters from its globals; an unknown name is an error."""
+    new = {n for n in namespace if not n.startswith("_") and n not in names_before}
+    unknown = sorted(new - set(SERVING_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown notebook parameter(s) {unknown}; valid names: {', '.join(SERVING_PARAMETERS)}"
+        )
+    values = {n: namespace[n] for n in SERVING_PARAMETERS if namespace.get(n) is not None}
+    if "tiny_rates" in values:
+        rates = values["tiny_rates"]
+        rates = rates.split(",") if isinstance(rates, str) else rates
+        values["tiny_rates"] = tuple(float(r) for r in rates)
+    return ServingSettings(**values)
+
+
+def tiny_serving_run(settings: ServingSettings, max_batch_size: int = 8):
+    """`fastqwen serve`'s app on the tiny CPU model, in this process (uvicorn in a thread on
+    a free port), load-tested at each of `settings.tiny_rates`: a `ServingRun` named
+    `tiny-cpu` (not written anywhere). It shows the pieces of a serving run, not a
+    measurement: the model has random weights and shares two cores with its load tester.
+    """
+    import socket
+    import tempfile
+    import threading
+    import time
+    from pathlib import Path
+
+    import httpx
+    import uvicorn
+
+    from fastqwen.api import FastQwen3TTS
+    from fastqwen.config import EngineConfig
+    from fastqwen.tools.bench.serving import ServingRun
+    from fastqwen.tools.loadtest import LoadtestSettings, run_loadtest
+    from fastqwen.tools.serve.app import create_app
+    from fastqwen.tools.serve.settings import ServeSettings
+
+    started = time.perf_counter()
+    engine = FastQwen3TTS.from_pretrained(
+        TINY_MODEL,
+        device="cpu",
+        dtype="float32",
+        config=EngineConfig(max_batch_size=max_batch_size),
+    )
+    with socket.socket() as s:  # a free port: the OS picks one, we hand it to uvicorn
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(engine, ServeSettings(model_name=TINY_MODEL))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="fastqwen-tiny-serve", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    results = []
+    try:
+        if not _wait_healthy(url, httpx, deadline=time.monotonic() + 120):
+            raise RuntimeError(f"the tiny server at {url} was not healthy after 120 s")
+        health = {
+            "model": TINY_MODEL,
+            "device": "cpu",
+            "max_batch_size": max_batch_size,
+            "time_to_healthy_s": time.perf_counter() - started,
+        }
+        with tempfile.TemporaryDirectory(prefix="fastqwen-tiny-serve-") as tmp:
+            prompts = Path(tmp) / "prompts.jsonl"
+            prompts.write_text(json.dumps(TINY_PROMPT) + "\n")
+            for rate in settings.tiny_rates:
+                test = LoadtestSettings(
+                    url=url,
+                    rate=rate,
+                    duration_s=settings.tiny_duration_s,
+                    warmup_s=0.5,
+                    prompts=prompts,
+                    timeout_s=15.0,
+                )
+                results.append(run_loadtest(test).to_dict())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        engine.close()
+    return ServingRun("tiny-cpu", None, results, health)
+
+
+def _wait_healthy(url: str, httpx, deadline: float) -> bool:
+    """Poll /health until 200 (the app's warm-up has run) or the deadline."""
+    import time
+
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return True
+        except httpx.TransportError:  # not listening yet
+            pass
+        time.sleep(0.05)
+    return False
+
+
+__all__ = [
+    "PARAMETERS",
+    "SERVING_PARAMETERS",
+    "BenchSettings",
+    "ServingSettings",
+    "cuda_available",
+    "live_run",
+    "notebook_settings",
+    "serving_settings",
+    "tiny_serving_run",
+]

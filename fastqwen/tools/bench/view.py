@@ -1,4 +1,5 @@
-"""What the benchmark notebook shows: one run's header, tables, charts, and the run list.
+"""What the benchmark and serving notebooks show: one run's header, tables, charts, and the
+run list.
 
 The pieces are built by `records` (loading), `tables` and `charts` (DataFrames, Markdown and
 PNG bytes, tested without a kernel); these `show_*` functions only display them, and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastqwen.tools.bench import serving
 from fastqwen.tools.bench.charts import ms_per_frame_figure, throughput_figure, ttfa_figure
 from fastqwen.tools.bench.live import BenchSettings
 from fastqwen.tools.bench.records import BenchRun, list_runs, results_root
@@ -118,4 +120,69 @@ def show_skipped_live(settings: BenchSettings) -> None:
     display.show(Markdown(f"No live run: {why}."))
 
 
-__all__ = ["show_batch_run", "show_run", "show_runs_list", "show_skipped_live"]
+def show_serving_run(run: serving.ServingRun | None) -> None:
+    """A serving run: where it comes from, the server line, the table per requested rate,
+    and the p95 TTFA and throughput charts (published figures of other servers as
+    references)."""
+    from IPython.display import HTML, Image, Markdown
+
+    if run is None:
+        display.show(
+            Markdown(
+                f"No serving run under `{rel(results_root())}` (folders with "
+                f"`{serving.RESULT_GLOB}`, from `bench/serve_device_run.sh`), and no tiny "
+                "run asked for."
+            )
+        )
+        return
+    if run.path is None:
+        display.show(
+            HTML(
+                display.banner_html(
+                    "Tiny CPU run, not a measurement: a random-weight tiny model on this "
+                    "machine's CPU, sharing it with the load tester. The published figures "
+                    "are 1.7B models on an H100."
+                )
+            )
+        )
+        where = "made here just now"
+    else:
+        where = f"`{rel(run.path)}`"
+    lines = [f"**Serving run `{run.name}`** ({where})"]
+    if run.health:
+        lines.append(serving.health_text(run.health))
+    if run.skipped:
+        lines.append(f"Skipped (not load-test results): {', '.join(run.skipped)}")
+    display.show(
+        Markdown("\n\n".join(lines)),
+        formatted(serving.serving_table(run)).set_index("rate"),
+        Image(data=serving.ttfa_figure(run), format="png", alt=f"TTFA vs rate, {run.name}"),
+        Image(data=serving.throughput_figure(run), format="png", alt=f"throughput, {run.name}"),
+    )
+
+
+def show_serving_runs_list(shown: serving.ServingRun | None = None) -> None:
+    """The committed serving runs, oldest first, so another can be picked with `results_dir`."""
+    from IPython.display import Markdown
+
+    runs = serving.list_serving_runs()
+    lines = [
+        f"- `{r.name}`: rates {serving.rates_text(r)}"
+        f", {r.newest}{' (shown above)' if shown is not None and r.path == shown.path else ''}"
+        for r in runs
+    ] or ["- none yet"]
+    display.show(
+        Markdown(
+            f"**Serving runs in `{rel(results_root())}`** (oldest first)\n\n" + "\n".join(lines)
+        )
+    )
+
+
+__all__ = [
+    "show_batch_run",
+    "show_run",
+    "show_runs_list",
+    "show_serving_run",
+    "show_serving_runs_list",
+    "show_skipped_live",
+]
