@@ -285,26 +285,3 @@ def test_warmup_runs_every_batch_bucket(tiny_model, kind):
         assert engine.scheduler.peak_active == 3 and engine.scheduler.active == 0
     finally:
         engine.close()
-
-
-def test_an_idle_engine_holds_no_thread_and_can_be_freed(tiny_model):
-    """The loop thread ends when there is nothing to do, so a dropped engine (and its
-    caches, gigabytes on a GPU) is freed; the next request starts the loop again."""
-    import gc
-    import weakref
-
-    from fastqwen.engine.scheduler import IDLE_WAIT_S
-
-    def use_then_drop() -> weakref.ref:
-        engine = FastQwen3TTS(tiny_model("custom_voice").tts, EngineConfig(max_batch_size=2))
-        request = custom("aiden", "Then nothing.")
-        first = engine.generate(request, SamplingParams(max_new_tokens=5), 1)
-        wait_for(lambda: engine.scheduler._thread is None, "the idle loop to end")
-        again = engine.generate(request, SamplingParams(max_new_tokens=5), 1)  # starts it again
-        assert torch.equal(first.codes, again.codes)
-        time.sleep(3 * IDLE_WAIT_S)
-        return weakref.ref(engine.runner)  # the caches
-
-    runner = use_then_drop()
-    gc.collect()
-    assert runner() is None, "something still holds the engine's runner"

@@ -37,7 +37,7 @@ from fastqwen.results import GenerationStopped
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.5  # how long the loop waits for work before its thread ends
+IDLE_WAIT_S = 0.5  # how long the idle loop sleeps between looks at its queue
 
 
 @dataclass
@@ -155,7 +155,6 @@ class Scheduler:
         return jobs
 
     def _start(self) -> None:
-        """Start the loop thread if it is not running (called holding `_cond`)."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
@@ -188,32 +187,22 @@ class Scheduler:
 
     # ---- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
-        """The loop; it ends after `IDLE_WAIT_S` with nothing to do (the next submit starts
-        it again), so an engine nobody uses any more holds no thread and can be freed."""
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    if self._idle():
+                    while (
+                        not self._closed and not self.active and (self._paused or not self._pending)
+                    ):
                         self._cond.wait(IDLE_WAIT_S)
                     if self._closed:
                         self._fail_all(GenerationStopped(0))
-                        self._thread = None
                         return
-                    if self._idle():
-                        if not self.active:
-                            self._thread = None
-                            return
-                        continue
                 with self._loop_lock:
                     try:
                         self._iteration()
                     except Exception as error:  # a failed step fails its batch, not the loop
                         log.exception("frame step failed; failing the requests in it")
                         self._fail_all(error)
-
-    def _idle(self) -> bool:
-        """Nothing to run: no request in a slot, and none queued (or admission paused)."""
-        return not self._closed and not self.active and (self._paused > 0 or not self._pending)
 
     def _iteration(self) -> None:
         self._admit()
@@ -334,6 +323,4 @@ class _Exclusive:
         s._loop_lock.release()
         with s._cond:
             s._paused -= 1
-            if s._pending and not s._closed:
-                s._start()  # the loop may have ended while paused
             s._cond.notify_all()
