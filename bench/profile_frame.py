@@ -5,6 +5,7 @@ frames (kernel times equal those inside the CUDA graph; launch gaps do not), the
 graph replays with CUDA events. Prints and writes JSON.
 
 usage: python bench/profile_frame.py OUT.json [--size 1.7b] [--frames 6]
+       [--batches 1,8,64] [--modes greedy,sampled] [--invariant]
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import argparse
 import collections
 import json
 import tempfile
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.config import SamplingParams
+from fastqwen.engine.runner import capture_graph
 from fastqwen.engine.sampling import SamplingMode
 from fastqwen.engine.step import frame_step
 from fastqwen.models.checkpoints import build_random_checkpoint
@@ -29,38 +32,20 @@ REQUEST = VoiceRequest(
 )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--size", default="1.7b")
-    ap.add_argument("--frames", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=1, help="rows per frame step (batch size)")
-    ap.add_argument("--invariant", action="store_true", help="EngineConfig(batch_invariant=True)")
-    args = ap.parse_args()
-    from qwen_tts import Qwen3TTSModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
-        tts = Qwen3TTSModel.from_pretrained(f"{tmp}/ck", dtype=torch.bfloat16, device_map="cuda")
-    B = args.batch
-    config = EngineConfig(
-        compile=True, max_batch_size=B, batch_buckets=(B,), max_seq_len=512,
-        batch_invariant=args.invariant,
-    )  # fmt: skip
-    eng = FastQwen3TTS(tts, config)
-    params = SamplingParams(max_new_tokens=40)
-    for _ in range(2):  # compile + capture, then warm
-        for h in eng.submit_many([REQUEST] * B, params, list(range(B)), streaming=False):
-            h.result()
-    runner = eng.runner
+def profile_step(runner, B: int, mode: SamplingMode, frames: int, one_stream: bool) -> dict:
+    """Kernels and GPU time of `frames` eager frames at batch B in `mode`, and the graph
+    replay time of the same frame. `one_stream`: every row's noise from one draw of the
+    default generator (not the engine's per-row streams): what per-row draws cost."""
     window = runner.view(B, 256)
-    sampling = (runner.talker_sampling.rows(B), runner.sub_sampling.rows(B), SamplingMode())
-    step_args = (window, runner.state.rows(B), runner.functions, *sampling, runner.generators[:B])
+    sampling = (runner.talker_sampling.rows(B), runner.sub_sampling.rows(B), mode)
+    generators = None if one_stream else runner.generators[:B]
+    step_args = (window, runner.state.rows(B), runner.functions, *sampling, generators)
+    runner.state.park(list(range(B)))
     for _ in range(3):
         frame_step(*step_args)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.frames):
+        for _ in range(frames):
             frame_step(*step_args)
         torch.cuda.synchronize()
     by_name: dict[str, list[float]] = collections.defaultdict(list)
@@ -73,41 +58,98 @@ def main() -> None:
     count = sum(len(v) for v in by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
     report = {
-        "device": torch.cuda.get_device_name(),
-        "size": args.size,
         "batch": B,
-        "ops": runner.ops.name,
-        "kernels_per_frame": count / args.frames,
-        "gpu_ms_per_frame": total_us / args.frames / 1000,
+        "mode": vars(mode) if hasattr(mode, "__dict__") else str(mode),
+        "kernels_per_frame": count / frames,
+        "gpu_ms_per_frame": total_us / frames / 1000,
         "top_kernels": [
             {
                 "name": n[:120],
-                "per_frame": len(v) / args.frames,
-                "ms_per_frame": sum(v) / args.frames / 1000,
+                "per_frame": len(v) / frames,
+                "ms_per_frame": sum(v) / frames / 1000,
             }
             for n, v in top
         ],
         # one frame's kernels in launch order: "name | microseconds"
         "first_frame_sequence": [
             f"{ev.name[:90]} | {ev.device_time_total:.1f}"
-            for ev in sorted(kernels, key=lambda e: e.time_range.start)[
-                : len(kernels) // args.frames
-            ]
+            for ev in sorted(kernels, key=lambda e: e.time_range.start)[: len(kernels) // frames]
         ],
     }
-    # graph replay timing
-    replay = runner.step(window, SamplingMode())
+    if one_stream:
+        graph = capture_graph(lambda: frame_step(*step_args))
+        replay = graph.replay
+    else:
+        replay = runner.step(window, mode)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     runner.state.park(list(range(B)))  # every row back at position 0: inside the window
+    replay()
     start.record()
     for _ in range(20):
         replay()
     end.record()
     torch.cuda.synchronize()
     report["graph_replay_ms_per_frame"] = start.elapsed_time(end) / 20
-    print(json.dumps({k: v for k, v in report.items() if k != "first_frame_sequence"}, indent=1))
+    if not one_stream:  # the scheduler's block: replays (and stream rewinds) + the codes copy
+        step = runner.step(window, mode)
+        runner.state.park(list(range(B)))
+        t0 = time.perf_counter()
+        for _ in range(4):
+            runner.run_block(step, B, 8)
+        report["block_ms_per_frame"] = (time.perf_counter() - t0) * 1000 / 32
+    return report
+
+
+MODES = {  # name: (mode, one_stream)
+    "greedy": (SamplingMode(False, False, False, False), False),
+    "sampled": (SamplingMode(True, False, True, False), False),
+    "sampled_one_stream": (SamplingMode(True, False, True, False), True),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--size", default="1.7b")
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--batches", default="1", help="comma-separated batch sizes (one engine)")
+    ap.add_argument("--modes", default="sampled", help=f"comma-separated: {','.join(MODES)}")
+    ap.add_argument("--invariant", action="store_true", help="EngineConfig(batch_invariant=True)")
+    args = ap.parse_args()
+    from qwen_tts import Qwen3TTSModel
+
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
+        tts = Qwen3TTSModel.from_pretrained(f"{tmp}/ck", dtype=torch.bfloat16, device_map="cuda")
+    config = EngineConfig(
+        compile=True, max_batch_size=max(batches), batch_buckets=tuple(batches),
+        max_seq_len=512, batch_invariant=args.invariant,
+    )  # fmt: skip
+    eng = FastQwen3TTS(tts, config)
+    params = SamplingParams(max_new_tokens=40)
+    for B in batches:
+        for _ in range(2):  # compile + capture, then warm
+            for h in eng.submit_many([REQUEST] * B, params, list(range(B)), streaming=False):
+                h.result()
+    reports = []
+    with eng.scheduler.exclusive(), torch.inference_mode():
+        for B in batches:
+            for name in args.modes.split(","):
+                r = profile_step(eng.runner, B, *MODES[name][:1], args.frames, MODES[name][1])
+                r["mode"] = name
+                reports.append(r)
+                brief = {k: v for k, v in r.items() if k not in ("first_frame_sequence",)}
+                brief["top_kernels"] = brief["top_kernels"][:12]
+                print(json.dumps(brief, indent=1), flush=True)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "size": args.size,
+        "ops": eng.runner.ops.name,
+        "runs": reports,
+    }
     with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+        json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
