@@ -16,12 +16,14 @@ import numbers
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from fastqwen.codec.decoder import decode_utterance
+from fastqwen.codec.batch import CodecWorker
+from fastqwen.codec.decoder import codec_decoder, receptive_field, utterance_audio
 from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.engine.model import StaticModel, kv_bytes_per_slot
 from fastqwen.engine.runner import FrameRunner
@@ -204,7 +206,11 @@ class FastQwen3TTS:
         )
         self.runner = FrameRunner(model, self.config)  # state, graphs: how frames run
         self.scheduler = Scheduler(self.runner)  # the frame loop, in a thread of its own
-        self._codec_lock = threading.Lock()  # the codec's graphs and buffers are shared
+        # Every stream's chunks and every result's audio go through one codec thread,
+        # which decodes what has queued up together (`codec.batch`).
+        decoder = codec_decoder(self.tts.model.speech_tokenizer)
+        self.codec = CodecWorker(decoder)
+        self._conv_context = receptive_field(decoder).conv_frames
         self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content
         self.last_results: list[GenerationResult] = []
         log.info(
@@ -239,8 +245,9 @@ class FastQwen3TTS:
         return engine
 
     def close(self) -> None:
-        """Stop the scheduler thread (cancelling what is queued or running)."""
+        """Stop the scheduler thread (cancelling what is queued or running) and the codec's."""
         self.scheduler.close()
+        self.codec.close()
 
     def warmup(self, buckets: tuple[int, ...] | None = None, frames: int = 4) -> dict[int, float]:
         """Compile and capture, before the first request, what a batch at each size needs.
@@ -407,10 +414,8 @@ class FastQwen3TTS:
     def _decode_utterance(
         self, codes: torch.Tensor, ref_codes: torch.Tensor | None
     ) -> tuple[np.ndarray, int]:
-        with self._codec_lock, torch.inference_mode():
-            return decode_utterance(
-                self.tts.model.speech_tokenizer, codes.to(self.device), ref_codes
-            )
+        audio = utterance_audio(codes, ref_codes, self._conv_context, self.codec.decode)
+        return audio, self.sample_rate
 
     # ---- qwen_tts-compatible API -----------------------------------------------------
     def create_voice_clone_prompt(
@@ -465,7 +470,9 @@ class FastQwen3TTS:
         params = SamplingParams.from_kwargs(**gen)
         handles = self.submit_many(requests, params, resolve_seed(seed), streaming=False)
         try:
-            results = [h.result() for h in handles]
+            # One reader per request, so utterances that end together share codec batches.
+            with ThreadPoolExecutor(max_workers=min(len(handles), 64)) as pool:
+                results = list(pool.map(lambda h: h.result(), handles))
         except BaseException:
             for h in handles:
                 h.cancel()

@@ -2,9 +2,10 @@
 
 Iterate it for audio chunks as frames are decoded, call `result()` (or `await` it) for the
 whole `GenerationResult`, or `cancel()` it; `async for` works too. The scheduler makes
-the codes; the handle decodes them to audio in the thread that reads it, so a slow reader
-never holds up the frame loop, and the codec (shared by every request of the engine)
-decodes one span at a time.
+the codes; the handle turns them into audio when it is read, so a slow reader never holds
+up the frame loop. The decoding itself runs on the engine's codec thread
+(`codec.batch.CodecWorker`), which decodes the chunks of every stream read at the same
+time in one batch.
 """
 
 from __future__ import annotations
@@ -95,14 +96,13 @@ class RequestHandle:
             self.engine.tts.model.speech_tokenizer,
             first_chunk_frames=self.first_chunk_frames,
             chunk_frames=self.chunk_frames,
+            decode=self.engine.codec.decode,
         )
-        device = self.engine.device
         if self.prompt.ref_codes is not None:
             # ICL: the reference codes are decoding context only. The reference cuts its
             # waveform at int(ref / total * samples), which can fall one sample early;
             # streaming cuts exactly at the frame boundary.
-            with self.engine._codec_lock:
-                decoder.prime(self.prompt.ref_codes.to(device))
+            decoder.prime(self.prompt.ref_codes)
         sr = self.engine.sample_rate
         t0 = self.submitted_s
         blocks: list[torch.Tensor] = []
@@ -111,16 +111,14 @@ class RequestHandle:
         try:
             for block in self.job.blocks():
                 blocks.append(block)
-                with self.engine._codec_lock:
-                    audio = decoder.push(block.to(device))
+                audio = decoder.push(block)
                 if audio is not None and len(audio):
                     elapsed = time.perf_counter() - t0
                     first_audio_s = elapsed if first_audio_s is None else first_audio_s
                     pieces.append(audio)
                     yield AudioChunk(audio=audio, sample_rate=sr, elapsed_s=elapsed)
             t_gen = time.perf_counter()
-            with self.engine._codec_lock:
-                tail = decoder.flush()
+            tail = decoder.flush()
             if tail is not None and len(tail):
                 elapsed = time.perf_counter() - t0
                 first_audio_s = elapsed if first_audio_s is None else first_audio_s

@@ -19,12 +19,11 @@ from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
 from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Decoder
 from qwen_tts.inference.qwen3_tts_tokenizer import Qwen3TTSTokenizer
 
+from fastqwen.codec.batch import _latents, _waveform
 from fastqwen.codec.decoder import (
     REFERENCE_CHUNK_FRAMES,
     REFERENCE_LEFT_CONTEXT_FRAMES,
     StreamingDecoder,
-    _latents,
-    _waveform,
     decode_codes,
     frames_to_samples,
     receptive_field,

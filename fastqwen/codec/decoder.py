@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import (
     Qwen3TTSTokenizerV2Decoder,
 )
 
-from fastqwen.codec.graphs import graphed_decode
+from fastqwen.codec.batch import Span, decode_spans
 from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 logger = logging.getLogger(__name__)
@@ -178,6 +180,9 @@ class StreamingDecoder:
             The conv stage never gets more than 10 frames of context, so this
             setting changes only the cheap part of the work. On CPU, at full size,
             exact decoding costs about what 25 frames decoded in full would.
+        decode: turns a list of `codec.batch.Span` into their audio; by default decoded
+            here and now (`decode_spans`). An engine passes its `CodecWorker.decode`, so
+            the chunks of all its streams are decoded together.
     """
 
     def __init__(
@@ -187,8 +192,10 @@ class StreamingDecoder:
         first_chunk_frames: int = 2,
         chunk_frames: int = 12,
         left_context_frames: int | None = None,
+        decode: Callable[[list[Span]], list[np.ndarray]] | None = None,
     ):
         self._decoder = _decoder_of(speech_tokenizer)
+        self._decode = decode if decode is not None else partial(decode_spans, self._decoder)
         self.first_chunk_frames = _check_count("first_chunk_frames", first_chunk_frames, minimum=1)
         self.chunk_frames = _check_count("chunk_frames", chunk_frames, minimum=1)
         if left_context_frames is not None:
@@ -201,7 +208,9 @@ class StreamingDecoder:
             )
         self._conv_context = receptive_field(self._decoder).conv_frames
         self._codebook_size = self._decoder.config.codebook_size
-        self._device = next(self._decoder.parameters()).device
+        # Codes wait on the host: the range check below needs no device sync, and a
+        # batched decode copies every stream's window to the device in one go.
+        self._device = torch.device("cpu")
         self.reset()
 
     def reset(self) -> None:
@@ -281,58 +290,48 @@ class StreamingDecoder:
                 f"0..{self._codebook_size - 1}; push audio frames only (no EOS). "
                 "The pending frames were dropped."
             )
-        pieces = []
+        spans = []
         start = self._emitted
         while start < end:
             # Never let one decode span two reference windows: they see different history.
             window_end = start - start % REFERENCE_CHUNK_FRAMES + REFERENCE_CHUNK_FRAMES
             stop = min(end, window_end)
-            pieces.append(self._decode_span(start, stop))
+            spans.append(self._span(start, stop))
             start = stop
+        pieces = self._decode(spans)
         self._emitted = end
         drop = self._window_start(end) - self._first_kept  # history no later chunk can see
         self._codes = self._codes[drop:]
         self._first_kept += drop
         return np.concatenate(pieces)
 
-    def _decode_span(self, start: int, stop: int) -> np.ndarray:
+    def _span(self, start: int, stop: int) -> Span:
+        """Frames start..stop, decoded on the window the reference decodes them on."""
         window = self._window_start(start)
         context = start - window
-        conv_context = min(context, self._conv_context)
         codes = self._codes[window - self._first_kept : stop - self._first_kept]  # (W, 16)
-
-        def decode(window_codes: torch.Tensor) -> torch.Tensor:
-            latents = _latents(self._decoder, window_codes)  # (1, latent, W)
-            latents = latents[..., context - conv_context :]  # (1, latent, cc + n)
-            return _waveform(self._decoder, latents)  # (1, 1, (cc + n) * 1920)
-
-        with torch.inference_mode():
-            key = (codes.shape[0], context, conv_context)
-            wav = graphed_decode(self._decoder, key, codes.T.unsqueeze(0).contiguous(), decode)
-        wav = wav[0, 0, frames_to_samples(conv_context) :]  # (n * 1920,)
-        logger.debug(
-            "frames %d..%d: window from %d, conv context %d", start, stop, window, conv_context
-        )
-        return wav.to(torch.float32).cpu().numpy()
+        logger.debug("frames %d..%d: window from %d", start, stop, window)
+        return Span(codes, context, min(context, self._conv_context))
 
 
-def _latents(decoder: Qwen3TTSTokenizerV2Decoder, codes: torch.Tensor) -> torch.Tensor:
-    """First half of `Qwen3TTSTokenizerV2Decoder.forward`: (1, 16, W) codes -> (1, latent, W)."""
-    hidden = decoder.quantizer.decode(codes)  # (1, codebook_dim, W)
-    hidden = decoder.pre_conv(hidden).transpose(1, 2)  # (1, W, latent)
-    hidden = decoder.pre_transformer(inputs_embeds=hidden).last_hidden_state  # (1, W, latent)
-    return hidden.permute(0, 2, 1)  # (1, latent, W)
+def utterance_spans(codes: torch.Tensor, conv_context: int, first: int = 0) -> list[Span]:
+    """The spans that decode frames `first`.. of an utterance (T, 16) as the reference's
+    `chunked_decode` does: each 300-frame window with its left context."""
+    spans = []
+    start = first
+    while start < codes.shape[0]:
+        window_end = start - start % REFERENCE_CHUNK_FRAMES + REFERENCE_CHUNK_FRAMES
+        stop = min(codes.shape[0], window_end)
+        window = reference_window_start(start)
+        context = start - window
+        spans.append(Span(codes[window:stop], context, min(context, conv_context)))
+        start = stop
+    return spans
 
 
-def _waveform(decoder: Qwen3TTSTokenizerV2Decoder, latents: torch.Tensor) -> torch.Tensor:
-    """Second half of `Qwen3TTSTokenizerV2Decoder.forward`: (1, latent, W) -> (1, 1, W * 1920)."""
-    hidden = latents
-    for blocks in decoder.upsample:
-        for block in blocks:
-            hidden = block(hidden)
-    for block in decoder.decoder:
-        hidden = block(hidden)
-    return hidden.clamp(min=-1, max=1)
+def codec_decoder(speech_tokenizer) -> Qwen3TTSTokenizerV2Decoder:
+    """The 12 Hz decoder of a `Qwen3TTSTokenizer`, of a `Qwen3TTSTokenizerV2Model`, or itself."""
+    return _decoder_of(speech_tokenizer)
 
 
 def _decoder_of(speech_tokenizer) -> Qwen3TTSTokenizerV2Decoder:
@@ -363,3 +362,27 @@ def _check_codes(codes) -> torch.Tensor:
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"codes of dtype {codes.dtype}: expected an integer dtype")
     return codes
+
+
+def utterance_audio(
+    codes: torch.Tensor,
+    ref_codes: torch.Tensor | None,
+    conv_context: int,
+    decode: Callable[[list[Span]], list[np.ndarray]],
+) -> np.ndarray:
+    """`decode_utterance`'s audio through `decode` (a `CodecWorker`'s, so many utterances
+    share a batch): the reference's windows, and for ICL its cut after the reference codes
+    (`int(ref / total * samples)`, which can fall one sample before the frame boundary).
+    Equal to `decode_utterance` up to float rounding."""
+    codes = _check_codes(codes).cpu()
+    if ref_codes is None:
+        return _joined(decode(utterance_spans(codes, conv_context)))
+    full = torch.cat([_check_codes(ref_codes).cpu(), codes])
+    cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * full.shape[0] * SAMPLES_PER_FRAME)
+    first = cut // SAMPLES_PER_FRAME  # the frame the cut falls in: decoded from there on
+    audio = _joined(decode(utterance_spans(full, conv_context, first)))
+    return audio[cut - first * SAMPLES_PER_FRAME :]
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)

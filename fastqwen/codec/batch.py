@@ -1,0 +1,227 @@
+"""Decoding many streams' code spans together: one codec call for every stream of a block.
+
+At batch 64 the frame loop hands each stream a few new frames per block. Decoded one
+stream at a time, the codec is launch-bound (hundreds of small kernels per call) and runs
+64 times per block, and the audio delivered stops growing with the batch: the codec, not
+the model, sets the throughput. Decoded together, one call serves every stream.
+
+Why a batch gives each stream the audio it would get alone (up to float rounding): the
+decoder is causal end to end (left-padded convs, causal sliding-window attention, per-step
+norms; see `codec.decoder`), so frames appended after a stream's own frames cannot reach
+its samples. Each span is therefore placed at the start of its row and padded on the
+right: its positions count from its own window start, exactly as a solo decode's do.
+The conv stage then takes, per row, the span's new frames plus its conv context, again
+left-aligned and right-padded.
+
+`CodecWorker` is the engine's one codec user: a thread that takes the spans every reader
+submits, decodes what has queued up in one batch, and hands each reader its audio. It runs
+on its own CUDA stream, so the codec's convolutions overlap the frame loop's graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fastqwen.codec.graphs import GRAPH_MAX_WINDOW, graphed_decode
+from fastqwen.constants import SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_FRAMES = 4096  # conv frames (context + new) of one batched decode: bounds its memory
+
+
+@dataclass(frozen=True)
+class Span:
+    """One stream's decode: `codes` (W, 16) from its window start to the last new frame;
+    the last `W - context` frames are new, and the convs see `conv_context` before them."""
+
+    codes: torch.Tensor
+    context: int
+    conv_context: int
+
+    @property
+    def frames(self) -> int:
+        """New frames: their audio is what the span returns."""
+        return self.codes.shape[0] - self.context
+
+    @property
+    def conv_frames(self) -> int:
+        return self.conv_context + self.frames
+
+
+def _latents(decoder, codes: torch.Tensor) -> torch.Tensor:
+    """First half of `Qwen3TTSTokenizerV2Decoder.forward`: (B, 16, W) codes -> (B, latent, W)."""
+    hidden = decoder.quantizer.decode(codes)  # (B, codebook_dim, W)
+    hidden = decoder.pre_conv(hidden).transpose(1, 2)  # (B, W, latent)
+    hidden = decoder.pre_transformer(inputs_embeds=hidden).last_hidden_state  # (B, W, latent)
+    return hidden.permute(0, 2, 1)  # (B, latent, W)
+
+
+def _waveform(decoder, latents: torch.Tensor) -> torch.Tensor:
+    """Second half of `Qwen3TTSTokenizerV2Decoder.forward`: (B, latent, W) -> (B, 1, W * 1920)."""
+    hidden = latents
+    for blocks in decoder.upsample:
+        for block in blocks:
+            hidden = block(hidden)
+    for block in decoder.decoder:
+        hidden = block(hidden)
+    return hidden.clamp(min=-1, max=1)
+
+
+def _decode_one(decoder, span: Span, device: torch.device) -> torch.Tensor:
+    """One span alone: (n * 1920,) samples; a CUDA graph for the short first chunks."""
+    context, cc = span.context, span.conv_context
+
+    def decode(window_codes: torch.Tensor) -> torch.Tensor:
+        latents = _latents(decoder, window_codes)[..., context - cc :]  # (1, latent, cc + n)
+        return _waveform(decoder, latents)  # (1, 1, (cc + n) * 1920)
+
+    codes = span.codes.to(device, torch.long).T.unsqueeze(0).contiguous()  # (1, 16, W)
+    key = (codes.shape[-1], context, cc)
+    wav = graphed_decode(decoder, key, codes, decode)
+    return wav[0, 0, cc * SAMPLES_PER_FRAME :]
+
+
+def _decode_batch(decoder, spans: list[Span], device: torch.device) -> list[torch.Tensor]:
+    """Several spans in one decoder call (right-padded rows); each row's new samples."""
+    width = max(s.codes.shape[0] for s in spans)
+    codes = torch.zeros((len(spans), width, spans[0].codes.shape[1]), dtype=torch.long)
+    for i, s in enumerate(spans):
+        codes[i, : s.codes.shape[0]] = s.codes
+    codes = codes.to(device, non_blocking=True).transpose(1, 2).contiguous()  # (B, 16, W)
+    latents = _latents(decoder, codes)  # (B, latent, W)
+    conv_width = max(s.conv_frames for s in spans)
+    rows = latents.new_zeros((len(spans), latents.shape[1], conv_width))
+    for i, s in enumerate(spans):
+        first = s.context - s.conv_context
+        rows[i, :, : s.conv_frames] = latents[i, :, first : s.codes.shape[0]]
+    wav = _waveform(decoder, rows)  # (B, 1, conv_width * 1920)
+    return [
+        wav[i, 0, s.conv_context * SAMPLES_PER_FRAME : s.conv_frames * SAMPLES_PER_FRAME]
+        for i, s in enumerate(spans)
+    ]
+
+
+def decode_spans(decoder, spans: list[Span]) -> list[np.ndarray]:
+    """Each span's new audio, (n * 1920,) float32 on the host, decoded together (a span
+    alone may replay a CUDA graph: `codec.graphs`)."""
+    if not spans:
+        return []
+    device = next(decoder.parameters()).device
+    with torch.inference_mode():
+        if len(spans) == 1 and spans[0].codes.shape[0] <= GRAPH_MAX_WINDOW:
+            wavs = [_decode_one(decoder, spans[0], device)]
+        else:
+            wavs = _decode_batch(decoder, spans, device)
+        # one host copy for the batch
+        lengths = [w.shape[0] for w in wavs]
+        flat = torch.cat(wavs).to(torch.float32).cpu().numpy()
+    return list(np.split(flat, np.cumsum(lengths)[:-1])) if len(wavs) > 1 else [flat]
+
+
+@dataclass(eq=False)
+class _Work:
+    spans: list[Span]
+    done: threading.Event = field(default_factory=threading.Event)
+    audio: list[np.ndarray] | None = None
+    error: BaseException | None = None
+
+
+class CodecWorker:
+    """The one thread that runs an engine's codec: every stream's spans queue here, and
+    what has queued up is decoded in one batch (`decode_spans`), up to `max_frames` conv
+    frames per call.
+
+    `decode(spans)` blocks its caller until its audio is ready. A failing batch fails the
+    callers in it, not the worker. `close()` ends the thread; a later `decode` starts it
+    again.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, max_frames: int = MAX_BATCH_FRAMES):
+        self.decoder = decoder  # the 12 Hz codec decoder (`codec.decoder.codec_decoder`)
+        self.device = next(self.decoder.parameters()).device
+        self.max_frames = max_frames
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.batches = 0  # decoder calls made
+        self.spans = 0  # spans decoded
+        self.peak_batch = 0  # most spans in one call
+
+    def decode(self, spans: list[Span]) -> list[np.ndarray]:
+        """Each span's audio, decoded with whatever else is queued."""
+        if not spans:
+            return []
+        work = _Work(list(spans))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="fastqwen-codec", daemon=True
+                )
+                self._thread.start()
+            self._queue.put(work)
+        work.done.wait()
+        if work.error is not None:
+            raise work.error
+        return work.audio
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def _take(self, first: _Work) -> tuple[list[_Work], bool]:
+        """`first` and whatever else is queued, up to `max_frames`; True if told to stop."""
+        batch, frames = [first], sum(s.conv_frames for s in first.spans)
+        while frames < self.max_frames:
+            try:
+                work = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if work is None:
+                return batch, True
+            batch.append(work)
+            frames += sum(s.conv_frames for s in work.spans)
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._take(first)
+            spans = [s for work in batch for s in work.spans]
+            try:
+                if self._stream is not None:
+                    self._stream.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(self._stream):
+                        audio = decode_spans(self.decoder, spans)
+                else:
+                    audio = decode_spans(self.decoder, spans)
+            except Exception as error:  # noqa: BLE001 - the callers get it
+                log.exception("codec decode of %d spans failed", len(spans))
+                for work in batch:
+                    work.error = error
+                    work.done.set()
+                continue
+            self.batches += 1
+            self.spans += len(spans)
+            self.peak_batch = max(self.peak_batch, len(spans))
+            i = 0
+            for work in batch:
+                work.audio, i = audio[i : i + len(work.spans)], i + len(work.spans)
+                work.done.set()
+
+
+__all__ = ["MAX_BATCH_FRAMES", "CodecWorker", "Span", "decode_spans"]

@@ -1,0 +1,119 @@
+"""The batched codec: many streams' spans in one decoder call give each stream the audio
+it gets alone, and the engine's codec thread batches concurrent callers."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fastqwen.codec.batch import CodecWorker, Span, decode_spans
+from fastqwen.codec.decoder import (
+    StreamingDecoder,
+    codec_decoder,
+    decode_utterance,
+    receptive_field,
+    utterance_audio,
+)
+from fastqwen.constants import SAMPLES_PER_FRAME
+from tests.test_codec import TOLERANCE, _codes, _stream, _tiny_codec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return _tiny_codec()
+
+
+def _spans(seed: int) -> list[Span]:
+    """Spans of different widths, contexts and conv contexts (the first has none)."""
+    shapes = [(5, 0, 0), (30, 18, 10), (12, 4, 4), (47, 40, 10), (3, 1, 1)]
+    return [
+        Span(_codes(width, seed + i), context, conv)
+        for i, (width, context, conv) in enumerate(shapes)
+    ]
+
+
+def test_batched_spans_equal_each_span_alone(codec):
+    decoder = codec_decoder(codec)
+    spans = _spans(seed=3)
+    together = decode_spans(decoder, spans)
+    for span, audio in zip(spans, together, strict=True):
+        (alone,) = decode_spans(decoder, [span])
+        assert audio.shape == (span.frames * SAMPLES_PER_FRAME,)
+        np.testing.assert_allclose(audio, alone, atol=TOLERANCE, rtol=0)
+        assert np.abs(audio).max() > 1e-3  # not silence: a dropped row would pass otherwise
+
+
+def test_a_batch_is_not_independent_of_a_wrong_alignment(codec):
+    """The check above can fail: shifting a span's codes by one frame changes its audio."""
+    decoder = codec_decoder(codec)
+    span = _spans(seed=3)[1]
+    shifted = Span(torch.roll(span.codes, 1, dims=0), span.context, span.conv_context)
+    a, b = decode_spans(decoder, [span, shifted])
+    assert np.abs(a - b).max() > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("ref_frames", [None, 7, 13])
+def test_utterance_audio_is_the_reference_decode(codec, ref_frames):
+    decoder = codec_decoder(codec)
+    codes = _codes(40, seed=5)
+    ref = None if ref_frames is None else _codes(ref_frames, seed=6)
+    conv = receptive_field(decoder).conv_frames
+    ours = utterance_audio(codes, ref, conv, lambda spans: decode_spans(decoder, spans))
+    theirs, _ = decode_utterance(codec, codes, ref)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+
+
+def test_worker_batches_concurrent_streams(codec):
+    decoder = codec_decoder(codec)
+    worker = CodecWorker(decoder)
+    streams = [_codes(30, seed=20 + i) for i in range(6)]
+    out: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(streams))
+
+    def read(i: int) -> None:
+        try:
+            gate.wait()
+            dec = StreamingDecoder(codec, chunk_frames=6, decode=worker.decode)
+            out[i] = np.concatenate(_stream(dec, streams[i], push_frames=6))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(streams))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    worker.close()
+    assert not errors, errors
+    for i, codes in enumerate(streams):
+        alone = np.concatenate(_stream(StreamingDecoder(codec), codes, push_frames=6))
+        np.testing.assert_allclose(out[i], alone, atol=TOLERANCE, rtol=0)
+    assert worker.spans >= len(streams) * 5
+    assert worker.batches < worker.spans  # some calls served several streams
+    assert worker.peak_batch > 1
+
+
+def test_worker_reports_a_failure_to_its_caller_and_goes_on(codec):
+    worker = CodecWorker(codec_decoder(codec))
+    bad = Span(torch.full((4, 16), 10**6), 0, 0)  # outside the codebook: the embedding fails
+    with pytest.raises(IndexError):
+        worker.decode([bad])
+    (audio,) = worker.decode([Span(_codes(4, seed=1), 0, 0)])
+    assert audio.shape == (4 * SAMPLES_PER_FRAME,)
+    worker.close()
+    (again,) = worker.decode([Span(_codes(4, seed=1), 0, 0)])  # restarts after close
+    np.testing.assert_array_equal(again, audio)
+    worker.close()
