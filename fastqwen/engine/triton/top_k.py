@@ -9,9 +9,9 @@ bisection, one program per row with the row in registers:
 
 1. each float32 score becomes an int32 key with the same order: the bits of a
    non-negative float already order as integers; a negative float's low 31 bits are
-   flipped, so that a larger magnitude gives a smaller key. -0.0 is first made +0.0 (the
-   two compare equal as floats, so they must have one key); -inf gets the smallest key of
-   any float that is not a NaN, +inf the largest;
+   flipped, so that a larger magnitude gives a smaller key. -0.0's bits are first made
+   +0.0's (the two compare equal as floats, so they must have one key); -inf gets the
+   smallest key of any float that is not a NaN, +inf the largest;
 2. the k-th largest key is the largest t with at least k keys >= t. Built a bit at a time
    from the top (the sign bit first, as "t >= 0?"), each bit kept when at least k keys
    are >= the candidate: 32 counts, each a reduction over the row. (STEP_BITS = 2 takes
@@ -55,15 +55,17 @@ def _top_k_mask_kernel(
     top_k_ptr += b * stride_k
     i = tl.arange(0, BLOCK_V)
     s = tl.load(scores_ptr + i, mask=i < V, other=0.0)
-    s = tl.where(s == 0.0, 0.0, s)  # -0.0 == +0.0: one key for both
     bits = s.to(tl.int32, bitcast=True)
+    # -0.0 == +0.0: one key for both. -0.0 is the one float with the bits of INT32_MIN; an
+    # integer test, which no float optimisation (signed zeros ignored) can drop
+    bits = tl.where(bits == INT32_MIN, 0, bits)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # arithmetic shift: negatives flip 31 bits
     # padding gets INT32_MIN, below every candidate tried (each is above INT32_MIN), so it
     # is never counted
     key = tl.where(i < V, key, tl.full([BLOCK_V], INT32_MIN, tl.int32))
     k = tl.sum(tl.load(top_k_ptr + tl.arange(0, 1)), axis=0)  # 0-d, also interpreted
     k = tl.where((k <= 0) | (k > V), V, k)  # top_k = 0 keeps all
-    # the sign bit: is the k-th largest key >= 0? (INT32_MIN always has all V keys above)
+    # the sign bit: is the k-th largest key >= 0? (all V keys are >= INT32_MIN)
     at_least = tl.sum((key >= 0).to(tl.int32), axis=0)
     kth = tl.where(at_least >= k, 0, INT32_MIN)
     if STEP_BITS == 1:
