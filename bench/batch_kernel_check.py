@@ -17,7 +17,15 @@ For the 1.7B talker's and the code predictor's decoder shapes in bf16 and M rows
 - `decode_attention` at B rows: the talker's step (T = 1, each row at its own position,
   window S = 512, all rows at the window's end so the whole window is read) and the
   predictor's first pass (T = 2, positions shared, window 16), with the same invariance
-  check on the output row and the row's cache.
+  check on the output row and the row's cache;
+- the top-k mask at B in `TOP_K_ROWS` and V in (2048, 3072) (float32 scores, k = 50 for
+  every row, as a (B, 1) tensor): the bisection kernel `top_k_mask` runs (at a few
+  num_warps, one and two bits a step: `TOP_K_CONFIGS`), the earlier pairwise kernel, a
+  torch.topk threshold and the eager sort (`in_top_k`). Exactness: the bisection kernel's
+  mask against `in_top_k` and `in_top_k_counted` on random rows, rows of ties, mostly
+  -inf rows, rows mixing +0.0 and -0.0, rows of subnormals, extremes and infinities, at
+  k = 0, 1, 2, 50, V - 1, V, V + 1 and a k per row; and `top_k_mask` replayed from a
+  CUDA graph against its eager call.
 
 Times are CUDA events around each call, the median of `--repeat` (50) calls after 10
 warm-up calls; a busy-wait kernel queued before each call keeps the launch out of them.
@@ -26,11 +34,12 @@ with the smallest mean slowdown over every M (batch invariance needs one tiling 
 M, so that is the one to put in `tiled_product.CONFIGS`).
 
 usage: python bench/batch_kernel_check.py OUT.json [--rows 1,8,...] [--repeat 50]
-        [--quick | --grid] [--shapes talker/qkv,...] [--no-attention] [--compiled-only]
-        [--dry-run]
+        [--quick | --grid] [--shapes talker/qkv,...] [--no-attention] [--no-top-k]
+        [--top-k-only] [--compiled-only] [--dry-run]
 
 --quick tries only the default configuration, --grid every combination of `GRID` (for a
-shape or two); --dry-run needs no GPU: it checks the arguments and writes the plan
+shape or two); --top-k-only runs the torch.compile check and the top-k part only;
+--dry-run needs no GPU: it checks the arguments and writes the plan
 (shapes, configurations, rows) without running anything.
 """
 
@@ -87,6 +96,14 @@ ATTENTION_CASES = {  # name: (T, window S, positions shared by every row)
 }
 
 
+TOP_K_ROWS = (1, 8, 64, 128)
+TOP_K_VOCABS = (2048, 3072)  # the code predictor's and the talker's codebook sizes
+TOP_K_CONFIGS = tuple(  # {} is the default of `top_k.launch`: 8 warps, a bit a step
+    [{}, {"num_warps": 2}, {"num_warps": 4}, {"num_warps": 16}]
+    + [{"STEP_BITS": 2, "num_warps": w} for w in (2, 4, 8, 16)]
+)
+
+
 def products(model: str) -> dict[str, tuple[int, int, bool, bool, bool]]:
     """A decoder layer's products: name -> (N, K, norm, residual, swiglu)."""
     H, hq, hkv, d, inter = MODELS[model]
@@ -128,6 +145,11 @@ def plan(rows: tuple[int, ...], configs: tuple, shapes: set[str] | None) -> dict
         },
         "tile_configs": [config_dict(c) for c in configs],
         "attention": {name: list(case) for name, case in ATTENTION_CASES.items()},
+        "top_k": {
+            "rows": list(TOP_K_ROWS),
+            "vocabs": list(TOP_K_VOCABS),
+            "configs": list(TOP_K_CONFIGS),
+        },  # fmt: skip
     }
 
 
@@ -287,6 +309,93 @@ def run_attention(rows: tuple[int, ...], repeat: int) -> tuple[list, list]:
     return timings, invariance
 
 
+def top_k_rows(kind: str, B: int, V: int) -> torch.Tensor:
+    """(B, V) float32 scores on the GPU of one kind (see the module docstring)."""
+    inf = float("inf")
+    if kind == "ties":
+        s = torch.randint(-3, 4, (B, V)).float() / 2
+    elif kind == "suppressed":
+        s = torch.randn(B, V)
+        s[:, torch.rand(V) < 0.9] = -inf
+    elif kind == "zeros":
+        s = torch.randint(-2, 3, (B, V)).float()
+        s[s.abs() == 2] = 0.0
+        s[torch.rand(B, V) < 0.5] *= -1  # 0.0 * -1 = -0.0
+    elif kind == "special":
+        big = 3.4028235e38  # the largest float32; 1e-45 is the smallest subnormal
+        values = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, big, -big, inf, -inf]
+        values = torch.tensor(values + [1.0, -1.0, 1.0000001, -1.0000001])
+        s = values[torch.randint(0, len(values), (B, V))]
+    else:
+        s = 4 * torch.randn(B, V)
+    return s.cuda()
+
+
+def top_k_forms(scores: torch.Tensor, k: torch.Tensor) -> dict[str, Callable]:
+    """The top-k mask forms timed, each a call of the timing index; k (B, 1) all 50."""
+    from fastqwen.engine.sampling import in_top_k
+    from fastqwen.engine.triton import top_k as kernels
+
+    def bisection(config):
+        return lambda i: kernels.launch(kernels._top_k_mask_kernel, scores, k, **config)
+
+    forms = {f"bisection {json.dumps(c)}": bisection(c) for c in TOP_K_CONFIGS}
+    forms["pairwise"] = lambda i: kernels.launch_pairwise(
+        kernels._top_k_mask_pairwise_kernel, scores, k
+    )
+    forms["torch.topk"] = lambda i: scores >= scores.topk(50, dim=-1).values[:, -1:]
+    forms["in_top_k (sort)"] = lambda i: in_top_k(scores, k)
+    return forms
+
+
+def run_top_k(repeat: int) -> tuple[list, list]:
+    """Timings of the top-k mask forms, and the exactness checks (module docstring)."""
+    from fastqwen.engine.sampling import in_top_k, in_top_k_counted
+    from fastqwen.engine.triton import top_k as kernels
+
+    timings, checks = [], []
+    for V in TOP_K_VOCABS:
+        for B in TOP_K_ROWS:
+            scores = top_k_rows("random", B, V)
+            k = torch.full((B, 1), 50, device="cuda")
+            forms = top_k_forms(scores, k)
+            expected = in_top_k(scores, k)
+            for form, call in forms.items():
+                same = torch.equal(call(0), expected)
+                us = median_us(call, repeat)
+                timings.append({"top_k": form, "B": B, "V": V, "us": us, "same": same})
+                print(timings[-1], flush=True)
+            for kind in ("random", "ties", "suppressed", "zeros", "special"):
+                scores = top_k_rows(kind, B, V)
+                ks = (0, 1, 2, 50, V - 1, V, V + 1)
+                cases = [torch.tensor(x, device="cuda") for x in ks]
+                cases.append(torch.tensor(ks, device="cuda")[torch.randint(0, len(ks), (B, 1))])
+                for k in cases:
+                    got = kernels.top_k_mask(scores, k)
+                    k2 = k.view(-1, 1) if k.dim() else k
+                    for name, reference in (("sort", in_top_k), ("counted", in_top_k_counted)):
+                        if name == "counted" and B * V * V > 2**31:
+                            continue  # its (B, V, V) comparison would not fit comfortably
+                        same = torch.equal(got, reference(scores, k2))
+                        checks.append({"top_k": kind, "B": B, "V": V, "reference": name,
+                                       "k": k.view(-1)[:8].tolist(), "same": same})  # fmt: skip
+                        if not same:
+                            print("TOP-K MISMATCH", checks[-1], flush=True)
+            # replayed from a CUDA graph, as the frame runs it
+            scores, k = top_k_rows("random", B, V), torch.randint(0, V + 2, (B, 1), device="cuda")
+            eager = kernels.top_k_mask(scores, k)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                captured = kernels.top_k_mask(scores, k)
+            graph.replay()
+            torch.cuda.synchronize()
+            checks.append({"top_k": "cuda graph", "B": B, "V": V, "reference": "eager",
+                           "same": torch.equal(captured, eager)})  # fmt: skip
+    print("top-k checks:", len(checks), "all same:", all(c["same"] for c in checks), flush=True)
+    return timings, checks
+
+
 def check_compiled() -> dict[str, bool]:
     """The three ops in one function through torch.compile(fullgraph=True), as the
     compiled frame calls them, against the same function run eagerly: the launches must
@@ -360,7 +469,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the default tiles only")
     parser.add_argument("--grid", action="store_true", help="every GRID configuration")
     parser.add_argument("--shapes", help="only these products, e.g. talker/qkv,predictor/o")
-    parser.add_argument("--no-attention", action="store_true", help="the products only")
+    parser.add_argument("--no-attention", action="store_true", help="no attention timings")
+    parser.add_argument("--no-top-k", action="store_true", help="no top-k timings and checks")
+    parser.add_argument("--top-k-only", action="store_true", help="the top-k part only")
     parser.add_argument("--compiled-only", action="store_true", help="only check_compiled")
     parser.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
     args = parser.parse_args(argv)
@@ -396,10 +507,15 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.out, "w") as f:
                 json.dump(record, f, indent=1, default=str)
             return
-        products_us, products_same = run_products(args.rows, args.repeat, configs, args.shapes)
-        attention_us, attention_same = [], []
-        if not args.no_attention:
-            attention_us, attention_same = run_attention(args.rows, args.repeat)
+        products_us, products_same, attention_us, attention_same = [], [], [], []
+        if not args.top_k_only:
+            products_us, products_same = run_products(args.rows, args.repeat, configs, args.shapes)
+            if not args.no_attention:
+                attention_us, attention_same = run_attention(args.rows, args.repeat)
+        if not args.no_top_k:
+            record["top_k"], record["top_k_checks"] = run_top_k(args.repeat)
+            record["top_k_exact"] = all(c["same"] for c in record["top_k_checks"])
+            print("top-k exact:", record["top_k_exact"], flush=True)
         record["products"], record["attention"] = products_us, attention_us
         record["invariance"] = products_same + attention_same
         record["all_invariant"] = all(r["same"] for r in record["invariance"])

@@ -148,12 +148,7 @@ def main() -> None:
         rows += sweep(
             "top_k",
             top_k,
-            {
-                "V": (2048, 3072),
-                "BLOCK_I": (2, 4, 8, 16),
-                "BLOCK_J": (512, 1024, 2048),
-                "num_warps": (2, 4, 8),
-            },
+            {"V": (2048, 3072), "STEP_BITS": (1, 2), "num_warps": (2, 4, 8, 16)},
         )
         rows += sweep("top_k", top_k, {"V": (2048, 3072)})  # the defaults
     if "matvec" in kernels:

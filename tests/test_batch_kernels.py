@@ -193,7 +193,7 @@ TOP_K = """
     import json
     import torch
     from fastqwen.engine.sampling import in_top_k
-    from fastqwen.engine.triton.top_k import _top_k_mask_kernel, launch
+    from fastqwen.engine.triton import top_k as kernels
 
     torch.manual_seed(0)
     checked, mismatched, same = 0, 0, []
@@ -204,17 +204,25 @@ TOP_K = """
         s[:, 3::11] = float("-inf")  # suppressed tokens
         return s
 
-    configs = (
-        {"BLOCK_I": 32, "BLOCK_J": 64},
-        {"BLOCK_I": 16, "BLOCK_J": 128},
-        {"BLOCK_I": 64, "BLOCK_J": 512},
+    # each kernel at a few configurations, ragged V: the bisection kernel pads its row
+    # block, the earlier pairwise one (kept for comparison) has ragged tiles
+    bisection = kernels.launch, kernels._top_k_mask_kernel
+    pairwise = kernels.launch_pairwise, kernels._top_k_mask_pairwise_kernel
+    cases = (
+        (100, bisection, {"BLOCK_V": 128, "num_warps": 4}),
+        (300, bisection, {"BLOCK_V": 1024, "num_warps": 2}),
+        (1000, bisection, {}),
+        (300, bisection, {"BLOCK_V": 512, "STEP_BITS": 2}),  # two bits a step
+        (100, pairwise, {"BLOCK_I": 32, "BLOCK_J": 64}),
+        (300, pairwise, {"BLOCK_I": 16, "BLOCK_J": 128}),
+        (1000, pairwise, {"BLOCK_I": 64, "BLOCK_J": 512}),
     )
-    for V, config in zip((100, 300, 1000), configs):  # ragged blocks
+    for V, (launch, kernel), config in cases:
         B = 4 if V < 1000 else 2
         per_row = torch.tensor([1, 50, 0, V + 5, V // 2, 2])[:B]  # 0 and > V keep all
         for k in (torch.tensor(3), per_row, per_row[:, None]):  # shared, (B,), (B, 1)
             scores = scores_for(B, V)
-            got = launch(_top_k_mask_kernel, scores, k, **config)
+            got = launch(kernel, scores, k, **config)
             for b in range(B):
                 k_b = k.reshape(-1)[b if k.numel() > 1 else 0]
                 expected = in_top_k(scores[b : b + 1], k_b)  # the k-th value off a sort
@@ -225,7 +233,7 @@ TOP_K = """
         for B, at in ((1, 0), (3, 2), (5, 4)):
             scores, k = scores_for(B, V), torch.randint(1, V, (B,))
             scores[at], k[at] = row, row_k
-            outs.append(launch(_top_k_mask_kernel, scores, k, **config)[at])
+            outs.append(launch(kernel, scores, k, **config)[at])
         same.append(all(torch.equal(outs[0], o) for o in outs[1:]) and 0 < int(outs[0].sum()) < V)
     print(json.dumps({"checked": checked, "mismatched": mismatched, "invariant": same}))
 """
@@ -233,9 +241,148 @@ TOP_K = """
 
 def test_batched_top_k_mask_matches_sorted_threshold_per_row():
     got = summary(TOP_K)
-    assert got["checked"] == 3 * (4 + 4 + 2)
+    assert got["checked"] == 2 * 3 * (4 + 4 + 2) + 3 * 4
     assert got["mismatched"] == 0, f"{got['mismatched']} mask entries differ from in_top_k"
-    assert got["invariant"] == [True, True, True], "a row's mask depends on the batch"
+    assert got["invariant"] == [True] * 7, "a row's mask depends on the batch"
+
+
+# Rows that stress the integer keys of the bisection kernel, for the engine's two
+# vocabularies: `top_k_mask` (what ops.TRITON calls, a bit a step) and the kernel at two
+# bits a step must equal both eager forms exactly.
+TOP_K_EXACT = """
+    import json
+    import torch
+    from fastqwen.engine.sampling import in_top_k, in_top_k_counted
+    from fastqwen.engine.triton import top_k as kernels
+
+    torch.manual_seed(0)
+    inf, tiny, huge = float("inf"), 1e-45, 3.4028235e38  # tiny: the smallest subnormal
+    special = torch.tensor([0.0, -0.0, tiny, -tiny, 1e-38, -1e-38, huge, -huge, inf, -inf,
+                            1.0, -1.0, 1.0000001, -1.0000001, 2.0, -2.0])
+
+    def rows(kind, B, V):
+        s = torch.randn(B, V)
+        if kind == "ties":  # a few distinct values: every k lands inside a run of ties
+            s = torch.randint(-3, 4, (B, V)).float() / 2
+        elif kind == "suppressed":  # most tokens -inf, as after the EOS and range masks
+            s[:, torch.rand(V) < 0.9] = -inf
+        elif kind == "zeros":  # +0.0 and -0.0 mixed, around the threshold
+            s = torch.randint(-2, 3, (B, V)).float()
+            s[s.abs() == 2] = 0.0
+            s[torch.rand(B, V) < 0.5] *= -1  # 0.0 * -1 = -0.0
+        elif kind == "special":  # subnormals, extremes, infinities, neighbours
+            s = special[torch.randint(0, len(special), (B, V))]
+        elif kind == "all -inf":
+            s = torch.full((B, V), -inf)
+        elif kind == "all equal":
+            s = torch.full((B, V), -0.0)
+        return s
+
+    def ks(V):
+        return (0, 1, 2, 50, V - 1, V, V + 1, 10 * V)
+
+    results, checked, wrong = {}, 0, []
+    for B, V, kinds in (
+        (1, 2048, ("random", "ties", "suppressed", "zeros", "special", "all -inf")),
+        (3, 3072, ("random", "ties", "suppressed", "zeros", "special", "all equal")),
+        (64, 2048, ("random",)),
+        (64, 3072, ("zeros",)),
+    ):
+        for kind in kinds:
+            scores = rows(kind, B, V)
+            cases = [torch.tensor(k) for k in ks(V)]  # one k shared by every row
+            per_row = torch.tensor(ks(V))[torch.randint(0, len(ks(V)), (B, 1))]
+            cases.append(per_row)  # (B, 1): a k per row, as SamplingTensors holds them
+            if B == 64:
+                cases = cases[1:2] + cases[-1:]  # the interpreter is slow: k = 1 and per row
+            for k in cases:
+                expected = {
+                    name: reference(scores, k.view(-1, 1) if k.dim() else k)
+                    for name, reference in (("sort", in_top_k), ("counted", in_top_k_counted))
+                }
+                for step, got in (
+                    (1, kernels.top_k_mask(scores, k)),
+                    (2, kernels.launch(kernels._top_k_mask_kernel, scores, k, STEP_BITS=2)),
+                ):
+                    for name, mask in expected.items():
+                        if not torch.equal(got, mask):
+                            wrong.append([kind, B, V, k.view(-1)[:4].tolist(), step, name])
+                checked += 1
+
+    # +0.0 and -0.0 tie: with the k-th largest a zero, both must be kept
+    s = torch.tensor([[-0.0, 0.0, -1.0, 1.0, -0.0, -inf, 0.0, 0.0]])
+    zeros_kept = kernels.top_k_mask(s, torch.tensor(2)).tolist()
+    two_bits = kernels.launch(kernels._top_k_mask_kernel, s, torch.tensor(2), STEP_BITS=2)
+    zeros_kept += two_bits.tolist()
+    print(json.dumps({"checked": checked, "wrong": wrong, "zeros_kept": zeros_kept}))
+"""
+
+
+def test_top_k_mask_is_exact_on_ties_zeros_infinities_and_every_k():
+    got = summary(TOP_K_EXACT)
+    assert got["wrong"] == [], f"masks differ from the eager forms: {got['wrong']}"
+    assert got["checked"] == 2 * 6 * 9 + 2 * 2
+    assert got["zeros_kept"] == [[True, True, False, True, True, False, True, True]] * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("V", [2048, 3072])
+def test_top_k_mask_on_cuda_is_exact_and_traces(V):
+    """The bisection kernel compiled for the GPU: the eager forms' masks on the same kinds
+    of rows as TOP_K_EXACT, at B = 1, 3 and 64 and every k; the same mask through
+    torch.compile(fullgraph=True) and replayed from a CUDA graph."""
+    import torch
+
+    from fastqwen.engine.sampling import in_top_k, in_top_k_counted
+    from fastqwen.engine.triton.top_k import top_k_mask
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    inf = float("inf")
+    big = 3.4028235e38  # the largest float32; 1e-45 is the smallest subnormal
+    special = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, big, -big, inf, -inf]
+    special = torch.tensor(special + [1.0, -1.0, 1.0000001, -1.0000001])
+    ks = (0, 1, 2, 50, V - 1, V, V + 1, 10 * V)
+    wrong = []
+    for B in (1, 3, 64):
+        zeros = torch.randint(-1, 2, (B, V)).float()
+        zeros[torch.rand(B, V) < 0.5] *= -1  # +0.0 and -0.0 mixed
+        suppressed = torch.randn(B, V)
+        suppressed[:, torch.rand(V) < 0.9] = -inf
+        kinds = {
+            "random": torch.randn(B, V),
+            "ties": torch.randint(-3, 4, (B, V)).float() / 2,
+            "suppressed": suppressed,
+            "zeros": zeros,
+            "special": special[torch.randint(0, len(special), (B, V))],
+            "all -inf": torch.full((B, V), -inf),
+        }
+        for kind, scores in kinds.items():
+            scores = scores.cuda()
+            cases = [torch.tensor(k) for k in ks]
+            cases.append(torch.tensor(ks)[torch.randint(0, len(ks), (B, 1))])
+            for k in cases:
+                k = k.cuda()
+                got = top_k_mask(scores, k)
+                for reference in (in_top_k, in_top_k_counted):
+                    if not torch.equal(got, reference(scores, k.view(-1, 1) if k.dim() else k)):
+                        wrong.append((kind, B, k.view(-1)[:4].tolist(), reference.__name__))
+    assert wrong == []
+
+    scores = torch.randn(64, V, device="cuda")
+    k = torch.randint(0, V + 2, (64, 1), device="cuda")
+    eager = top_k_mask(scores, k)
+    compiled = torch.compile(top_k_mask, fullgraph=True)(scores, k)
+    assert torch.equal(compiled, eager)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = top_k_mask(scores, k)
+    scores.copy_(torch.randn(64, V, device="cuda"))  # new scores, replayed
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, in_top_k(scores, k))
 
 
 def test_batch_kernel_check_dry_run_writes_its_plan(tmp_path):
@@ -251,6 +398,8 @@ def test_batch_kernel_check_dry_run_writes_its_plan(tmp_path):
     assert record["plan"]["products"]["talker"]["gate_up"] == [6144, 2048, True, False, True]
     assert record["plan"]["products"]["predictor"]["down"] == [1024, 3072, False, True, False]
     assert record["plan"]["tile_configs"] == [{}]
+    assert record["plan"]["top_k"]["rows"] == [1, 8, 64, 128]
+    assert record["plan"]["top_k"]["vocabs"] == [2048, 3072]
     with pytest.raises(SystemExit):
         check.main([str(out), "--rows", "1,x"])
     with pytest.raises(SystemExit):
