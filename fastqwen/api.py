@@ -254,8 +254,8 @@ class FastQwen3TTS:
 
         For each batch bucket b (default: all of `config.buckets`), b short requests at
         once, so the frame graph of that bucket (default sampling, shortest cache window)
-        and the prefill graphs of 1 .. max_prefill_batch joining prompts exist before any
-        traffic; a server reports healthy after this. Longer utterances (a longer cache
+        and the prefill graphs of the joining groups it makes (1, 2, 4, ... prompts) exist
+        before any traffic; a server reports healthy after this. Longer utterances (a longer cache
         window) and other sampling modes still capture on first use. Returns the seconds
         each bucket took.
         """
@@ -531,7 +531,8 @@ def _check_memory(model, config: EngineConfig, per_slot: int) -> None:
     device = model.talker.codec_head.weight.device
     if device.type != "cuda":
         return
-    slots = config.max_batch_size + config.max_prefill_batch  # prefill's scratch rows too
+    scratch = min(config.max_prefill_batch, config.max_batch_size)  # the prefill's rows
+    slots = config.max_batch_size + scratch
     needed = slots * per_slot
     free, _ = torch.cuda.mem_get_info(device)
     if needed > MEMORY_HEADROOM * free:

@@ -85,6 +85,10 @@ class EngineConfig:
         Off by default until its cost is measured: the tiled kernel is slower than the
         single-row kernel at batch 1 (bench/results/2026-12-02_h200_8e7c008). The eager
         CPU path (reference ops) is invariant either way.
+    fused_noise: on CUDA with graphs, draw every row's sampling noise in one Triton launch
+        that reproduces each row's torch generator bit for bit
+        (`engine/triton/philox_noise.py`) instead of one `exponential_` call per row and
+        token (1,024 launches a frame at batch 64). False: the per-row torch calls.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
@@ -99,8 +103,9 @@ class EngineConfig:
     compile: bool | None = None
     max_batch_size: int = 8
     batch_buckets: tuple[int, ...] | None = None
-    max_prefill_batch: int = 4
+    max_prefill_batch: int = 16
     batch_invariant: bool = False
+    fused_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 16:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from fastqwen.api import FastQwen3TTS
 
 
+RESULT_CHUNK_FRAMES = 48  # frames per codec call when a whole result is decoded on the way
+
+
 class RequestHandle:
     """One submitted request. Read it once: iterate it (a stream) or call `result()`."""
 
@@ -67,7 +70,12 @@ class RequestHandle:
 
     # ---- reading ----------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> GenerationResult:
-        """The whole utterance, decoded at once (blocks until the request ends).
+        """The whole utterance (blocks until the request ends).
+
+        Without an ICL reference the codes are decoded as they arrive, `RESULT_CHUNK_FRAMES`
+        at a time, so decoding overlaps generation and the utterances of a batch share
+        codec batches; the audio equals one decode of all the codes up to float rounding
+        (`StreamingDecoder`). With one, the reference's decode after the last frame.
 
         timeout: seconds to wait for each block of frames (None: no limit); on expiry the
         request is cancelled and `queue.Empty` is raised.
@@ -75,14 +83,33 @@ class RequestHandle:
         if self._result is not None:
             return self._result
         self._begin()
+        decoder = None
+        if self.prompt.ref_codes is None:
+            decoder = StreamingDecoder(
+                self.engine.tts.model.speech_tokenizer,
+                first_chunk_frames=RESULT_CHUNK_FRAMES,
+                chunk_frames=RESULT_CHUNK_FRAMES,
+                decode=self.engine.codec.decode,
+            )
+        blocks: list[torch.Tensor] = []
+        pieces: list[np.ndarray] = []
         try:
-            blocks = list(self.job.blocks(timeout))
+            for block in self.job.blocks(timeout):
+                blocks.append(block)
+                if decoder is not None and (audio := decoder.push(block)) is not None:
+                    pieces.append(audio)
         except BaseException:
             self.job.cancel()
             raise
         t_gen = time.perf_counter()
         codes = _concat(blocks)
-        audio, sr = self.engine._decode_utterance(codes, self.prompt.ref_codes)
+        if decoder is None:
+            audio, sr = self.engine._decode_utterance(codes, self.prompt.ref_codes)
+        else:
+            if (tail := decoder.flush()) is not None:
+                pieces.append(tail)
+            audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+            sr = self.engine.sample_rate
         t_end = time.perf_counter()
         self._result = self._make_result(audio, sr, codes, t_gen, t_end, first_audio_s=None)
         return self._result

@@ -173,3 +173,26 @@ def test_each_compiled_function_keeps_its_own_graph_cache():
         assert not hasattr(original, "func"), f"{name}: compiled a partial"
         codes.add(original.__code__)
     assert len(codes) == 5
+
+
+def test_prefill_groups_are_powers_of_two_up_to_the_scratch_rows():
+    from fastqwen.engine.runner import prefill_group
+
+    assert [prefill_group(n, 16) for n in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    assert prefill_group(7, 6) == 6  # never more rows than the scratch cache has
+
+
+def test_row_streams_hold_each_slot_seed_as_torch_keeps_it():
+    from fastqwen.engine.sampling import RowStreams
+
+    streams = RowStreams("cpu", 4)
+    streams.offset.fill_(12)
+    streams.load(1, 2**64 - 1, talker=False, sub=True)  # uint64 seed: int64 two's complement
+    streams.load(2, 1234, talker=True, sub=False)
+    assert streams.seed.tolist() == [0, -1, 1234, 0]
+    assert streams.offset.tolist() == [12, 0, 0, 12]  # a new request starts its stream at 0
+    assert streams.talker.tolist() == [True, False, True, True]
+    assert streams.sub.tolist() == [True, True, False, True]
+    view = streams.rows(2)
+    view.offset.add_(4)  # a bucket's rows are views: the kernel moves the slots' offsets
+    assert streams.offset.tolist() == [16, 4, 0, 12]

@@ -37,7 +37,13 @@ from fastqwen.engine.compile_cache import use_compile_cache
 from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
 from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, TRITON_INVARIANT, Ops
-from fastqwen.engine.sampling import SamplingMode, SamplingTensors, apply_penalties, sample_token
+from fastqwen.engine.sampling import (
+    RowStreams,
+    SamplingMode,
+    SamplingTensors,
+    apply_penalties,
+    sample_token,
+)
 from fastqwen.engine.step import (
     FrameFunctions,
     FrameState,
@@ -129,6 +135,14 @@ def _draw_offsets(model: StaticModel, device: torch.device) -> tuple[int, int]:
     return moved(model.vocab_size), (NUM_CODEBOOKS - 1) * moved(sub_vocab)
 
 
+def prefill_group(count: int, limit: int) -> int:
+    """Prompts a graphed prefill of `count` runs: the next power of two, at most `limit`."""
+    group = 1
+    while group < count:
+        group *= 2
+    return min(group, limit)
+
+
 def window_length(needed: int, max_seq_len: int) -> int:
     """The smallest cache window (256, 512, 1024, ... positions) that fits `needed`."""
     length = MIN_WINDOW
@@ -184,7 +198,13 @@ class FrameRunner:
         # Whether each slot's request samples codebook 0 and codebooks 1..15: a greedy side
         # makes no draws in the reference, so it must not move the slot's stream.
         self.drawing: list[tuple[bool, bool]] = [(True, True)] * batch
-        self.draw_offsets = _draw_offsets(model, self.device) if self.execution.graphed else None
+        # Graphed on CUDA: the same streams as device tensors, every row's noise in one
+        # launch (`RowStreams`); else one torch call per row, and graphs move the greedy
+        # rows' streams back after each replay (`draw_offsets`, `_rewinds`).
+        fused = self.execution.graphed and config.fused_noise and TRITON is not None
+        self.streams = RowStreams(self.device, batch) if fused else None
+        graphed_torch_draws = self.execution.graphed and self.streams is None
+        self.draw_offsets = _draw_offsets(model, self.device) if graphed_torch_draws else None
         scratch = StaticKVCache(
             len(model.talker.layers),
             model.talker.dims.num_kv_heads,
@@ -192,7 +212,7 @@ class FrameRunner:
             config.max_seq_len,
             dtype=model.dtype,
             device=self.device,
-            batch=config.max_prefill_batch,
+            batch=min(config.max_prefill_batch, config.max_batch_size),
         )
         self.scratch = model.with_talker_cache(scratch)
         self.views: dict[tuple[int, int], StaticModel] = {}  # (bucket, window) -> model view
@@ -247,6 +267,8 @@ class FrameRunner:
         self.sub_sampling.load_subtalker(params, slot)
         self.generators[slot].manual_seed(seed)
         self.drawing[slot] = (params.do_sample, params.subtalker_dosample)
+        if self.streams is not None:
+            self.streams.load(slot, seed, params.do_sample, params.subtalker_dosample)
 
     def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
         """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
@@ -260,6 +282,12 @@ class FrameRunner:
         if not self.execution.graphed:
             eager_prefill(self.model, self.state, embeds, slots, self.scratch)
             return
+        # A graph per prompt count would mean max_prefill_batch captures per length: the
+        # group is padded to a power of two by repeating its last prompt into its slot
+        # (the copies compute the same rows, so which one lands last does not matter).
+        group = prefill_group(len(prompts), self.scratch.talker_cache.batch)
+        embeds += [embeds[-1]] * (group - len(prompts))
+        slots = list(slots) + [slots[-1]] * (group - len(slots))
         padded, last = pad_prompts(self.model, embeds)
         key = (len(prompts), padded.shape[1])
         if key not in self.prefill_graphs:
@@ -292,9 +320,14 @@ class FrameRunner:
         def replay_all_draws() -> None:
             frame_step(m, state, self.functions, talker, sub, mode, generators)
 
+        def replay_row_streams() -> None:
+            frame_step(m, state, self.functions, talker, sub, mode, streams)
+
         if not self.execution.graphed:
             return run
-        run = replay_all_draws  # a graph draws for every row; run_block moves streams back
+        streams = self.streams.rows(rows) if self.streams is not None else None
+        # a graph of torch draws draws for every row; run_block moves streams back
+        run = replay_all_draws if streams is None else replay_row_streams
         key = (rows, m.talker_cache.max_len, mode)
         if key not in self.frame_graphs:
             log.info(
@@ -302,11 +335,12 @@ class FrameRunner:
                 rows, key[1], mode, self.execution.name,
             )  # fmt: skip
             warmup = 3 if self.execution.compiled else 2
+            registered = generators if streams is None else ()
             with self.preserved():
-                graph = capture_graph(run, warmup=warmup, generators=generators)
+                graph = capture_graph(run, warmup=warmup, generators=registered)
             self.frame_graphs[key] = graph
         replay = self.frame_graphs[key].replay
-        rewind = self._rewinds(rows, mode)
+        rewind = self._rewinds(rows, mode) if streams is None else []
         if not rewind:
             return replay
 
@@ -341,10 +375,13 @@ class FrameRunner:
         writes its position before any query reads it.)"""
         saved = self.state.snapshot()
         streams = [g.get_state() for g in self.generators]
+        offsets = self.streams.offset.clone() if self.streams is not None else None
         try:
             yield
         finally:
             self.state.restore(saved)
+            if offsets is not None:
+                self.streams.offset.copy_(offsets)
             for g, state in zip(self.generators, streams, strict=True):
                 g.set_state(state)
 
@@ -370,5 +407,7 @@ class FrameRunner:
             step=self.state.step[row],
         )
         generators = [self.generators[slot]]
+        if self.streams is not None:  # the slot's stream moved on the device
+            generators[0].set_offset(int(self.streams.offset[slot]))
         token = sample_token(scores, s, params.do_sample, generators=generators)
         return int(token) == self.model.eos_id

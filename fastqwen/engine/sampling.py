@@ -173,11 +173,39 @@ def in_top_k_counted(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     return larger < _top_k_count(scores, top_k)
 
 
+class RowStreams:
+    """Each slot's random stream as device tensors: the seed and Philox offset of the CUDA
+    generator the slot's request would draw from, and whether it samples codebook 0 and
+    codebooks 1..15. `draw_noise` then fills every row in one launch
+    (`triton.philox_noise`), inside a graph, moving only the drawing rows' offsets, exactly
+    as the rows' own generators would move."""
+
+    def __init__(self, device: torch.device | str, batch: int):
+        self.seed = torch.zeros((batch,), dtype=torch.long, device=device)
+        self.offset = torch.zeros((batch,), dtype=torch.long, device=device)
+        self.talker = torch.ones((batch,), dtype=torch.bool, device=device)
+        self.sub = torch.ones((batch,), dtype=torch.bool, device=device)
+
+    def load(self, row: int, seed: int, talker: bool, sub: bool) -> None:
+        """A new request in `row`: its generator freshly seeded (offset 0)."""
+        seed %= 2**64  # torch keeps a generator's seed as uint64; the tensor holds int64
+        self.seed[row] = seed - 2**64 if seed >= 2**63 else seed
+        self.offset[row] = 0
+        self.talker[row] = talker
+        self.sub[row] = sub
+
+    def rows(self, count: int) -> RowStreams:
+        view = object.__new__(RowStreams)
+        for name, value in vars(self).items():
+            setattr(view, name, value[:count])
+        return view
+
+
 def draw_noise(
     vocab: int,
     device: torch.device,
-    generators: list[torch.Generator] | None = None,
-    drawing: list[bool] | None = None,
+    generators: list[torch.Generator] | RowStreams | None = None,
+    drawing: list[bool] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The (B, V) exponential variates `torch.multinomial` draws for one sample per row.
 
@@ -191,6 +219,16 @@ def draw_noise(
     """
     if generators is None:
         return torch.empty((1, vocab), dtype=torch.float32, device=device).exponential_(1)
+    if isinstance(generators, RowStreams):
+        from fastqwen.engine.triton.philox_noise import (
+            device_grid_cap,
+            exponential_rows,
+            philox_increment,
+        )
+
+        increment = philox_increment(vocab, device_grid_cap(torch.device(device)))
+        s = generators
+        return exponential_rows(s.seed, s.offset, drawing, vocab, increment)
     noise = torch.ones((len(generators), vocab), dtype=torch.float32, device=device)
     for i, (row, generator) in enumerate(zip(noise, generators, strict=True)):
         if drawing is None or drawing[i]:

@@ -37,6 +37,7 @@ from fastqwen.engine.layers import (
 from fastqwen.engine.model import DecoderWeights, StaticModel
 from fastqwen.engine.ops import REFERENCE, Ops
 from fastqwen.engine.sampling import (
+    RowStreams,
     SamplingMode,
     SamplingTensors,
     apply_penalties,
@@ -417,15 +418,19 @@ def frame_step(
     talker_sampling: SamplingTensors,
     sub_sampling: SamplingTensors,
     mode: SamplingMode,
-    generators: list[torch.Generator] | None = None,
+    generators: list[torch.Generator] | RowStreams | None = None,
     drawing: tuple[list[bool], list[bool]] | None = None,
 ) -> None:
     """Advance every row one frame in place: its codes for frame `state.step` (into
     `state.block_codes` at `state.block_index`), then its next talker hidden state.
 
-    generators: each row's random stream (None: one row drawing from torch's default).
-    drawing: which rows draw for codebook 0 and for codebooks 1..15 (None: all of them).
+    generators: each row's random stream (None: one row drawing from torch's default), as
+        torch generators or as `RowStreams` (one launch for every row's noise).
+    drawing: which rows draw for codebook 0 and for codebooks 1..15 (None: all of them;
+        `RowStreams` carry their own flags).
     """
+    if isinstance(generators, RowStreams):
+        drawing = (generators.talker, generators.sub)
     talker_rows, sub_rows = drawing if drawing is not None else (None, None)
     noise = draw_noise(m.vocab_size, m.device, generators, talker_rows) if mode.do_sample else None
     cb0 = fns.talker_token(
