@@ -209,7 +209,8 @@ class FastQwen3TTS:
         # Every stream's chunks and every result's audio go through one codec thread,
         # which decodes what has queued up together (`codec.batch`).
         decoder = codec_decoder(self.tts.model.speech_tokenizer)
-        self.codec = CodecWorker(decoder)
+        # batch-invariant: each span alone, so audio too is bit-identical whatever the load
+        self.codec = CodecWorker(decoder, max_spans=1 if self.config.batch_invariant else None)
         self._conv_context = receptive_field(decoder).conv_frames
         self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content
         self.last_results: list[GenerationResult] = []

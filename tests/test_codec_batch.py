@@ -117,3 +117,15 @@ def test_worker_reports_a_failure_to_its_caller_and_goes_on(codec):
     (again,) = worker.decode([Span(_codes(4, seed=1), 0, 0)])  # restarts after close
     np.testing.assert_array_equal(again, audio)
     worker.close()
+
+
+def test_a_worker_with_max_spans_one_decodes_each_span_alone(codec):
+    decoder = codec_decoder(codec)
+    worker = CodecWorker(decoder, max_spans=1)
+    spans = _spans(seed=8)
+    audio = worker.decode(spans)  # one caller, five spans: five decoder calls
+    worker.close()
+    assert worker.batches == len(spans) and worker.peak_batch == 1
+    for span, a in zip(spans, audio, strict=True):
+        (alone,) = decode_spans(decoder, [span])
+        np.testing.assert_array_equal(a, alone)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,12 +142,23 @@ class CodecWorker:
     `decode(spans)` blocks its caller until its audio is ready. A failing batch fails the
     callers in it, not the worker. `close()` ends the thread; a later `decode` starts it
     again.
+
+    A batch rounds differently from a decode alone (other kernel shapes), so a stream's
+    audio then depends on what it was batched with, by float rounding (~1e-6 here); its
+    codes never do. `max_spans=1` decodes each span alone, in the same shapes as a solo
+    run: audio bit-identical whatever the load (`EngineConfig.batch_invariant`).
     """
 
-    def __init__(self, decoder: torch.nn.Module, max_frames: int = MAX_BATCH_FRAMES):
+    def __init__(
+        self,
+        decoder: torch.nn.Module,
+        max_frames: int = MAX_BATCH_FRAMES,
+        max_spans: int | None = None,
+    ):
         self.decoder = decoder  # the 12 Hz codec decoder (`codec.decoder.codec_decoder`)
         self.device = next(self.decoder.parameters()).device
         self.max_frames = max_frames
+        self.max_spans = max_spans
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -202,22 +214,25 @@ class CodecWorker:
                 return
             batch, stop = self._take(first)
             spans = [s for work in batch for s in work.spans]
+            size = self.max_spans or len(spans)
             try:
                 if self._stream is not None:
                     self._stream.wait_stream(torch.cuda.current_stream(self.device))
-                    with torch.cuda.stream(self._stream):
-                        audio = decode_spans(self.decoder, spans)
-                else:
-                    audio = decode_spans(self.decoder, spans)
+                with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
+                    audio = [
+                        a
+                        for i in range(0, len(spans), size)
+                        for a in decode_spans(self.decoder, spans[i : i + size])
+                    ]
             except Exception as error:  # noqa: BLE001 - the callers get it
                 log.exception("codec decode of %d spans failed", len(spans))
                 for work in batch:
                     work.error = error
                     work.done.set()
                 continue
-            self.batches += 1
+            self.batches += -(-len(spans) // size)
             self.spans += len(spans)
-            self.peak_batch = max(self.peak_batch, len(spans))
+            self.peak_batch = max(self.peak_batch, min(size, len(spans)))
             i = 0
             for work in batch:
                 work.audio, i = audio[i : i + len(work.spans)], i + len(work.spans)

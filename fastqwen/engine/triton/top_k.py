@@ -27,9 +27,10 @@ with a positive NaN (above +inf); the engine's scores hold none.
 Batched: scores (B, V), one row per request, with k shared or one per row; program b
 reads its own row only, so a row's mask is the same whatever B is.
 
-`_top_k_mask_pairwise_kernel` is the earlier form, kept for comparison (the tests and
-bench/batch_kernel_check.py time and check the two): every score compared with every other
-of its row, O(V^2) per row, the count of larger scores per score.
+`_top_k_mask_pairwise_kernel` is the earlier form: every score compared with every other
+of its row, O(V^2) per row, the count of larger scores per score. Spread over many
+programs, it is still the faster one for one or two rows, so `top_k_mask` keeps it there
+(the tests and bench/batch_kernel_check.py time and check the two).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch.library import triton_op
 
 from fastqwen.engine.triton import traceable
 
+PAIRWISE_MAX_ROWS = 2  # up to this many rows the pairwise kernel is the faster one
 INT32_MIN: tl.constexpr = tl.constexpr(-(2**31))
 
 
@@ -152,5 +154,12 @@ def top_k_mask(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 
     top_k: int64, 0-d (one k for every row) or (B,) / (B, 1) (a k per row); k is top_k,
     or V where top_k is 0 or above V (keep all).
+
+    One or two rows take the pairwise kernel (5.4 against 9.7 us at V = 2048 on an H200,
+    bench/results/2026-12-02_h200_1740928/top_k.json), more rows the bisection (10 against
+    60 us at B = 64). Both give the exact mask, so which one ran never shows.
     """
-    return launch(traceable(_top_k_mask_kernel), scores.contiguous(), top_k)
+    scores = scores.contiguous()
+    if scores.numel() // scores.shape[-1] <= PAIRWISE_MAX_ROWS:
+        return launch_pairwise(traceable(_top_k_mask_pairwise_kernel), scores, top_k)
+    return launch(traceable(_top_k_mask_kernel), scores, top_k)
