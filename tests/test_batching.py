@@ -148,7 +148,7 @@ def test_list_calls_run_as_one_batch(tiny_engine):
         assert torch.equal(result.codes, engine.last_results[0].codes), speaker
         # decoded in one codec batch: the same audio up to the codec's float rounding
         assert wav.shape == alone[0].shape and np.abs(wav).max() > 1e-3, speaker
-        np.testing.assert_allclose(wav, alone[0], atol=2e-5, rtol=0, err_msg=speaker)
+        np.testing.assert_allclose(wav, alone[0], atol=5e-5, rtol=0, err_msg=speaker)
     with pytest.raises(ValueError, match="batch size mismatch: 3 texts but 2 values of speaker"):
         engine.generate_custom_voice(texts, speaker=speakers[:2], max_new_tokens=4)
 

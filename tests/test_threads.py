@@ -28,6 +28,7 @@ from fastqwen.verify.reference import run_reference
 ROUNDS = 3
 TIMEOUT_S = 120.0  # per round; a deadlock fails here
 FRAMES = 12  # max_new_tokens: short calls, many of them
+CODEC_ROUNDING = 5e-5  # audio of one stream decoded alone vs in a codec batch
 SAMPLED = SamplingParams(max_new_tokens=FRAMES)
 GREEDY = SamplingParams(max_new_tokens=FRAMES, do_sample=False, subtalker_dosample=False)
 TEXTS = (
@@ -81,7 +82,10 @@ def assert_same(got: Out, want: Out, what: str) -> None:
             f"{what}: differs from its solo run first at {first} (frame, codebook)"
         )
     assert got.audio.shape == want.audio.shape, f"{what}: {got.audio.shape} != {want.audio.shape}"
-    np.testing.assert_allclose(got.audio, want.audio, atol=1e-5, rtol=0, err_msg=what)
+    # The engine's codec thread decodes streams that wait together in one batch, which
+    # rounds differently from a decode alone (seen up to 1.0e-5 at 0.42 of full scale);
+    # a wrong or misplaced frame differs by orders of magnitude more.
+    np.testing.assert_allclose(got.audio, want.audio, atol=CODEC_ROUNDING, rtol=0, err_msg=what)
 
 
 def run_threads(jobs: list[list[tuple[str, Call]]]) -> list[list[Out]]:
