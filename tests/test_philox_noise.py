@@ -213,3 +213,55 @@ def test_matches_torch_exponential_on_cuda(vocab):
     out = exponential_rows(seed, offset, drawing, vocab, increment)
     assert torch.equal(out.view(torch.int32), torch.stack(expected).view(torch.int32))
     assert offset.tolist() == moved
+
+
+ENGINE_ROWS = """
+import json, torch
+from fastqwen.config import EngineConfig, SamplingParams
+from fastqwen.engine.model import StaticModel
+from fastqwen.engine.runner import FrameRunner
+from fastqwen.engine.scheduler import Scheduler
+from fastqwen.models.sources import load_model
+from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
+
+tts = load_model("random:tiny-custom_voice", device="cpu", dtype="float32").tts
+config = EngineConfig(max_seq_len=256, max_batch_size=4)
+FRAMES = 6
+# (speaker, seed, talker samples, sub-talker samples)
+ROWS = [("aiden", 11, True, True), ("serena", 12, False, True), ("ryan", 13, True, False)]
+
+def run(rows):
+    runner = FrameRunner(StaticModel.from_qwen_tts(tts.model, 256, batch=4), config, row_streams=True)
+    scheduler = Scheduler(runner)
+    try:
+        jobs = scheduler.submit_many([
+            scheduler.job(
+                build_talker_prompt(tts, VoiceRequest("custom_voice", "Rows apart.", "english", speaker=sp)),
+                SamplingParams(max_new_tokens=FRAMES + 1, min_new_tokens=FRAMES + 1,
+                               do_sample=talk, subtalker_dosample=sub),
+                seed,
+            ) for sp, seed, talk, sub in rows
+        ])
+        codes = [torch.cat(list(job.blocks())).tolist() for job in jobs]
+    finally:
+        scheduler.close()
+    return codes, [int(runner.streams.offset[job.slot]) for job in jobs]
+
+batched, offsets = run(ROWS)
+solo = [run([row])[0][0] for row in ROWS]
+print(json.dumps({"batched": batched, "solo": solo, "offsets": offsets}))
+"""
+
+
+def test_engine_rows_draw_from_their_own_streams_under_the_interpreter(fastqwen_cache):
+    """The runner with `RowStreams` (the CUDA default), run eagerly on the CPU with the
+    kernel interpreted: each row of a batch gives its solo codes, and each slot's stream
+    moved by 4 per codebook-0 draw and 4 per codebook 1..15 draw of its sampled sides only."""
+    from tests.test_triton_kernels import interpreted
+
+    result = json.loads(interpreted(ENGINE_ROWS).strip().splitlines()[-1])
+    frames = 6
+    assert [len(c) for c in result["batched"]] == [frames] * 3
+    assert result["batched"] == result["solo"]
+    talker, sub = 4, 15 * 4
+    assert result["offsets"] == [frames * (talker + sub), frames * sub, frames * talker]

@@ -167,9 +167,19 @@ class FrameRunner:
         config: how to run (`EngineConfig`); decides eager, compiled and graphed once.
         ops: the op set, overriding the default for the execution (`default_ops`): e.g.
             `ops.FUSED` or `ops.TRITON` (under Triton's interpreter) eagerly on the CPU.
+        row_streams: draw the noise through `RowStreams` (one launch for all rows), overriding
+            the default (graphed CUDA with `config.fused_noise`); the tests run it on the
+            CPU under Triton's interpreter.
     """
 
-    def __init__(self, model: StaticModel, config: EngineConfig, *, ops: Ops | None = None):
+    def __init__(
+        self,
+        model: StaticModel,
+        config: EngineConfig,
+        *,
+        ops: Ops | None = None,
+        row_streams: bool | None = None,
+    ):
         if model.talker_cache.batch != config.max_batch_size:
             raise ValueError(
                 f"the model's caches have {model.talker_cache.batch} slots but "
@@ -202,6 +212,7 @@ class FrameRunner:
         # launch (`RowStreams`); else one torch call per row, and graphs move the greedy
         # rows' streams back after each replay (`draw_offsets`, `_rewinds`).
         fused = self.execution.graphed and config.fused_noise and TRITON is not None
+        fused = fused if row_streams is None else row_streams
         self.streams = RowStreams(self.device, batch) if fused else None
         graphed_torch_draws = self.execution.graphed and self.streams is None
         self.draw_offsets = _draw_offsets(model, self.device) if graphed_torch_draws else None
@@ -312,22 +323,22 @@ class FrameRunner:
         state = self.state.rows(rows)
         talker, sub = self.talker_sampling.rows(rows), self.sub_sampling.rows(rows)
         generators = self.generators[:rows]
+        streams = self.streams.rows(rows) if self.streams is not None else None
 
         def run() -> None:
+            if streams is not None:  # the streams carry which rows draw
+                frame_step(m, state, self.functions, talker, sub, mode, streams)
+                return
             drawing = [d[0] for d in self.drawing[:rows]], [d[1] for d in self.drawing[:rows]]
             frame_step(m, state, self.functions, talker, sub, mode, generators, drawing)
 
         def replay_all_draws() -> None:
             frame_step(m, state, self.functions, talker, sub, mode, generators)
 
-        def replay_row_streams() -> None:
-            frame_step(m, state, self.functions, talker, sub, mode, streams)
-
         if not self.execution.graphed:
             return run
-        streams = self.streams.rows(rows) if self.streams is not None else None
         # a graph of torch draws draws for every row; run_block moves streams back
-        run = replay_all_draws if streams is None else replay_row_streams
+        run = replay_all_draws if streams is None else run
         key = (rows, m.talker_cache.max_len, mode)
         if key not in self.frame_graphs:
             log.info(
@@ -407,7 +418,7 @@ class FrameRunner:
             step=self.state.step[row],
         )
         generators = [self.generators[slot]]
-        if self.streams is not None:  # the slot's stream moved on the device
+        if self.streams is not None and self.device.type == "cuda":  # it moved on the device
             generators[0].set_offset(int(self.streams.offset[slot]))
         token = sample_token(scores, s, params.do_sample, generators=generators)
         return int(token) == self.model.eos_id
