@@ -230,17 +230,22 @@ FRAMES = 6
 # (speaker, seed, talker samples, sub-talker samples)
 ROWS = [("aiden", 11, True, True), ("serena", 12, False, True), ("ryan", 13, True, False)]
 
+def prompt(speaker):
+    return build_talker_prompt(tts, VoiceRequest("custom_voice", "Rows apart.", speaker=speaker))
+
+def params(talk, sub):
+    n = FRAMES + 1
+    return SamplingParams(
+        max_new_tokens=n, min_new_tokens=n, do_sample=talk, subtalker_dosample=sub
+    )
+
 def run(rows):
-    runner = FrameRunner(StaticModel.from_qwen_tts(tts.model, 256, batch=4), config, row_streams=True)
+    model = StaticModel.from_qwen_tts(tts.model, 256, batch=4)
+    runner = FrameRunner(model, config, row_streams=True)
     scheduler = Scheduler(runner)
     try:
         jobs = scheduler.submit_many([
-            scheduler.job(
-                build_talker_prompt(tts, VoiceRequest("custom_voice", "Rows apart.", "english", speaker=sp)),
-                SamplingParams(max_new_tokens=FRAMES + 1, min_new_tokens=FRAMES + 1,
-                               do_sample=talk, subtalker_dosample=sub),
-                seed,
-            ) for sp, seed, talk, sub in rows
+            scheduler.job(prompt(sp), params(talk, sub), seed) for sp, seed, talk, sub in rows
         ])
         codes = [torch.cat(list(job.blocks())).tolist() for job in jobs]
     finally:
