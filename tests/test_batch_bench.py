@@ -69,6 +69,11 @@ def test_batch_records_have_the_fields_and_sane_values(batch_records):
         assert 0 < r["step_ms"] < 1000 * r["wall_s"] / (N - 1)
         assert 0 < r["per_stream_rtf_min"] <= r["per_stream_rtf_median"]
         assert r["steps"] == N - 1 and r["peak_active"] == b  # they ran together
+        parts = r["round_breakdown"]  # the best round's: loop phases and the codec thread
+        assert 0 < parts["loop_frames_s"] <= parts["wall_s"] == r["wall_s"]
+        assert parts["loop_admit_s"] > 0 and parts["loop_deliver_s"] >= 0
+        assert parts["codec_spans"] >= b and 1 <= parts["codec_batches"] <= parts["codec_spans"]
+        assert 0 < parts["codec_busy_s"] <= parts["wall_s"]
         assert 0 < r["generate_s"] <= r["wall_s"] and r["prefill_ms"] > 0
         assert r["kv_bytes_per_slot"] > 0 and r["kv_cache_bytes"] >= 2 * r["kv_bytes_per_slot"]
         assert r["peak_memory_bytes"] is None  # CUDA only

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -166,6 +167,7 @@ class CodecWorker:
         self.batches = 0  # decoder calls made
         self.spans = 0  # spans decoded
         self.peak_batch = 0  # most spans in one call
+        self.busy_s = 0.0  # time spent decoding (host copies of the audio included)
 
     def decode(self, spans: list[Span]) -> list[np.ndarray]:
         """Each span's audio, decoded with whatever else is queued."""
@@ -215,6 +217,7 @@ class CodecWorker:
             batch, stop = self._take(first)
             spans = [s for work in batch for s in work.spans]
             size = self.max_spans or len(spans)
+            t0 = time.perf_counter()
             try:
                 if self._stream is not None:
                     self._stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -230,6 +233,7 @@ class CodecWorker:
                     work.error = error
                     work.done.set()
                 continue
+            self.busy_s += time.perf_counter() - t0
             self.batches += -(-len(spans) // size)
             self.spans += len(spans)
             self.peak_batch = max(self.peak_batch, min(size, len(spans)))

@@ -100,6 +100,18 @@ class Job:
             self._queue.put(_Done(error))
 
 
+@dataclass
+class LoopTimes:
+    """Where the loop thread's time goes, in seconds since the scheduler started: admitting
+    and prefilling joiners, running blocks of frames (graph replays and the codes' copy to
+    the host), and handing each block's codes to its requests. What a round's wall time
+    has beyond their sum is the loop waiting (for the GIL, or idle)."""
+
+    admit_s: float = 0.0
+    frames_s: float = 0.0
+    deliver_s: float = 0.0
+
+
 class Scheduler:
     """Owns the frame loop of one `FrameRunner`, in a thread of its own (started on the
     first submit)."""
@@ -116,6 +128,7 @@ class Scheduler:
         self._loop_lock = threading.Lock()  # held while the loop touches the runner
         self.steps = 0  # frame steps run so far (each serves every busy slot)
         self.peak_active = 0  # the most requests that ran together
+        self.times = LoopTimes()
 
     # ---- submitting ---------------------------------------------------------------------
     def submit(
@@ -205,8 +218,10 @@ class Scheduler:
                         self._fail_all(error)
 
     def _iteration(self) -> None:
+        t_admit = time.perf_counter()
         self._admit()
         self._drop_cancelled()
+        self.times.admit_s += time.perf_counter() - t_admit
         jobs = [(slot, job) for slot, job in enumerate(self._slots) if job is not None]
         if not jobs:
             return
@@ -224,10 +239,13 @@ class Scheduler:
         self.peak_active = max(self.peak_active, len(jobs))
         t0 = time.perf_counter()
         codes = runner.run_block(step, rows, n)
-        elapsed = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        elapsed = t1 - t0
+        self.times.frames_s += elapsed
         self.steps += n
         for slot, job in jobs:
             self._deliver(slot, job, codes[slot], elapsed)
+        self.times.deliver_s += time.perf_counter() - t1
 
     def _deliver(self, slot: int, job: Job, codes: torch.Tensor, elapsed: float) -> None:
         block, eos = trim_at_eos(codes, self.runner.model.eos_id)

@@ -42,7 +42,8 @@ FIELDS = (
     # Batched throughput (null in single-stream records): `fastqwen.tools.bench.throughput`.
     *(
         "batch_size audio_seconds_per_second step_ms per_stream_rtf_min per_stream_rtf_median "
-        "batch_rounds_aps steps peak_active peak_memory_bytes kv_bytes_per_slot batch_mix note"
+        "batch_rounds_aps steps peak_active round_breakdown peak_memory_bytes kv_bytes_per_slot "
+        "batch_mix note"
     ).split(),
     "profile_error",
     "error",

@@ -388,12 +388,16 @@ def _batch_round(fast, requests, params: SamplingParams, dev: torch.device) -> R
     steps0 = fast.scheduler.steps
     fast.scheduler.peak_active = 0  # this round's concurrency, not the warm-up's
     synchronize(dev)
+    before = _engine_times(fast)
     t0 = time.perf_counter()
     handles = fast.submit_many(voice, params, seeds, streaming=False)
     with ThreadPoolExecutor(max_workers=len(handles)) as pool:
         results = list(pool.map(lambda h: h.result(), handles))
     synchronize(dev)
     wall = time.perf_counter() - t0
+    after = _engine_times(fast)
+    breakdown = {k: round(after[k] - before[k], 4) for k in after}
+    breakdown["wall_s"] = round(wall, 4)
     streams = tuple(
         StreamTiming(
             frames=r.frames,
@@ -405,7 +409,21 @@ def _batch_round(fast, requests, params: SamplingParams, dev: torch.device) -> R
         )
         for r in results
     )
-    return Round(len(requests), wall, streams, steps=fast.scheduler.steps - steps0)
+    steps = fast.scheduler.steps - steps0
+    return Round(len(requests), wall, streams, steps=steps, breakdown=breakdown)
+
+
+def _engine_times(fast) -> dict:
+    """The scheduler's and the codec thread's cumulative times and counts (`LoopTimes`,
+    `CodecWorker`): a round's breakdown is the difference of two of these."""
+    times = vars(fast.scheduler.times)
+    codec = fast.codec
+    return {
+        **{f"loop_{k}": v for k, v in times.items()},
+        "codec_busy_s": codec.busy_s,
+        "codec_batches": codec.batches,
+        "codec_spans": codec.spans,
+    }
 
 
 def run_batch_bench(

@@ -121,6 +121,8 @@ class Round:
     wall_s: float  # first submit to last decoded result
     streams: tuple[StreamTiming, ...]
     steps: int | None = None  # frame steps the engine ran in the round (None: not known)
+    # where the engine's time went in the round (seconds and counts; None: not known)
+    breakdown: dict | None = None
 
     def __post_init__(self) -> None:
         if len(self.streams) != self.batch_size:
@@ -178,6 +180,7 @@ def throughput_fields(rounds: Sequence[Round]) -> dict:
         "generate_s": _round(max(s.generate_s for s in streams), 4),
         "wall_s": _round(best.wall_s, 4),
         "prefill_ms": _round(1000 * statistics.median(prefills)) if prefills else None,
+        "round_breakdown": best.breakdown,
         "runs": len(rounds),
     }
 
