@@ -18,20 +18,12 @@ from fastqwen.codec.decoder import (
     utterance_audio,
 )
 from fastqwen.constants import SAMPLES_PER_FRAME
-from tests.test_codec import TOLERANCE, _codes, _stream, _tiny_codec
+from tests import test_codec
+from tests.test_codec import TOLERANCE, _codes, _stream
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def codec():
-    return _tiny_codec()
+# test_codec's fixtures, used here too: one CPU thread, and the tiny codec
+_one_thread = test_codec._one_thread
+codec = test_codec.codec
 
 
 def _spans(seed: int) -> list[Span]:

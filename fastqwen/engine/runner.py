@@ -300,7 +300,7 @@ class FrameRunner:
         embeds += [embeds[-1]] * (group - len(prompts))
         slots = list(slots) + [slots[-1]] * (group - len(slots))
         padded, last = pad_prompts(self.model, embeds)
-        key = (len(prompts), padded.shape[1])
+        key = (group, padded.shape[1])
         if key not in self.prefill_graphs:
             # Capture with this call's inputs: the warm-up runs then write only the
             # joining slots' rows, which the replay below fills for real.
