@@ -79,6 +79,9 @@ class EngineConfig:
         runs at the smallest bucket that holds its highest slot. None: 1, 2, 4, ... up to
         max_batch_size, and max_batch_size itself.
     max_prefill_batch: prompts prefilled together when requests join at the same frame.
+        The rest of the queue joins at the next blocks, one group per block, so a burst of
+        B requests ramps up over B / max_prefill_batch blocks (64: a burst of 64 joins at
+        once; at 16 a burst of 256 took 16 blocks of 8 frames to fill the batch).
     batch_invariant: on CUDA with the compiled Triton ops, run every product through the
         tiled kernel (one tiling for any number of rows, the single row included) and
         prefill each joining prompt alone, so a request's codes do not depend on the batch.
@@ -103,7 +106,7 @@ class EngineConfig:
     compile: bool | None = None
     max_batch_size: int = 8
     batch_buckets: tuple[int, ...] | None = None
-    max_prefill_batch: int = 16
+    max_prefill_batch: int = 64
     batch_invariant: bool = False
     fused_noise: bool = True
 

@@ -64,6 +64,11 @@ class RequestHandle:
         """Whether the request has finished generating (its audio may still be decoding)."""
         return self.job.finished
 
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Wait until the request has finished generating (its slot is free again; its
+        audio may still be decoding); False if `timeout` seconds passed first."""
+        return self.job._finished.wait(timeout)
+
     @property
     def stats(self) -> LoopStats:
         return self.job.stats
@@ -77,7 +82,8 @@ class RequestHandle:
         codec batches; the audio equals one decode of all the codes up to float rounding
         (`StreamingDecoder`). With one, the reference's decode after the last frame.
 
-        timeout: seconds to wait for each block of frames (None: no limit); on expiry the
+        timeout: seconds to wait for each hand-over of frames (every `RESULT_CHUNK_FRAMES`,
+            or the whole utterance with an ICL reference; None: no limit); on expiry the
         request is cancelled and `queue.Empty` is raised.
         """
         if self._result is not None:
@@ -91,6 +97,8 @@ class RequestHandle:
                 chunk_frames=RESULT_CHUNK_FRAMES,
                 decode=self.engine.codec.decode,
             )
+        # wake this reader only when a chunk can be decoded (or at the end)
+        self.job.wake_frames = RESULT_CHUNK_FRAMES if decoder is not None else 1 << 30
         blocks: list[torch.Tensor] = []
         pieces: list[np.ndarray] = []
         try:
@@ -136,9 +144,11 @@ class RequestHandle:
         pieces: list[np.ndarray] = []
         first_audio_s: float | None = None
         try:
+            self.job.wake_frames = decoder.frames_to_next_chunk
             for block in self.job.blocks():
                 blocks.append(block)
                 audio = decoder.push(block)
+                self.job.wake_frames = decoder.frames_to_next_chunk
                 if audio is not None and len(audio):
                     elapsed = time.perf_counter() - t0
                     first_audio_s = elapsed if first_audio_s is None else first_audio_s

@@ -196,3 +196,24 @@ def test_row_streams_hold_each_slot_seed_as_torch_keeps_it():
     view = streams.rows(2)
     view.offset.add_(4)  # a bucket's rows are views: the kernel moves the slots' offsets
     assert streams.offset.tolist() == [16, 4, 0, 12]
+
+
+def test_a_job_wakes_its_reader_only_once_wake_frames_are_waiting():
+    """The scheduler hands a request's blocks over `wake_frames` at a time (and whatever is
+    left at its end), in order: a reader that decodes 48 frames at a time is not woken
+    after every 8-frame block."""
+    from fastqwen.engine.scheduler import Job
+
+    job = Job(prompt=None, params=SamplingParams(), seed=0, max_frames=100)
+    job.wake_frames = 5
+    blocks = [torch.full((2, 16), i) for i in range(4)]
+    job._put(blocks[0])
+    job._put(blocks[1])
+    assert job._queue.qsize() == 0  # 4 frames waiting: not yet
+    job._put(blocks[2])
+    assert job._queue.qsize() == 1  # 6 >= 5: the three blocks in one hand-over
+    job._put(blocks[3])
+    assert job._queue.qsize() == 1
+    job._end()
+    got = list(job.blocks(timeout=1))
+    assert [int(b[0, 0]) for b in got] == [0, 1, 2, 3]

@@ -99,10 +99,15 @@ def _decode_batch(decoder, spans: list[Span], device: torch.device) -> list[torc
     codes = codes.to(device, non_blocking=True).transpose(1, 2).contiguous()  # (B, 16, W)
     latents = _latents(decoder, codes)  # (B, latent, W)
     conv_width = max(s.conv_frames for s in spans)
-    rows = latents.new_zeros((len(spans), latents.shape[1], conv_width))
-    for i, s in enumerate(spans):
-        first = s.context - s.conv_context
-        rows[i, :, : s.conv_frames] = latents[i, :, first : s.codes.shape[0]]
+    # each row's conv frames, left-aligned, zeros after them: one gather for every row
+    first = torch.tensor([s.context - s.conv_context for s in spans])
+    count = torch.tensor([s.conv_frames for s in spans])
+    index = first[:, None] + torch.arange(conv_width)  # (B, conv_width)
+    keep = index < (first + count)[:, None]
+    index = torch.where(keep, index, 0).to(device, non_blocking=True)
+    keep = keep.to(device, non_blocking=True)
+    rows = latents.gather(2, index[:, None, :].expand(-1, latents.shape[1], -1))
+    rows = rows * keep[:, None, :].to(rows.dtype)
     wav = _waveform(decoder, rows)  # (B, 1, conv_width * 1920)
     return [
         wav[i, 0, s.conv_context * SAMPLES_PER_FRAME : s.conv_frames * SAMPLES_PER_FRAME]
@@ -219,8 +224,8 @@ class CodecWorker:
             size = self.max_spans or len(spans)
             t0 = time.perf_counter()
             try:
-                if self._stream is not None:
-                    self._stream.wait_stream(torch.cuda.current_stream(self.device))
+                # No wait on the frame loop's stream: the codes come from the host, so
+                # the codec's kernels may start while that stream still has frames queued.
                 with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
                     audio = [
                         a

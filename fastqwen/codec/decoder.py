@@ -243,6 +243,11 @@ class StreamingDecoder:
         """Frames received whose audio has not been returned yet."""
         return self._pushed - self._emitted
 
+    @property
+    def frames_to_next_chunk(self) -> int:
+        """Frames still to push before `push` returns the next chunk's audio."""
+        return max(1, self._next_chunk_frames() - self.pending_frames)
+
     def push(self, codes: torch.Tensor) -> np.ndarray | None:
         """Add frames and return the audio of every chunk they complete.
 

@@ -44,3 +44,13 @@ def trim_at_eos(codes: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, bool]:
     if not bool(is_eos.any()):
         return codes, False
     return codes[: int(is_eos.int().argmax())], True
+
+
+def first_eos(codes: torch.Tensor, eos_id: int) -> list[int]:
+    """For each row of a block (rows, n, 16): the index of its first frame whose codebook 0
+    is EOS, or n when there is none. One pass over every row: the loop checks a whole
+    batch's block at once instead of a request at a time."""
+    is_eos = codes[:, :, 0] == eos_id  # (rows, n)
+    n = codes.shape[1]
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1), n).tolist()
+

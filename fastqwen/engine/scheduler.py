@@ -29,7 +29,7 @@ import torch
 
 from fastqwen.config import SamplingParams
 from fastqwen.device import synchronize
-from fastqwen.engine.loop import LoopStats, trim_at_eos
+from fastqwen.engine.loop import LoopStats, first_eos
 from fastqwen.engine.runner import FrameRunner
 from fastqwen.engine.sampling import SamplingMode
 from fastqwen.prompts.builder import TalkerPrompt
@@ -53,6 +53,11 @@ class Job:
 
     Read it from one thread: `blocks()` yields (k, 16) int64 CPU code blocks until the
     request ends, and raises its error (`GenerationStopped` when cancelled).
+
+    `wake_frames`: the reader is woken once this many frames are waiting (and at the end),
+    not at every block. At batch 256 a wake per block and request is 256 threads
+    contending for the GIL with the frame loop and the codec thread after every block; a
+    reader that decodes 48 frames at a time has nothing to do before 48 are there.
     """
 
     prompt: TalkerPrompt
@@ -66,6 +71,9 @@ class Job:
     slot: int | None = None
     joined_step: int | None = None  # the scheduler's frame count when it joined
     done_frames: int = 0  # frames run in its slot (EOS overshoot included)
+    wake_frames: int = 1  # frames that must be waiting before the reader is woken
+    _held: list = field(default_factory=list)  # blocks not handed to the reader yet
+    _held_frames: int = 0
     _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _finished: threading.Event = field(default_factory=threading.Event)
@@ -83,20 +91,31 @@ class Job:
         return self._finished.is_set()
 
     def blocks(self, timeout: float | None = None) -> Iterator[torch.Tensor]:
+        """Code blocks as they are handed over (`wake_frames` at a time); timeout: seconds
+        to wait for each hand-over (queue.Empty past it)."""
         while True:
             item = self._queue.get(timeout=timeout)
             if isinstance(item, _Done):
                 if item.error is not None:
                     raise item.error
                 return
-            yield item
+            yield from item
 
     def _put(self, codes: torch.Tensor) -> None:
-        self._queue.put(codes)
+        self._held.append(codes)
+        self._held_frames += int(codes.shape[0])
+        if self._held_frames >= self.wake_frames:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._held:
+            held, self._held, self._held_frames = self._held, [], 0
+            self._queue.put(held)
 
     def _end(self, error: BaseException | None = None) -> None:
         if not self._finished.is_set():
             self._finished.set()
+            self._hand_over()
             self._queue.put(_Done(error))
 
 
@@ -243,12 +262,15 @@ class Scheduler:
         elapsed = t1 - t0
         self.times.frames_s += elapsed
         self.steps += n
+        ends = first_eos(codes, self.runner.model.eos_id)
         for slot, job in jobs:
-            self._deliver(slot, job, codes[slot], elapsed)
+            self._deliver(slot, job, codes[slot], ends[slot], elapsed)
         self.times.deliver_s += time.perf_counter() - t1
 
-    def _deliver(self, slot: int, job: Job, codes: torch.Tensor, elapsed: float) -> None:
-        block, eos = trim_at_eos(codes, self.runner.model.eos_id)
+    def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> None:
+        """Hand a slot's block to its job, cut before its first EOS (frame `end`)."""
+        eos = end < codes.shape[0]
+        block = codes[:end] if eos else codes
         stats = job.stats
         stats.block_times_s.append(elapsed)
         stats.block_frames.append(int(block.shape[0]))

@@ -63,6 +63,7 @@ from fastqwen.tools.bench.measure import (
 )
 from fastqwen.tools.bench.throughput import (
     DEFAULT_BATCH_ROUNDS,
+    DEFAULT_STEADY_WAVES,
     DEFAULT_BATCH_SIZES,
     Round,
     StreamTiming,
@@ -70,6 +71,7 @@ from fastqwen.tools.bench.throughput import (
     parse_batch_sizes,
     request_mix,
     seq_len_for,
+    steady_state_fields,
     throughput_fields,
 )
 from fastqwen.tools.defaults import (
@@ -413,6 +415,52 @@ def _batch_round(fast, requests, params: SamplingParams, dev: torch.device) -> R
     return Round(len(requests), wall, streams, steps=steps, breakdown=breakdown)
 
 
+def _steady_state(fast, requests, params: SamplingParams, dev: torch.device, waves: int) -> dict:
+    """`waves + 2` waves of the B requests through B lanes: a lane submits a request, and
+    the next as soon as that one has finished generating (`RequestHandle.wait_done`), so
+    at most B requests hold slots and a freed slot is refilled at the next block, while
+    reader threads decode the results (one per request, as in a burst round): one wave's
+    last chunks are decoded during the next wave's frames. Returns `steady_state_fields`."""
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastqwen.prompts.builder import VoiceRequest
+
+    B = len(requests)
+    total = (waves + 2) * B
+    numbers = itertools.count()
+    lock = threading.Lock()
+    completions: list[tuple[float, float]] = []
+
+    def read(handle) -> None:
+        result = handle.result()
+        with lock:
+            completions.append((time.perf_counter(), result.audio_seconds))
+
+    def lane(readers: ThreadPoolExecutor) -> list:
+        futures = []
+        while (i := next(numbers)) < total:
+            r = requests[i % B]
+            voice = VoiceRequest("custom_voice", r.text, "english", speaker=r.speaker)
+            handle = fast.submit(voice, params, r.seed, streaming=False)
+            futures.append(readers.submit(read, handle))
+            handle.wait_done()
+        return futures
+
+    synchronize(dev)
+    before = _engine_times(fast)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2 * B) as readers, ThreadPoolExecutor(B) as lanes:
+        for future in [lanes.submit(lane, readers) for _ in range(B)]:
+            for read_future in future.result():
+                read_future.result()
+    after = _engine_times(fast)
+    breakdown = {k: round(after[k] - before[k], 4) for k in after}
+    breakdown["wall_s"] = round(time.perf_counter() - t0, 4)
+    return steady_state_fields(completions, B, breakdown)
+
+
 def _engine_times(fast) -> dict:
     """The scheduler's and the codec thread's cumulative times and counts (`LoopTimes`,
     `CodecWorker`): a round's breakdown is the difference of two of these."""
@@ -435,6 +483,7 @@ def run_batch_bench(
     engine_options: dict | None = None,
     sampling: SamplingParams | None = None,
     rounds: int = DEFAULT_BATCH_ROUNDS,
+    steady_waves: int = DEFAULT_STEADY_WAVES,
     seed: int = DEFAULT_SEED,
     on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
@@ -452,7 +501,10 @@ def run_batch_bench(
     cycled, seeds seed, seed+1, ...), each with `min_new_tokens = max_new_tokens` so no
     stream stops early. The record reports the best round (highest audio seconds per
     second; `throughput.best_round`) and keeps every round's throughput in
-    `batch_rounds_aps`. A size that fails (out of memory) gets an error record and the
+    `batch_rounds_aps`, as `burst_audio_seconds_per_second`. Then, unless `steady_waves`
+    is 0, a steady-state run (`_steady_state`, `throughput.steady_state_fields`) whose
+    figure becomes the record's `audio_seconds_per_second` (`throughput_method` says
+    which). A size that fails (out of memory) gets an error record and the
     larger ones are still tried.
 
     on_record: called with each record as soon as it is made (main() writes it), so the
@@ -570,6 +622,15 @@ def run_batch_bench(
                         b, i, timed[-1].audio_seconds_per_second, timed[-1].wall_s,
                     )  # fmt: skip
                 rec.update(throughput_fields(timed))
+                rec["burst_audio_seconds_per_second"] = rec["audio_seconds_per_second"]
+                rec["throughput_method"] = "burst"
+                if steady_waves:
+                    steady = _steady_state(fast, requests, params, dev, steady_waves)
+                    log.info(
+                        "static batch %d steady state: %.1f audio s/s over %.2f s",
+                        b, steady["audio_seconds_per_second"], steady["steady_window_s"],
+                    )  # fmt: skip
+                    rec.update(steady)
                 rec.update(
                     peak_active=fast.scheduler.peak_active,
                     peak_memory_bytes=_peak_bytes(dev),
@@ -681,6 +742,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="timed rounds per batch size after one warm-up round; the record reports the "
         "best round (default: %(default)s)",
     )
+    p.add_argument(
+        "--steady-waves",
+        type=int,
+        default=DEFAULT_STEADY_WAVES,
+        help="waves of B requests counted in the steady-state run after the rounds (B "
+        "running, B queued, each replaced when it ends; 0: no steady-state run; default: "
+        "%(default)s)",
+    )
     for f in dataclasses.fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "profile":
@@ -759,6 +828,8 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
         )
     if args.batch_rounds < 1:
         raise SystemExit(f"--batch-rounds must be >= 1, got {args.batch_rounds}")
+    if args.steady_waves < 0:
+        raise SystemExit(f"--steady-waves must be >= 0, got {args.steady_waves}")
     if args.out and Path(args.out).suffix == ".json":
         raise SystemExit(
             f"--batch-sizes writes one record per size: --out must be a directory, got {args.out}"
@@ -779,6 +850,7 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
             engine_options=_parse_options(args.engine_option),
             sampling=sampling_from_args(args),
             rounds=args.batch_rounds,
+            steady_waves=args.steady_waves,
             seed=args.seed,
             on_record=emit,
         )

@@ -7,9 +7,20 @@ engine is measured on the same requests and summarised by the same arithmetic.
 Standard library only (plus `fastqwen.tools.defaults`): the anchor scripts import it in
 their own environments.
 
-The numbers of one timed round:
+Two ways to load the engine at batch size B:
+- steady state (`steady_state_fields`, the record's `audio_seconds_per_second` when
+  measured): B requests run while B more wait in the queue, and each finished request is
+  replaced at once, for `waves + 2` waves of B. A freed slot is refilled at the next block,
+  so the decode of one wave overlaps the frames of the next, as on a busy server. The
+  figure is the audio of the results finished between the end of the first wave and the
+  start of the last (ramp-up and drain excluded) over that time;
+- a burst round (`Round`, `burst_audio_seconds_per_second`): B requests at once, timed
+  from submit to the last decoded result, so it includes the batch filling up and the
+  last chunks' decode after the last frame.
+
+The numbers of one burst round:
 - `audio_seconds_per_second`: audio delivered by all B requests over the round's wall time
-  (first submit to last decoded result), the throughput a server would see;
+  (first submit to last decoded result);
 - `step_ms`: the frame loop's wall time over its frames, one step serving every stream;
 - `per_stream_rtf_*`: each stream's audio seconds over its own generation time (submit to
   its last frame), what one listener sees.
@@ -26,6 +37,7 @@ from fastqwen.tools.defaults import BENCH_SPEAKERS, SEED_PROMPTS
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 DEFAULT_BATCH_ROUNDS = 2
+DEFAULT_STEADY_WAVES = 3  # waves of B counted in a steady-state run (plus ramp and drain)
 MIN_WINDOW = 256  # the engine's smallest cache window; max_seq_len is a multiple of it
 
 
@@ -185,7 +197,35 @@ def throughput_fields(rounds: Sequence[Round]) -> dict:
     }
 
 
+def steady_state_fields(
+    completions: Sequence[tuple[float, float]], batch_size: int, breakdown: dict | None = None
+) -> dict:
+    """The steady-state fields from each finished request's (finish time, audio seconds):
+    the results ranked B+1 .. N-B by finish time, over the time from the B-th finish to
+    the (N-B)-th (the first wave's ramp and the last wave's drain left out)."""
+    n = len(completions)
+    if n < 3 * batch_size:
+        raise ValueError(
+            f"a steady state needs at least 3 waves of {batch_size} results, got {n}"
+        )
+    done = sorted(completions)
+    start, end = done[batch_size - 1][0], done[n - batch_size - 1][0]
+    counted = done[batch_size : n - batch_size]
+    audio = sum(a for _, a in counted)
+    if not end > start:
+        raise ValueError(f"steady-state window of {end - start} s: nothing to measure")
+    return {
+        "audio_seconds_per_second": _round(audio / (end - start)),
+        "steady_window_s": _round(end - start, 4),
+        "steady_requests": len(counted),
+        "steady_breakdown": breakdown,
+        "throughput_method": "steady_state",
+    }
+
+
 __all__ = [
+    "DEFAULT_STEADY_WAVES",
+    "steady_state_fields",
     "DEFAULT_BATCH_ROUNDS",
     "DEFAULT_BATCH_SIZES",
     "BatchRequest",
