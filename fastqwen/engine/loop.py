@@ -53,4 +53,3 @@ def first_eos(codes: torch.Tensor, eos_id: int) -> list[int]:
     is_eos = codes[:, :, 0] == eos_id  # (rows, n)
     n = codes.shape[1]
     return torch.where(is_eos.any(1), is_eos.int().argmax(1), n).tolist()
-

@@ -63,8 +63,8 @@ from fastqwen.tools.bench.measure import (
 )
 from fastqwen.tools.bench.throughput import (
     DEFAULT_BATCH_ROUNDS,
-    DEFAULT_STEADY_WAVES,
     DEFAULT_BATCH_SIZES,
+    DEFAULT_STEADY_WAVES,
     Round,
     StreamTiming,
     mix_description,

@@ -205,9 +205,7 @@ def steady_state_fields(
     the (N-B)-th (the first wave's ramp and the last wave's drain left out)."""
     n = len(completions)
     if n < 3 * batch_size:
-        raise ValueError(
-            f"a steady state needs at least 3 waves of {batch_size} results, got {n}"
-        )
+        raise ValueError(f"a steady state needs at least 3 waves of {batch_size} results, got {n}")
     done = sorted(completions)
     start, end = done[batch_size - 1][0], done[n - batch_size - 1][0]
     counted = done[batch_size : n - batch_size]
