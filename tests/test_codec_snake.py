@@ -48,7 +48,8 @@ SNAKE = """
             out = snake(act, x, pad=pad)
             assert out.shape == (3, C, pad + T), out.shape
             result["diff"] = max(result["diff"], (out[..., pad:] - act(x)).abs().max().item())
-            result["margin"] = max(result["margin"], out[..., :pad].abs().max().item() if pad else 0)
+            margin = out[..., :pad].abs().max().item() if pad else 0.0
+            result["margin"] = max(result["margin"], margin)
         result["snake_term"] = (act(x) - x).abs().max().item()
         act.alpha.add_(0.25)  # edited weights: the cached constants must follow
         result["after_edit"] = (snake(act, x, pad=6)[..., 6:] - act(x)).abs().max().item()

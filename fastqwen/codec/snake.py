@@ -114,7 +114,9 @@ def snake(module: SnakeBeta, x: torch.Tensor, pad: int = 0) -> torch.Tensor:
     x = x.contiguous()
     rows, channels, length = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
     if module.alpha.shape != (channels,):
-        raise ValueError(f"SnakeBeta of {module.alpha.shape[0]} channels given x of shape {x.shape}")
+        raise ValueError(
+            f"SnakeBeta of {module.alpha.shape[0]} channels given x of shape {x.shape}"
+        )
     consts = snake_constants(module)
     out = torch.empty((x.shape[0], channels, pad + length), dtype=x.dtype, device=x.device)
     grid = (rows, triton.cdiv(pad + length, BLOCK))
@@ -147,7 +149,9 @@ def vocoder_layout(decoder) -> tuple[CausalConv, list[DecoderBlock], SnakeBeta, 
     first module that differs."""
     layers = list(decoder.decoder)
     if len(layers) < 3:
-        raise ValueError(f"decoder.decoder has {len(layers)} modules, expected conv, blocks, snake, conv")
+        raise ValueError(
+            f"decoder.decoder has {len(layers)} modules, expected conv, blocks, snake, conv"
+        )
     first, *blocks, act, last = layers
     _check(first, CausalConv, "decoder.decoder[0]")
     for i, block in enumerate(blocks, start=1):
@@ -190,8 +194,15 @@ def fast_waveform(decoder, latents: torch.Tensor) -> torch.Tensor:
         hidden = up(snake(act_in, hidden))  # (B, C / 2, T * rate)
         for unit in units:
             branch = snake_conv(unit.act1, unit.conv1, hidden)
-            hidden = snake_conv(unit.act2, unit.conv2, branch) + hidden
+            hidden = snake_conv(unit.act2, unit.conv2, branch).add_(hidden)  # fresh: add in place
     return snake_conv(act, last, hidden).clamp(min=-1, max=1)  # (B, 1, W * 1920)
 
 
-__all__ = ["SnakeConstants", "fast_waveform", "kernel_runs_on", "snake", "snake_conv", "vocoder_layout"]
+__all__ = [
+    "SnakeConstants",
+    "fast_waveform",
+    "kernel_runs_on",
+    "snake",
+    "snake_conv",
+    "vocoder_layout",
+]
