@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call: the codec's conv stage variants, then batched throughput (burst rounds and
+# the steady state), then faster-qwen3-tts at B = 1 for the same-call ratio.
+#
+#   source .gpu-wheels/on-device.sh .gpu-wheels && bash bench/throughput_device_run.sh "$OUT"
+#
+# 1. bench/codec_variants.py -> OUT/codec_variants.json (skip: CODEC_LIMIT_S=0)
+# 2. bench/attention_batch_sweep.py -> OUT/attention_batch_sweep.json (skip: SWEEP_LIMIT_S=0)
+# 3. fastqwen bench --batch-sizes $BENCH_BATCH_SIZES (default 1,64,256), one burst round and
+#    a steady state of 3 waves per size -> OUT/records/
+# 4. bench/anchor_bench.py at B = 1 (skip: ANCHOR_LIMIT_S=0) -> OUT/records/
+set -uo pipefail
+OUT=${1:?usage: bash bench/throughput_device_run.sh OUT_DIR}
+export FASTQWEN_CACHE=${FASTQWEN_CACHE:-/tmp/fq-cache}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/records"
+REF=(env "PYTHONPATH=$REF_PYTHONPATH" python3)
+ANCHOR=(env "PYTHONPATH=$ANCHOR_PYTHONPATH" python3)
+limited() {  # limited NAME SECONDS CMD...
+  local name=$1 limit=$2
+  shift 2
+  if [ "$limit" = 0 ]; then echo "### $name: skipped"; return 0; fi
+  echo "### $name: start at ${SECONDS} s (limit ${limit} s)"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  echo "### $name: exit $rc at ${SECONDS} s"
+  return $rc
+}
+main() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  limited codec-variants "${CODEC_LIMIT_S:-100}" "${REF[@]}" bench/codec_variants.py \
+    "$OUT/codec_variants.json" --no-compile --spans 16,64,128
+  limited attention-sweep "${SWEEP_LIMIT_S:-60}" "${REF[@]}" bench/attention_batch_sweep.py \
+    "$OUT/attention_batch_sweep.json"
+  limited static-batch "${BENCH_LIMIT_S:-330}" "${REF[@]}" -m fastqwen bench --device cuda \
+    --dtype bfloat16 --engine static --model random:1.7b-custom_voice \
+    --batch-sizes "${BENCH_BATCH_SIZES:-1,64,256}" --batch-rounds "${BENCH_ROUNDS:-1}" \
+    --steady-waves "${BENCH_WAVES:-3}" --engine-option compile=true --out "$OUT/records"
+  limited anchor "${ANCHOR_LIMIT_S:-80}" "${ANCHOR[@]}" bench/anchor_bench.py \
+    --model-dir "$FASTQWEN_CACHE/random/1.7b-custom_voice" --model-name random:1.7b-custom_voice \
+    --batch-sizes 1 --batch-rounds 1 --out "$OUT/records"
+  echo "### done at ${SECONDS} s"
+}
+main 2>&1 | tee "$OUT/throughput_device_run.log"
