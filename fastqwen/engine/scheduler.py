@@ -263,12 +263,22 @@ class Scheduler:
         self.times.frames_s += elapsed
         self.steps += n
         ends = first_eos(codes, self.runner.model.eos_id)
-        for slot, job in jobs:
-            self._deliver(slot, job, codes[slot], ends[slot], elapsed)
+        at_limit = [
+            (slot, job)
+            for slot, job in jobs
+            if self._deliver(slot, job, codes[slot], ends[slot], elapsed)
+        ]
+        finals = runner.final_tokens_are_eos([(slot, job.params) for slot, job in at_limit])
+        for (slot, job), eos in zip(at_limit, finals, strict=True):
+            job.stats.eos_reached = eos
+            self._free(slot)
+            job._end()
         self.times.deliver_s += time.perf_counter() - t1
 
-    def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> None:
-        """Hand a slot's block to its job, cut before its first EOS (frame `end`)."""
+    def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> bool:
+        """Hand a slot's block to its job, cut before its first EOS (frame `end`); a job
+        that reached EOS ends here. True if it reached its frame limit instead: the caller
+        ends it once it knows the token the reference would have drawn next."""
         eos = end < codes.shape[0]
         block = codes[:end] if eos else codes
         stats = job.stats
@@ -280,11 +290,11 @@ class Scheduler:
         if block.shape[0]:
             job._put(block)
         if not eos and job.done_frames >= job.max_frames:
-            stats.eos_reached = self.runner.final_token_is_eos(slot, job.params)
-            eos = True
+            return True
         if eos:
             self._free(slot)
             job._end()
+        return False
 
     def _admit(self) -> None:
         """Move up to `max_prefill_batch` queued requests into free slots and prefill them
