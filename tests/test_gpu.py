@@ -121,3 +121,41 @@ def test_a_mixed_batch_against_solo_runs(cuda_tts, invariant):
             assert torch.equal(a.codes, b.codes)
         else:
             assert a.codes.shape == b.codes.shape
+
+
+def test_a_capture_survives_another_thread_decoding():
+    """The frame loop captures graphs (new prefill groups, buckets) while the codec thread
+    allocates and syncs its own stream: the capture must not be invalidated by it."""
+    import threading
+
+    from fastqwen.engine.runner import capture_graph
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    stop = threading.Event()
+    errors = []
+
+    def codec_like() -> None:
+        stream = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(stream):
+                while not stop.is_set():
+                    x = torch.randn(4096, 64, device="cuda")
+                    (x @ x.T).sum().item()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=codec_like)
+    thread.start()
+    try:
+        out = []
+        for _ in range(30):
+            a = torch.ones(1024, device="cuda")
+            graph = capture_graph(lambda a=a: out.append(a * 2), warmup=1)
+            graph.replay()
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    torch.cuda.synchronize()
+    assert float(out[-1].sum()) == 2048.0

@@ -35,7 +35,10 @@ class SpanGraph:
                 decode(self.codes)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
+        # thread_local: the frame loop runs on in its own thread meanwhile (see
+        # `engine.runner.capture_graph`)
+        capture = torch.cuda.graph(self.graph, capture_error_mode="thread_local")
+        with capture, torch.inference_mode():
             self.out = decode(self.codes)
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:

@@ -54,11 +54,12 @@ from fastqwen.codec.batch import _waveform
 BLOCK = 1024  # output columns per program: a long contiguous run of one (b, c) row
 
 
-@triton.jit
-def _snake_kernel(x_ptr, alpha_ptr, inv_beta_ptr, out_ptr, C, T, PAD: tl.constexpr,
-                  BLOCK: tl.constexpr):  # fmt: skip
-    """out[b, c, :PAD] = 0, out[b, c, PAD + t] = SnakeBeta(x[b, c, t]); one program per
-    (row b * C + c, block of output columns)."""
+@triton.jit(do_not_specialize=["C", "T"])  # one compile per PAD, whatever the length
+def _snake_kernel(x_ptr, alpha_ptr, inv_beta_ptr, bias_ptr, out_ptr, C, T, PAD: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """out[b, c, :PAD] = 0, out[b, c, PAD + t] = SnakeBeta(x[b, c, t] (+ bias[c])); one
+    program per (row b * C + c, block of output columns). The bias is the previous conv's,
+    left out of that conv so that it costs no pass of its own."""
     row = tl.program_id(0)
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # output columns
     width = T + PAD
@@ -70,9 +71,25 @@ def _snake_kernel(x_ptr, alpha_ptr, inv_beta_ptr, out_ptr, C, T, PAD: tl.constex
     row64 = row.to(tl.int64)  # B * C * T passes 2^31 at batch 128 of 58-frame spans
     # the margin loads 0, and SnakeBeta(0) = 0: the conv's zero padding
     x = tl.load(x_ptr + row64 * T + t, mask=inside, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x = tl.where(inside, x + tl.load(bias_ptr + c).to(tl.float32), 0.0)
     s = tl.sin(x * alpha)
     y = x + inv_beta * (s * s)
     tl.store(out_ptr + row64 * width + j, y.to(out_ptr.dtype.element_ty), mask=j < width)
+
+
+@triton.jit(do_not_specialize=["C", "T"])
+def _bias_residual_kernel(y_ptr, bias_ptr, res_ptr, C, T, BLOCK: tl.constexpr):
+    """y[b, c, t] += bias[c] + res[b, c, t], in place: a residual unit's 1x1 conv output
+    gets its bias and the unit's input in one pass."""
+    row = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < T
+    offset = row.to(tl.int64) * T + t
+    y = tl.load(y_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+    res = tl.load(res_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+    y = y + tl.load(bias_ptr + row % C).to(tl.float32) + res
+    tl.store(y_ptr + offset, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @dataclass(frozen=True)
@@ -108,9 +125,12 @@ def snake_constants(snake: SnakeBeta) -> SnakeConstants:
     return cached
 
 
-def snake(module: SnakeBeta, x: torch.Tensor, pad: int = 0) -> torch.Tensor:
-    """SnakeBeta of `x` (B, C, T) in one launch: (B, C, pad + T), the first `pad` columns
-    zero (a causal conv's left padding), in x's dtype from float32 maths."""
+def snake(
+    module: SnakeBeta, x: torch.Tensor, pad: int = 0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SnakeBeta of `x` (B, C, T) (plus a per-channel `bias`, the previous conv's) in one
+    launch: (B, C, pad + T), the first `pad` columns zero (a causal conv's left padding),
+    in x's dtype from float32 maths."""
     x = x.contiguous()
     rows, channels, length = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
     if module.alpha.shape != (channels,):
@@ -120,17 +140,59 @@ def snake(module: SnakeBeta, x: torch.Tensor, pad: int = 0) -> torch.Tensor:
     consts = snake_constants(module)
     out = torch.empty((x.shape[0], channels, pad + length), dtype=x.dtype, device=x.device)
     grid = (rows, triton.cdiv(pad + length, BLOCK))
-    _snake_kernel[grid](x, consts.alpha, consts.inv_beta, out, channels, length, PAD=pad,
+    _snake_kernel[grid](x, consts.alpha, consts.inv_beta, consts.alpha if bias is None else bias,
+                        out, channels, length, PAD=pad, HAS_BIAS=bias is not None,
                         BLOCK=BLOCK, num_warps=4)  # fmt: skip
     return out
 
 
-def snake_conv(act: SnakeBeta, conv: CausalConv, x: torch.Tensor) -> torch.Tensor:
-    """`conv(act(x))` for a stride-1 causal conv: SnakeBeta into the conv's padded input,
-    then the bare convolution (no `F.pad` copy)."""
+def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """y += bias[c] + residual, in place, one launch; y and residual (B, C, T) contiguous."""
+    if y.shape != residual.shape or not (y.is_contiguous() and residual.is_contiguous()):
+        raise ValueError(f"add_bias_residual: y {tuple(y.shape)}, residual {tuple(residual.shape)}")
+    grid = (y.shape[0] * y.shape[1], triton.cdiv(y.shape[2], BLOCK))
+    _bias_residual_kernel[grid](y, bias, residual, y.shape[1], y.shape[2], BLOCK=BLOCK,
+                                num_warps=4)  # fmt: skip
+    return y
+
+
+def snake_conv(
+    act: SnakeBeta,
+    conv: CausalConv,
+    x: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    conv_bias: bool = True,
+) -> torch.Tensor:
+    """`conv(act(x + bias))` for a stride-1 causal conv: SnakeBeta into the conv's padded
+    input, then the bare convolution (no `F.pad` copy); `conv_bias=False` leaves the
+    conv's own bias for the caller to fold into what comes next."""
     inner = conv.conv
-    hidden = snake(act, x, pad=conv.padding)  # (B, C, padding + T)
-    return F.conv1d(hidden, inner.weight, inner.bias, dilation=inner.dilation, groups=inner.groups)
+    hidden = snake(act, x, pad=conv.padding, bias=bias)  # (B, C, padding + T)
+    return F.conv1d(
+        hidden, inner.weight, inner.bias if conv_bias else None, dilation=inner.dilation,
+        groups=inner.groups,
+    )  # fmt: skip
+
+
+OUT_CONV_CHANNELS = 8  # the output conv's one channel, padded: see `_out_conv_weight`
+_out_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _out_conv_weight(conv: CausalConv) -> torch.Tensor:
+    """The output conv's weight (1, C, k) zero-padded to `OUT_CONV_CHANNELS` outputs.
+
+    With one output channel cuDNN falls back to a generic kernel (`implicit_convolve_sgemm`)
+    that took 41 of the 158 ms of a 64-span decode on an H200; with eight it uses its
+    tensor-core kernels. Output channel 0 is the same sum; the others are discarded."""
+    weight = conv.conv.weight
+    stamp = (weight.data_ptr(), weight.device, weight._version)
+    cached = _out_weights.get(conv)
+    if cached is None or cached[0] != stamp:
+        padded = weight.new_zeros((OUT_CONV_CHANNELS, *weight.shape[1:]))
+        padded[: weight.shape[0]] = weight.detach()
+        cached = (stamp, padded)
+        _out_weights[conv] = cached
+    return cached[1]
 
 
 def _check(module, expected: type, name: str) -> None:
@@ -188,18 +250,35 @@ def fast_waveform(decoder, latents: torch.Tensor) -> torch.Tensor:
     for stage in decoder.upsample:  # transposed conv + ConvNeXt, as the reference
         for module in stage:
             hidden = module(hidden)
-    hidden = first(hidden)  # (B, decoder_dim, T): no activation before it
+    # the first conv (no activation before it): its bias goes into the next SnakeBeta
+    inner = first.conv
+    hidden = F.conv1d(
+        F.pad(hidden, (first.padding, 0)), inner.weight, None, dilation=inner.dilation
+    )
+    bias = inner.bias
     for block in blocks:
         act_in, up, *units = block.block
-        hidden = up(snake(act_in, hidden))  # (B, C / 2, T * rate)
+        hidden = up(snake(act_in, hidden, bias=bias))  # (B, C / 2, T * rate), its own bias
+        bias = None
         for unit in units:
-            branch = snake_conv(unit.act1, unit.conv1, hidden)
-            hidden = snake_conv(unit.act2, unit.conv2, branch).add_(hidden)  # fresh: add in place
-    return snake_conv(act, last, hidden).clamp(min=-1, max=1)  # (B, 1, W * 1920)
+            branch = snake_conv(unit.act1, unit.conv1, hidden, conv_bias=False)
+            out = snake_conv(unit.act2, unit.conv2, branch, bias=unit.conv1.conv.bias,
+                             conv_bias=False)  # fmt: skip
+            if unit.conv2.conv.bias is None:
+                hidden = out.add_(hidden)
+            else:
+                hidden = add_bias_residual(out, unit.conv2.conv.bias, hidden)
+    # the output conv: one channel, computed as OUT_CONV_CHANNELS (see _out_conv_weight)
+    wave = F.conv1d(snake(act, hidden, pad=last.padding), _out_conv_weight(last))[:, :1]
+    if last.conv.bias is not None:
+        wave = wave + last.conv.bias.view(1, -1, 1)
+    return wave.clamp(min=-1, max=1)  # (B, 1, W * 1920)
 
 
 __all__ = [
+    "OUT_CONV_CHANNELS",
     "SnakeConstants",
+    "add_bias_residual",
     "fast_waveform",
     "kernel_runs_on",
     "snake",

@@ -116,7 +116,10 @@ def capture_graph(
     graph = torch.cuda.CUDAGraph()
     for generator in generators:
         graph.register_generator_state(generator)
-    with torch.cuda.graph(graph):
+    # thread_local: the codec thread keeps decoding (allocating, syncing its own stream)
+    # while a graph is captured here; under the default "global" mode any such call from
+    # another thread invalidates this capture, and a failed capture breaks every later one.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         fn()
     return graph
 
