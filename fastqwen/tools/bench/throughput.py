@@ -12,8 +12,8 @@ Two ways to load the engine at batch size B:
   measured): B requests run while B more wait in the queue, and each finished request is
   replaced at once, for `waves + 2` waves of B. A freed slot is refilled at the next block,
   so the decode of one wave overlaps the frames of the next, as on a busy server. The
-  figure is the audio of the results finished between the end of the first wave and the
-  start of the last (ramp-up and drain excluded) over that time;
+  figure is the audio of the results finished after the first wave, over the time from
+  the first wave's end to the last result (the ramp-up left out);
 - a burst round (`Round`, `burst_audio_seconds_per_second`): B requests at once, timed
   from submit to the last decoded result, so it includes the batch filling up and the
   last chunks' decode after the last frame.
@@ -201,17 +201,22 @@ def steady_state_fields(
     completions: Sequence[tuple[float, float]], batch_size: int, breakdown: dict | None = None
 ) -> dict:
     """The steady-state fields from each finished request's (finish time, audio seconds):
-    the results ranked B+1 .. N-B by finish time, over the time from the B-th finish to
-    the (N-B)-th (the first wave's ramp and the last wave's drain left out)."""
+    the results after the first B to finish, over the time from the B-th finish to the
+    last (the first wave's ramp-up left out).
+
+    The end is the last finish, not an earlier one: when the codec lags the frame loop,
+    results finish in a bunch at the end, and a window that stopped before the last B
+    would hold almost no time and report a rate nothing sustained. The drain counts, at
+    the rate the codec delivered it."""
     n = len(completions)
     if n < 3 * batch_size:
         raise ValueError(f"a steady state needs at least 3 waves of {batch_size} results, got {n}")
     done = sorted(completions)
-    start, end = done[batch_size - 1][0], done[n - batch_size - 1][0]
-    counted = done[batch_size : n - batch_size]
-    audio = sum(a for _, a in counted)
+    start, end = done[batch_size - 1][0], done[-1][0]
+    counted = done[batch_size:]
     if not end > start:
         raise ValueError(f"steady-state window of {end - start} s: nothing to measure")
+    audio = sum(a for _, a in counted)
     return {
         "audio_seconds_per_second": _round(audio / (end - start)),
         "steady_window_s": _round(end - start, 4),
