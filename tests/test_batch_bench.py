@@ -324,7 +324,13 @@ def batch_root(tmp_path):
     (single / "static-1.7b.json").write_text(json.dumps(rec))
     batch = root / "2026-01-02_batch"
     batch.mkdir()
-    recs = [_batch_record("static", b, 12.0 * b) for b in (1, 8, 64)]
+    recs = [_batch_record("static", b, 12.0 * b) for b in (1, 8)]
+    recs.append(
+        _batch_record(
+            "static", 64, 768.0, throughput_method="steady_state",
+            burst_audio_seconds_per_second=600.0,
+        )
+    )  # fmt: skip
     recs.append(_batch_record("static", 256, None, error="ValueError: the KV caches need 90 GiB"))
     recs += [
         _batch_record("faster-qwen3-tts-batch", b, 3.0 * b, note="voice clone") for b in (1, 4)
@@ -354,6 +360,8 @@ def test_batch_table_and_chart(batch_root):
     ]
     assert list(table["batch"]) == [1, 8, 64, 256, 8, 1, 4]
     assert table["audio s/s"].iloc[2] == 768.0 and table["peak GiB"].iloc[0] == 8.0
+    assert list(table["measured as"])[:3] == ["burst", "burst", "steady state"]
+    assert table["burst audio s/s"].iloc[2] == 600.0
     assert "KV caches" in table["error"].iloc[3]
     assert tables.batch_notes(run) == [
         "faster-qwen3-tts, one after another: one after another",

@@ -186,9 +186,10 @@ def formatted(df):
 
 
 def batch_table(run: BenchRun):
-    """DataFrame, one row per batch record (engine, batch size): throughput, step time,
-    per-stream speed, memory, and what each engine's record notes. Empty without batch
-    records."""
+    """DataFrame, one row per batch record (engine, batch size): throughput (and how it was
+    measured: steady state or a burst round, with the burst round's figure beside a steady
+    one), step time, per-stream speed, memory, and what each engine's record notes. Empty
+    without batch records."""
     import pandas as pd
 
     rows = []
@@ -201,6 +202,9 @@ def batch_table(run: BenchRun):
                 "batch": int(r["batch_size"]),
                 "size": r.get("size"),
                 "audio s/s": _num(r.get("audio_seconds_per_second")),
+                # steady state (B lanes, each refilled as it frees) or one burst round
+                "measured as": (r.get("throughput_method") or "burst").replace("_", " "),
+                "burst audio s/s": _num(r.get("burst_audio_seconds_per_second")),
                 "step ms": _num(r.get("step_ms")),
                 "stream x real time (min)": _num(r.get("per_stream_rtf_min")),
                 "stream x real time (median)": _num(r.get("per_stream_rtf_median")),
