@@ -25,15 +25,7 @@ mkdir -p "$OUT/records"
 REF=(env "PYTHONPATH=$REF_PYTHONPATH" python3)
 ANCHOR=(env "PYTHONPATH=$ANCHOR_PYTHONPATH" python3)
 
-limited() {  # limited NAME SECONDS CMD...
-  local name=$1 limit=$2
-  shift 2
-  echo "### $name: start at ${SECONDS} s (limit ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@"
-  local rc=$?
-  echo "### $name: exit $rc at ${SECONDS} s"
-  return $rc
-}
+source "$(dirname "$0")/limited.sh"
 
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

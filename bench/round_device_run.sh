@@ -10,24 +10,14 @@ OUT=${1:?usage: bash bench/round_device_run.sh OUT_DIR}
 export FASTQWEN_CACHE=${FASTQWEN_CACHE:-/tmp/fq-cache}
 export PYTHONUNBUFFERED=1
 REF=(env "PYTHONPATH=$REF_PYTHONPATH" python3)
-limited() {  # limited NAME SECONDS CMD...
-  local name=$1 limit=$2
-  shift 2
-  echo "### $name: start at ${SECONDS} s (limit ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@"
-  local rc=$?
-  echo "### $name: exit $rc at ${SECONDS} s"
-  return $rc
-}
+source "$(dirname "$0")/limited.sh"
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   limited profile-round "${ROUND_LIMIT_S:-330}" "${REF[@]}" bench/profile_round.py \
     "$OUT/profile_round.json" --sizes "${ROUND_SIZES:-64,256}" ${ROUND_ARGS:-}
-  if [ -n "${INVARIANCE_LIMIT_S:-200}" ] && [ "${INVARIANCE_LIMIT_S:-200}" != 0 ]; then
-    limited invariance "${INVARIANCE_LIMIT_S:-200}" "${REF[@]}" bench/batch_check.py \
-      "$OUT/batch_check_invariant.json" --invariant --batch 64 --frames 48 --sizes 1,64 \
-      --throughput-frames 96
-  fi
+  limited invariance "${INVARIANCE_LIMIT_S:-200}" "${REF[@]}" bench/batch_check.py \
+    "$OUT/batch_check_invariant.json" --invariant --batch 64 --frames 48 --sizes 1,64 \
+    --throughput-frames 96
   echo "### done at ${SECONDS} s"
 }
 main 2>&1 | tee "$OUT/round_device_run.log"

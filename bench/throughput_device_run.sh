@@ -16,16 +16,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/records"
 REF=(env "PYTHONPATH=$REF_PYTHONPATH" python3)
 ANCHOR=(env "PYTHONPATH=$ANCHOR_PYTHONPATH" python3)
-limited() {  # limited NAME SECONDS CMD...
-  local name=$1 limit=$2
-  shift 2
-  if [ "$limit" = 0 ]; then echo "### $name: skipped"; return 0; fi
-  echo "### $name: start at ${SECONDS} s (limit ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@"
-  local rc=$?
-  echo "### $name: exit $rc at ${SECONDS} s"
-  return $rc
-}
+source "$(dirname "$0")/limited.sh"
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   limited codec-variants "${CODEC_LIMIT_S:-100}" "${REF[@]}" bench/codec_variants.py \
