@@ -73,7 +73,9 @@ def test_batch_records_have_the_fields_and_sane_values(batch_records):
         assert len(r["batch_rounds_aps"]) == 2 and r["runs"] == 2
         assert 0 < r["step_ms"] < 1000 * r["wall_s"] / (N - 1)
         assert 0 < r["per_stream_rtf_min"] <= r["per_stream_rtf_median"]
-        assert r["steps"] == N - 1 and r["peak_active"] == b  # they ran together
+        # they ran together: N - 1 frames, then the extra frame whose codebook-0 token is the
+        # reference's draw after the last one (EOS or not)
+        assert r["steps"] == N and r["peak_active"] == b
         parts = r["round_breakdown"]  # the best round's: loop phases and the codec thread
         assert 0 < parts["loop_frames_s"] <= parts["wall_s"] == r["wall_s"]
         assert parts["loop_admit_s"] > 0 and parts["loop_deliver_s"] >= 0
@@ -190,20 +192,29 @@ def _stream(audio_s=2.0, generate_s=1.0, frames=25, loop_s=0.9):
     return throughput.StreamTiming(frames, audio_s, generate_s, loop_s, prefill_s=0.1)
 
 
-def test_steady_state_counts_what_finished_after_the_first_wave():
-    # B = 2: the first wave ends at 1.1 s; what finishes after it is counted up to the last
-    finishes = [(1.0, 9.0), (1.1, 9.0), (2.0, 1.0), (2.5, 2.0), (3.0, 1.0), (3.2, 3.0)]
-    f = throughput.steady_state_fields(list(reversed(finishes)), 2, {"wall_s": 5.0})
-    # counted: 1 + 2 + 1 + 3 = 7 audio seconds over 1.1 s .. 3.2 s
-    assert f["audio_seconds_per_second"] == pytest.approx(7 / 2.1, abs=1e-3)
-    assert f["steady_requests"] == 4 and f["steady_window_s"] == pytest.approx(2.1)
+def test_steady_state_counts_what_was_submitted_after_the_first_wave():
+    # B = 2: requests 3.. are submitted into freed slots from 1.0 s on; counted up to the last
+    # finish. (submitted, finished, audio)
+    requests = [
+        (0.0, 1.0, 9.0), (0.0, 1.1, 9.0), (1.0, 2.0, 1.0), (1.1, 2.5, 2.0),
+        (2.0, 3.0, 1.0), (2.5, 3.2, 3.0),
+    ]  # fmt: skip
+    f = throughput.steady_state_fields(list(reversed(requests)), 2, {"wall_s": 5.0})
+    # counted: 1 + 2 + 1 + 3 = 7 audio seconds over 1.0 s .. 3.2 s
+    assert f["audio_seconds_per_second"] == pytest.approx(7 / 2.2, abs=1e-3)
+    assert f["steady_requests"] == 4 and f["steady_window_s"] == pytest.approx(2.2)
     assert f["throughput_method"] == "steady_state" and f["steady_breakdown"] == {"wall_s": 5.0}
-    # results bunched at the end (a lagging codec) do not make a near-empty window
-    bunched = [(1.0, 9.0), (1.1, 9.0), (3.0, 9.0), (3.001, 9.0), (3.002, 9.0), (3.003, 9.0)]
-    g = throughput.steady_state_fields(bunched, 2)
-    assert g["audio_seconds_per_second"] == pytest.approx(36 / 1.903, abs=1e-3)
+    # the first wave finishing late (a lagging codec) cannot shrink the window: the counted
+    # requests were submitted before it ended, and their whole time counts
+    late_first = [(0.0, 3.0, 9.0), (0.0, 3.1, 9.0), *requests[2:]]
+    g = throughput.steady_state_fields(late_first, 2)
+    assert g["audio_seconds_per_second"] == pytest.approx(7 / 2.2, abs=1e-3)
+    # a batch of one: each lane's next request follows the previous one
+    serial = [(float(i), i + 1.0, 0.5) for i in range(5)]
+    h = throughput.steady_state_fields(serial, 1)
+    assert h["audio_seconds_per_second"] == pytest.approx(2.0 / 4.0)
     with pytest.raises(ValueError, match="at least 3 waves of 2"):
-        throughput.steady_state_fields(finishes[:5], 2)
+        throughput.steady_state_fields(requests[:5], 2)
 
 
 def test_throughput_fields_report_the_best_round():

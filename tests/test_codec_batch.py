@@ -121,3 +121,42 @@ def test_a_worker_with_max_spans_one_decodes_each_span_alone(codec):
     for span, a in zip(spans, audio, strict=True):
         (alone,) = decode_spans(decoder, [span])
         np.testing.assert_array_equal(a, alone)
+
+
+def test_graph_buckets_round_up_and_stop_at_the_top():
+    from fastqwen.codec import graphs
+
+    assert graphs.bucket(1, graphs.ROW_BUCKETS) == 1
+    assert graphs.bucket(13, graphs.ROW_BUCKETS) == 16
+    assert graphs.bucket(22, graphs.CONV_BUCKETS) == 24
+    assert graphs.bucket(106, graphs.CONV_BUCKETS) == 112
+    assert graphs.bucket(113, graphs.CONV_BUCKETS) is None
+    assert graphs.bucket(325, graphs.WINDOW_BUCKETS) == 336
+
+
+def test_graph_groups_split_by_conv_bucket_and_memory():
+    from fastqwen.codec import graphs
+
+    # 70 streaming chunks (22 conv frames), 3 first chunks (2), one span too wide to graph
+    windows = [120] * 70 + [2, 2, 2] + [400]
+    convs = [22] * 70 + [2, 2, 2] + [22]
+    groups, eager = graphs.plan_groups(windows, convs, max_frames=4096)
+    assert eager == [73]
+    first_chunks = [g for g in groups if g.conv == 2]
+    assert [(g.members, g.rows, g.window) for g in first_chunks] == [((70, 71, 72), 4, 16)]
+    chunks = [g for g in groups if g.conv == 24]
+    assert [len(g.members) for g in chunks] == [64, 6]
+    assert [(g.rows, g.window) for g in chunks] == [(64, 128), (8, 128)]
+    members = sorted(i for g in groups for i in g.members)
+    assert members == list(range(73))  # every graphable span exactly once
+    # result() chunks of 106 conv frames: at most 32 rows (32 * 112 <= 4096 < 48 * 112)
+    groups, eager = graphs.plan_groups([168] * 40, [106] * 40, max_frames=4096)
+    assert not eager and [(len(g.members), g.rows) for g in groups] == [(32, 32), (8, 8)]
+
+
+def test_graphs_off_decodes_everything_eagerly(monkeypatch):
+    from fastqwen.codec import graphs
+
+    monkeypatch.setattr(graphs, "GRAPH_MAX_WINDOW", 0)
+    groups, eager = graphs.plan_groups([2, 50], [2, 22], max_frames=4096)
+    assert groups == [] and eager == [0, 1]

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from fastqwen.codec.graphs import GRAPH_MAX_WINDOW, graphed_decode
+from fastqwen.codec import graphs as codec_graphs
 from fastqwen.constants import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -86,54 +87,100 @@ def _vocoder(decoder, latents: torch.Tensor) -> torch.Tensor:
     return _waveform(decoder, latents)
 
 
-def _decode_one(decoder, span: Span, device: torch.device) -> torch.Tensor:
-    """One span alone: (n * 1920,) samples; a CUDA graph for the short first chunks."""
-    context, cc = span.context, span.conv_context
-
-    def decode(window_codes: torch.Tensor) -> torch.Tensor:
-        latents = _latents(decoder, window_codes)[..., context - cc :]  # (1, latent, cc + n)
-        return _vocoder(decoder, latents)  # (1, 1, (cc + n) * 1920)
-
-    codes = span.codes.to(device, torch.long).T.unsqueeze(0).contiguous()  # (1, 16, W)
-    key = (codes.shape[-1], context, cc)
-    wav = graphed_decode(decoder, key, codes, decode)
-    return wav[0, 0, cc * SAMPLES_PER_FRAME :]
+def _decode_rows(
+    decoder, codes: torch.Tensor, first: torch.Tensor, count: torch.Tensor, conv_width: int
+) -> torch.Tensor:
+    """(R, 16, W) codes -> (R, 1, conv_width * 1920): row r's conv stage takes its latents
+    `first[r] .. first[r] + count[r]`, left-aligned, zeros after them (one gather for every
+    row). Device ops only, so a CUDA graph can capture it (`codec.graphs`)."""
+    latents = _latents(decoder, codes)  # (R, latent, W)
+    column = torch.arange(conv_width, device=codes.device)
+    keep = column < count[:, None]  # (R, conv_width)
+    index = torch.where(keep, first[:, None] + column, 0)
+    rows = latents.gather(2, index[:, None, :].expand(-1, latents.shape[1], -1))
+    rows = rows * keep[:, None, :].to(rows.dtype)
+    return _vocoder(decoder, rows)
 
 
 def _decode_batch(decoder, spans: list[Span], device: torch.device) -> list[torch.Tensor]:
-    """Several spans in one decoder call (right-padded rows); each row's new samples."""
+    """Several spans in one eager decoder call (right-padded rows); each row's new samples."""
     width = max(s.codes.shape[0] for s in spans)
     codes = torch.zeros((len(spans), width, spans[0].codes.shape[1]), dtype=torch.long)
     for i, s in enumerate(spans):
         codes[i, : s.codes.shape[0]] = s.codes
     codes = codes.to(device, non_blocking=True).transpose(1, 2).contiguous()  # (B, 16, W)
-    latents = _latents(decoder, codes)  # (B, latent, W)
-    conv_width = max(s.conv_frames for s in spans)
-    # each row's conv frames, left-aligned, zeros after them: one gather for every row
-    first = torch.tensor([s.context - s.conv_context for s in spans])
-    count = torch.tensor([s.conv_frames for s in spans])
-    index = first[:, None] + torch.arange(conv_width)  # (B, conv_width)
-    keep = index < (first + count)[:, None]
-    index = torch.where(keep, index, 0).to(device, non_blocking=True)
-    keep = keep.to(device, non_blocking=True)
-    rows = latents.gather(2, index[:, None, :].expand(-1, latents.shape[1], -1))
-    rows = rows * keep[:, None, :].to(rows.dtype)
-    wav = _vocoder(decoder, rows)  # (B, 1, conv_width * 1920)
-    return [
-        wav[i, 0, s.conv_context * SAMPLES_PER_FRAME : s.conv_frames * SAMPLES_PER_FRAME]
-        for i, s in enumerate(spans)
-    ]
+    first = torch.tensor([s.context - s.conv_context for s in spans], device=device)
+    count = torch.tensor([s.conv_frames for s in spans], device=device)
+    wav = _decode_rows(decoder, codes, first, count, max(s.conv_frames for s in spans))
+    return [_new_samples(wav[i, 0], s) for i, s in enumerate(spans)]
+
+
+def _new_samples(row: torch.Tensor, span: Span) -> torch.Tensor:
+    return row[span.conv_context * SAMPLES_PER_FRAME : span.conv_frames * SAMPLES_PER_FRAME]
+
+
+def _decode_graphed(decoder, spans: list[Span], device: torch.device) -> list[torch.Tensor]:
+    """`_decode_batch`'s audio from replays of bucketed CUDA graphs (`codec.graphs`): one
+    replay per group of spans with the same conv bucket; spans no graph fits decode eagerly."""
+    groups, eager = codec_graphs.plan_groups(
+        [s.codes.shape[0] for s in spans], [s.conv_frames for s in spans], MAX_BATCH_FRAMES
+    )
+    out: list[torch.Tensor | None] = [None] * len(spans)
+    books = spans[0].codes.shape[1]
+    for group in groups:
+        members = [spans[i] for i in group.members]
+
+        def decode(codes, first, count, conv=group.conv):
+            return _decode_rows(decoder, codes, first, count, conv)
+
+        graph = codec_graphs.batch_graph(decoder, group, decode, books)
+        if graph is None:
+            eager.extend(group.members)
+            continue
+        wav = graph(
+            pad_sequence([s.codes for s in members], batch_first=True),
+            [s.context - s.conv_context for s in members],
+            [s.conv_frames for s in members],
+        )
+        codec_graphs.note_replay(decoder)
+        # copied out now: the next replay of this shape (a later group) reuses its buffer
+        new = torch.cat([_new_samples(wav[r, 0], s) for r, s in enumerate(members)])
+        offsets = 0
+        for i, s in zip(group.members, members, strict=True):
+            n = s.frames * SAMPLES_PER_FRAME
+            out[i] = new[offsets : offsets + n]
+            offsets += n
+    if eager:
+        eager.sort()
+        wavs = _decode_chunked(decoder, [spans[i] for i in eager], device)
+        for i, wav in zip(eager, wavs, strict=True):
+            out[i] = wav
+    return out
+
+
+def _decode_chunked(decoder, spans: list[Span], device: torch.device) -> list[torch.Tensor]:
+    """`_decode_batch` in calls of at most `MAX_BATCH_FRAMES` conv frames."""
+    wavs, part, frames = [], [], 0
+    for s in spans:
+        if part and frames + s.conv_frames > MAX_BATCH_FRAMES:
+            wavs.extend(_decode_batch(decoder, part, device))
+            part, frames = [], 0
+        part.append(s)
+        frames += s.conv_frames
+    if part:
+        wavs.extend(_decode_batch(decoder, part, device))
+    return wavs
 
 
 def decode_spans(decoder, spans: list[Span]) -> list[np.ndarray]:
-    """Each span's new audio, (n * 1920,) float32 on the host, decoded together (a span
-    alone may replay a CUDA graph: `codec.graphs`)."""
+    """Each span's new audio, (n * 1920,) float32 on the host, decoded together: on CUDA by
+    replaying bucketed graphs (`codec.graphs`), otherwise in one eager call."""
     if not spans:
         return []
     device = next(decoder.parameters()).device
     with torch.inference_mode():
-        if len(spans) == 1 and spans[0].codes.shape[0] <= GRAPH_MAX_WINDOW:
-            wavs = [_decode_one(decoder, spans[0], device)]
+        if device.type == "cuda":
+            wavs = _decode_graphed(decoder, spans, device)
         else:
             wavs = _decode_batch(decoder, spans, device)
         # one host copy for the batch

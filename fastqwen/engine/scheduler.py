@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fastqwen.config import SamplingParams
-from fastqwen.device import synchronize
+from fastqwen.device import synchronize_stream
 from fastqwen.engine.loop import LoopStats, first_eos
 from fastqwen.engine.runner import FrameRunner
 from fastqwen.engine.sampling import SamplingMode
@@ -68,6 +68,9 @@ class Job:
     stop: threading.Event | None = None  # set by a caller's Stop button: cancels the job
     stats: LoopStats = field(default_factory=LoopStats)
     submitted_s: float = field(default_factory=time.perf_counter)
+    # frames its slot runs: max_frames, plus one whose codebook-0 token is the one the
+    # reference samples after the last frame (is it EOS?), when the cache has room for it
+    run_frames: int = 0
     slot: int | None = None
     joined_step: int | None = None  # the scheduler's frame count when it joined
     done_frames: int = 0  # frames run in its slot (EOS overshoot included)
@@ -174,7 +177,10 @@ class Scheduler:
         """A request checked against the slot limits (ValueError naming the limit), ready
         for `submit_many`."""
         max_frames = self.runner.check(prompt, params)
-        return Job(prompt, params, seed, max_frames, first_block=first_block, stop=stop)
+        job = Job(prompt, params, seed, max_frames, first_block=first_block, stop=stop)
+        fits = prompt.prompt_len + max_frames + 1 <= self.runner.config.max_seq_len
+        job.run_frames = max_frames + 1 if fits else max_frames
+        return job
 
     def submit_many(self, jobs: list[Job]) -> list[Job]:
         """Queue jobs together: the loop admits them at the same frame (as slots allow)."""
@@ -247,14 +253,14 @@ class Scheduler:
         runner = self.runner
         rows = runner.bucket(jobs[-1][0] + 1)
         runner.state.park([s for s in range(rows) if self._slots[s] is None])
-        needed = max(job.prompt.prompt_len + job.max_frames for _, job in jobs)
+        needed = max(job.prompt.prompt_len + job.run_frames for _, job in jobs)
         m = runner.view(rows, needed)
         step = runner.step(m, SamplingMode.union([job.params for _, job in jobs]))
         n = runner.sync_every
         for _, job in jobs:
             if job.done_frames == 0 and job.first_block:
                 n = min(n, job.first_block)
-            n = min(n, job.max_frames - job.done_frames)
+            n = min(n, job.run_frames - job.done_frames)
         self.peak_active = max(self.peak_active, len(jobs))
         t0 = time.perf_counter()
         codes = runner.run_block(step, rows, n)
@@ -276,11 +282,13 @@ class Scheduler:
         self.times.deliver_s += time.perf_counter() - t1
 
     def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> bool:
-        """Hand a slot's block to its job, cut before its first EOS (frame `end`); a job
-        that reached EOS ends here. True if it reached its frame limit instead: the caller
-        ends it once it knows the token the reference would have drawn next."""
-        eos = end < codes.shape[0]
-        block = codes[:end] if eos else codes
+        """Hand a slot's block to its job, cut before its first EOS (frame `end`) and at its
+        frame limit; a job that reached EOS or ran its extra frame (`Job.run_frames`) ends
+        here. True if it reached its limit without room for the extra frame: the caller
+        then ends it once it knows the token the reference would have drawn next."""
+        real = min(codes.shape[0], job.max_frames - job.done_frames)  # frames it keeps
+        eos = end < real
+        block = codes[:end] if eos else codes[:real]
         stats = job.stats
         stats.block_times_s.append(elapsed)
         stats.block_frames.append(int(block.shape[0]))
@@ -289,8 +297,13 @@ class Scheduler:
         job.done_frames += int(codes.shape[0])
         if block.shape[0]:
             job._put(block)
-        if not eos and job.done_frames >= job.max_frames:
-            return True
+        if not eos and job.done_frames >= job.run_frames:
+            if job.run_frames == job.max_frames:
+                return True
+            # The block's last frame is the extra one (blocks stop at `run_frames`): its
+            # codebook-0 token is the reference's next draw. EOS there means end == real.
+            stats.eos_reached = end == real
+            eos = True
         if eos:
             self._free(slot)
             job._end()
@@ -325,7 +338,7 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
-            synchronize(self.runner.device)
+            synchronize_stream(self.runner.device)
         except Exception as error:
             for _, job in ready:
                 job._end(error)

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 import fastqwen
+from fastqwen.codec.graphs import graph_counts
 from fastqwen.config import SamplingParams
 from fastqwen.constants import FRAME_RATE_HZ
 from fastqwen.device import synchronize
@@ -431,20 +432,21 @@ def _steady_state(fast, requests, params: SamplingParams, dev: torch.device, wav
     total = (waves + 2) * B
     numbers = itertools.count()
     lock = threading.Lock()
-    completions: list[tuple[float, float]] = []
+    completions: list[tuple[float, float, float]] = []  # (submitted, finished, audio s)
 
-    def read(handle) -> None:
+    def read(handle, submitted: float) -> None:
         result = handle.result()
         with lock:
-            completions.append((time.perf_counter(), result.audio_seconds))
+            completions.append((submitted, time.perf_counter(), result.audio_seconds))
 
     def lane(readers: ThreadPoolExecutor) -> list:
         futures = []
         while (i := next(numbers)) < total:
             r = requests[i % B]
             voice = VoiceRequest("custom_voice", r.text, "english", speaker=r.speaker)
+            submitted = time.perf_counter()
             handle = fast.submit(voice, params, r.seed, streaming=False)
-            futures.append(readers.submit(read, handle))
+            futures.append(readers.submit(read, handle, submitted))
             handle.wait_done()
         return futures
 
@@ -466,11 +468,14 @@ def _engine_times(fast) -> dict:
     `CodecWorker`): a round's breakdown is the difference of two of these."""
     times = vars(fast.scheduler.times)
     codec = fast.codec
+    graphs = graph_counts(codec.decoder)
     return {
         **{f"loop_{k}": v for k, v in times.items()},
         "codec_busy_s": codec.busy_s,
         "codec_batches": codec.batches,
         "codec_spans": codec.spans,
+        "codec_graph_replays": graphs["replays"],
+        "codec_graph_captures": graphs["captures"],
     }
 
 

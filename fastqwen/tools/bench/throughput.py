@@ -9,11 +9,11 @@ their own environments.
 
 Two ways to load the engine at batch size B:
 - steady state (`steady_state_fields`, the record's `audio_seconds_per_second` when
-  measured): B requests run while B more wait in the queue, and each finished request is
-  replaced at once, for `waves + 2` waves of B. A freed slot is refilled at the next block,
-  so the decode of one wave overlaps the frames of the next, as on a busy server. The
-  figure is the audio of the results finished after the first wave, over the time from
-  the first wave's end to the last result (the ramp-up left out);
+  measured): B requests run, and each one that finishes generating is replaced at once,
+  for `waves + 2` waves of B. A freed slot is refilled at the next block, so the decode of
+  one wave overlaps the frames of the next, as on a busy server. The figure is the audio
+  of the requests submitted after the first B, over the time from the first of those
+  submits to the last result (the ramp-up left out);
 - a burst round (`Round`, `burst_audio_seconds_per_second`): B requests at once, timed
   from submit to the last decoded result, so it includes the batch filling up and the
   last chunks' decode after the last frame.
@@ -198,25 +198,25 @@ def throughput_fields(rounds: Sequence[Round]) -> dict:
 
 
 def steady_state_fields(
-    completions: Sequence[tuple[float, float]], batch_size: int, breakdown: dict | None = None
+    requests: Sequence[tuple[float, float, float]], batch_size: int, breakdown: dict | None = None
 ) -> dict:
-    """The steady-state fields from each finished request's (finish time, audio seconds):
-    the results after the first B to finish, over the time from the B-th finish to the
-    last (the first wave's ramp-up left out).
+    """The steady-state fields from each request's (submit time, finish time, audio seconds):
+    the requests submitted after the first B (each into a slot a finished one freed), over
+    the time from the first of those submits to the last finish.
 
-    The end is the last finish, not an earlier one: when the codec lags the frame loop,
-    results finish in a bunch at the end, and a window that stopped before the last B
-    would hold almost no time and report a rate nothing sustained. The drain counts, at
-    the rate the codec delivered it."""
-    n = len(completions)
+    Every counted request is submitted and finished inside the window, so the figure can
+    only understate what was sustained: the first wave's ramp-up is left out, its late
+    decodes (a lagging codec) still take codec time inside the window, and the drain at
+    the end counts at the rate the codec delivered it."""
+    n = len(requests)
     if n < 3 * batch_size:
         raise ValueError(f"a steady state needs at least 3 waves of {batch_size} results, got {n}")
-    done = sorted(completions)
-    start, end = done[batch_size - 1][0], done[-1][0]
-    counted = done[batch_size:]
+    counted = sorted(requests)[batch_size:]
+    start = counted[0][0]
+    end = max(finished for _, finished, _ in counted)
     if not end > start:
         raise ValueError(f"steady-state window of {end - start} s: nothing to measure")
-    audio = sum(a for _, a in counted)
+    audio = sum(a for _, _, a in counted)
     return {
         "audio_seconds_per_second": _round(audio / (end - start)),
         "steady_window_s": _round(end - start, 4),
