@@ -31,7 +31,8 @@ SCHEMA = "fastqwen-bench/1"
 FIELDS = (
     "schema engine model model_path size kind random_weights dtype device device_name "
     "torch cuda transformers package python git_commit git_dirty source_hash timestamp "
-    "text speaker language seed max_new_tokens sampling runs engine_config load_s warmup_s "
+    "text speaker language mode reference_cached reference_s seed max_new_tokens sampling "
+    "runs engine_config load_s warmup_s "
     "warmup_frames frames frames_all_runs eos_reached audio_s ms_per_frame ms_per_frame_min "
     "ms_per_frame_max ms_per_frame_runs rtf generate_s wall_s prefill_ms ttfa_ms ttfa_ms_min "
     "ttfa_ms_max ttfa_warmup_ms ttfa_first_chunk_frames chunk_frames weight_bytes "
@@ -49,6 +50,11 @@ FIELDS = (
     "profile_error",
     "error",
 ]
+# What a single-stream record measures (`mode`): a built-in speaker, or a clone of a
+# reference recording, in context (ICL: its codes and transcript in the prompt) or from its
+# speaker vector alone (`fastqwen.tools.bench.clone`). Records older than the field are
+# custom voice.
+MODES = ("custom_voice", "clone_icl", "clone_xvector")
 RESULTS_DIR = Path("bench/results")  # relative to the project folder
 ENGINE_ORDER = (
     "static",
@@ -80,7 +86,14 @@ class BenchRun:
 
     @property
     def single(self) -> list[dict]:
-        """The single-stream records (the engines table, speedups and targets)."""
+        """The single-stream custom voice records (the engines table, speedups and
+        targets: the engines are compared on the same request)."""
+        return [r for r in self.records if not is_batch(r) and not is_clone(r)]
+
+    @property
+    def modes(self) -> list[dict]:
+        """The single-stream records of every mode, custom voice and clone (the modes
+        table: time to first audio per mode)."""
         return [r for r in self.records if not is_batch(r)]
 
     @property
@@ -101,6 +114,16 @@ def is_batch(record: Mapping) -> bool:
     """Whether `record` measures throughput at a batch size (`fastqwen bench
     --batch-sizes`, the anchors' batch scripts) rather than one stream."""
     return record.get("batch_size") is not None
+
+
+def mode_of(record: Mapping) -> str:
+    """The record's `mode` (one of `MODES`); records older than the field are custom voice."""
+    return record.get("mode") or "custom_voice"
+
+
+def is_clone(record: Mapping) -> bool:
+    """Whether `record` measures a voice clone mode (`fastqwen bench --modes clone_icl`)."""
+    return mode_of(record) != "custom_voice"
 
 
 def results_root(root: str | Path | None = None) -> Path:
@@ -236,16 +259,19 @@ def write_run(run: BenchRun, directory: str | Path) -> Path:
 __all__ = [
     "ENGINE_ORDER",
     "FIELDS",
+    "MODES",
     "RESULTS_DIR",
     "SCHEMA",
     "SIZE_ORDER",
     "BenchRun",
     "config_text",
     "is_batch",
+    "is_clone",
     "label",
     "list_runs",
     "load_record",
     "load_run",
+    "mode_of",
     "results_root",
     "select_batch_run",
     "select_run",

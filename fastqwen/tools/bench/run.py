@@ -27,6 +27,9 @@ requests submitted together; one record per size, reporting the best round (high
 audio seconds per second). The arithmetic, shared with the anchors' batch scripts
 (`bench/anchor_bench.py --batch-sizes`, `bench/batch_anchor_bench.py`), is in
 `fastqwen.tools.bench.throughput`.
+
+`--modes clone_icl,clone_xvector` (a Base model) measures voice cloning instead, one record
+per mode and reference variant (cached or new): `fastqwen.tools.bench.clone`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from fastqwen.codec.graphs import graph_counts
 from fastqwen.config import SamplingParams
 from fastqwen.constants import FRAME_RATE_HZ
 from fastqwen.device import synchronize
+from fastqwen.tools.bench import clone as clone_bench
 from fastqwen.tools.bench.measure import (
     FIELDS,
     PROFILE_TOKENS,
@@ -304,6 +308,7 @@ def run_bench(
         text=cfg.text,
         speaker=cfg.speaker,
         language=cfg.language,
+        mode="custom_voice",
         seed=cfg.seed,
         max_new_tokens=params.max_new_tokens,
         sampling=dataclasses.asdict(params),
@@ -557,6 +562,7 @@ def run_batch_bench(
             device=str(dev),
             **env,
             language="english",
+            mode="custom_voice",
             seed=seed,
             max_new_tokens=n,
             sampling=dataclasses.asdict(params),
@@ -682,6 +688,8 @@ def output_path(out: str, record: dict) -> Path:
     parts = [stamp, record["engine"], record.get("size") or "model", record.get("dtype"), gpu]
     if batch is not None:
         parts.insert(2, f"b{batch}")
+    if record.get("mode") in clone_bench.CLONE_MODES:  # one run writes several per model
+        parts.insert(2, f"{record['mode']}-{'cached' if record.get('reference_cached') else 'new'}")
     name = "_".join(str(p) for p in parts if p).lower()
     return path / ("".join(c if c.isalnum() or c in "._" else "-" for c in name) + ".json")
 
@@ -755,6 +763,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "running, B queued, each replaced when it ends; 0: no steady-state run; default: "
         "%(default)s)",
     )
+    clone_bench.add_arguments(p)  # --modes, --references, --reference ...
     for f in dataclasses.fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "profile":
@@ -801,6 +810,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if getattr(args, "batch_sizes", None):
         return _run_batch_cli(args, dtype)
     status = 0
+    modes = getattr(args, "modes", ("custom_voice",))
+    if set(modes) & set(clone_bench.CLONE_MODES):
+        status = clone_bench.run_clone_cli(args, dtype, settings, lambda r: _emit(args.out, r))
+    if "custom_voice" not in modes:
+        return status
     for engine in args.engine:
         try:
             records = run_bench(
@@ -866,6 +880,14 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
                               batch_size=b))  # fmt: skip
         return 1
     return int(any(r.get("error") for r in records))
+
+
+def _emit(out: str | None, record: dict) -> None:
+    """Print `record` as one JSON line, and write it under `out` if given."""
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+    if out:
+        log.info("wrote %s", _write(out, record))
 
 
 def _write(out: str, record: dict) -> Path:

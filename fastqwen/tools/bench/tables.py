@@ -11,7 +11,15 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastqwen.tools.bench.records import ENGINE_ORDER, BenchRun, config_text
+from fastqwen.tools.bench.records import (
+    ENGINE_ORDER,
+    MODES,
+    SIZE_ORDER,
+    BenchRun,
+    config_text,
+    is_clone,
+    mode_of,
+)
 
 BASELINES = ("anchor", "dynamic")  # what the static engine's speedup is measured against
 # What readers see for each record label ("anchor" stays the records' name for faster-qwen3-tts).
@@ -95,6 +103,44 @@ def engines_table(run: BenchRun):
                 "peak GiB": _num(None if peak is None else peak / 2**30),
                 "peak/(weights+KV)": _num(r.get("peak_over_weights_kv")),
                 "error": r.get("error") or r.get("profile_error") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def modes_table(run: BenchRun):
+    """DataFrame, one row per single-stream record of our engine in every mode (custom voice,
+    clone ICL and x-vector, each with a cached and a new reference): time to first audio
+    beside custom voice's. Empty when the run has no clone records."""
+    import pandas as pd
+
+    if not any(is_clone(r) for r in run.records):
+        return pd.DataFrame()
+
+    def order(r) -> tuple:
+        size, mode = r.get("size"), mode_of(r)
+        return (
+            SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER),
+            MODES.index(mode) if mode in MODES else len(MODES),
+            r.get("reference_cached") is False,  # cached first
+        )
+
+    rows = []
+    for r in sorted((r for r in run.modes if r.get("engine") == "static"), key=order):
+        cached = r.get("reference_cached")
+        rows.append(
+            {
+                "size": r.get("size"),
+                "mode": mode_of(r),
+                "reference": "-" if cached is None else ("cached" if cached else "new"),
+                "TTFA ms": _num(r.get("ttfa_ms")),
+                "TTFA ms min": _num(r.get("ttfa_ms_min")),
+                "TTFA ms max": _num(r.get("ttfa_ms_max")),
+                "first chunk frames": r.get("ttfa_first_chunk_frames"),
+                "prefill ms": _num(r.get("prefill_ms")),
+                "ms/frame": _num(r.get("ms_per_frame")),
+                "reference s": _num(r.get("reference_s")),
+                "error": r.get("error") or "",
             }
         )
     return pd.DataFrame(rows)
@@ -273,6 +319,7 @@ __all__ = [
     "engines_table",
     "formatted",
     "header_markdown",
+    "modes_table",
     "random_weights_banner",
     "speedups",
     "target_value",

@@ -20,6 +20,7 @@ from fastqwen.tools.bench.tables import (
     engines_table,
     formatted,
     header_markdown,
+    modes_table,
     random_weights_banner,
     speedups,
     targets_table,
@@ -49,6 +50,15 @@ def show_run(run: BenchRun | None) -> None:
         Image(data=ms_per_frame_figure(run), format="png", alt=f"ms per frame, {run.name}"),
         Image(data=ttfa_figure(run), format="png", alt=f"time to first audio, {run.name}"),
     )
+    modes = modes_table(run)
+    if len(modes):
+        display.show(
+            Markdown(
+                "**Time to first audio by mode**: voice clone from a reference file (cached: "
+                "its prompt from the voice cache; new: both encoders run) beside custom voice"
+            ),
+            formatted(modes).set_index(["size", "mode", "reference"]),
+        )
     table = speedups(run)
     display.show(
         Markdown(
