@@ -445,8 +445,34 @@ class FastQwen3TTS:
 
     @serialized  # runs the speaker encoder and the codec's encoder
     def _encode_voice(self, wav, sr: int, ref_text, x_vector_only_mode: bool) -> list:
+        if x_vector_only_mode:
+            return [self._speaker_only_item(wav, sr, ref_text)]
         return self.tts.create_voice_clone_prompt(
             ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
+        )
+
+    @torch.inference_mode()
+    def _speaker_only_item(self, wav, sr: int, ref_text):
+        """An x-vector prompt item, made as `Qwen3TTSModel.create_voice_clone_prompt` makes it
+        (the same normalisation, resampling and speaker encoder) but without running the
+        codec's encoder: qwen-tts 0.1.1 encodes the reference there in every mode and then
+        drops the codes when `x_vector_only_mode` is set, which is most of a new x-vector
+        reference's time to first audio."""
+        import librosa
+        from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
+
+        ((wav, sr),) = self.tts._normalize_audio_inputs([(wav, sr)])
+        model = self.tts.model
+        target = model.speaker_encoder_sample_rate
+        if sr != target:
+            wav = librosa.resample(y=wav.astype(np.float32), orig_sr=int(sr), target_sr=target)
+        embedding = model.extract_speaker_embedding(audio=wav, sr=target)
+        return VoiceClonePromptItem(
+            ref_code=None,
+            ref_spk_embedding=embedding,
+            x_vector_only_mode=True,
+            icl_mode=False,
+            ref_text=ref_text,
         )
 
     def _clone_items(self, voice_clone_prompt, ref_audio, ref_text, x_vector_only_mode) -> list:

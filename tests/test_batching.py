@@ -268,6 +268,31 @@ def test_a_cached_voice_gives_the_same_codes_and_audio(tiny_model, tmp_path):
         engine.close()
 
 
+def test_an_x_vector_prompt_skips_the_codec_encoder(tiny_model, monkeypatch):
+    """x-vector mode needs only the speaker embedding: the engine's prompt equals
+    qwen-tts's, which also runs the codec's encoder and drops its codes."""
+    engine = FastQwen3TTS(tiny_model("base").tts, EngineConfig(max_batch_size=2))
+    try:
+        sr = 44100  # resampled to the speaker encoder's rate, as qwen-tts does
+        wav = (0.2 * np.sin(2 * np.pi * 190 * np.arange(sr) / sr)).astype(np.float32)
+        reference = engine.tts.create_voice_clone_prompt(
+            ref_audio=(wav, sr), x_vector_only_mode=True
+        )[0]
+        tokenizer = engine.tts.model.speech_tokenizer
+
+        def no_encoder(*args, **kwargs):
+            raise AssertionError("the codec encoder ran for an x-vector prompt")
+
+        monkeypatch.setattr(tokenizer, "encode", no_encoder)
+        (item,) = engine.create_voice_clone_prompt((wav, sr), x_vector_only_mode=True)
+        assert item.ref_code is None and item.x_vector_only_mode and not item.icl_mode
+        assert torch.equal(item.ref_spk_embedding, reference.ref_spk_embedding)
+        with pytest.raises(AssertionError, match="codec encoder ran"):  # ICL still encodes
+            engine.create_voice_clone_prompt((wav, sr), "Some reference text.")
+    finally:
+        engine.close()
+
+
 def test_the_voice_cache_is_bounded():
     from fastqwen.prompts.voice_cache import VoicePromptCache, voice_key
 
