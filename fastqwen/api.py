@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from fastqwen.codec.batch import CodecWorker
+from fastqwen.codec.batch import CodecWorker, warm_stream_graphs
 from fastqwen.codec.decoder import codec_decoder, receptive_field, utterance_audio
 from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.engine.model import StaticModel, kv_bytes_per_slot
@@ -256,9 +256,10 @@ class FastQwen3TTS:
         For each batch bucket b (default: all of `config.buckets`), b short requests at
         once, so the frame graph of that bucket (default sampling, shortest cache window)
         and the prefill graphs of the joining groups it makes (1, 2, 4, ... prompts) exist
-        before any traffic; a server reports healthy after this. Longer utterances (a longer cache
-        window) and other sampling modes still capture on first use. Returns the seconds
-        each bucket took.
+        before any traffic; a server reports healthy after this. Then, on CUDA, the codec
+        graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`), so that no
+        first chunk waits for a capture. Longer utterances (a longer cache window) and other
+        sampling modes still capture on first use. Returns the seconds each bucket took.
         """
         request = self.warmup_request()
         params = SamplingParams(max_new_tokens=frames + 1, min_new_tokens=frames + 1)
@@ -269,6 +270,10 @@ class FastQwen3TTS:
                 handle.result()
             took[size] = time.perf_counter() - t0
             log.info("warm-up: batch %d in %.1f s", size, took[size])
+        t0 = time.perf_counter()
+        held = warm_stream_graphs(self.codec.decoder)
+        if held:
+            log.info("warm-up: %d codec graphs in %.1f s", held, time.perf_counter() - t0)
         return took
 
     def warmup_request(self) -> VoiceRequest:

@@ -184,3 +184,21 @@ def test_a_capture_survives_another_thread_decoding():
     assert not errors, errors
     torch.cuda.synchronize()
     assert float(out[-1].sum()) == 2048.0
+
+
+def test_stream_graphs_are_captured_by_the_warm_up(cuda_tts):
+    """After `warm_stream_graphs`, a stream's chunks (an ICL-like first chunk after 100
+    frames of history included) replay graphs without a new capture."""
+    from fastqwen.codec import graphs as codec_graph
+    from fastqwen.codec.batch import Span, decode_spans, warm_stream_graphs
+    from fastqwen.codec.decoder import codec_decoder
+
+    decoder = codec_decoder(cuda_tts.model.speech_tokenizer)
+    held = warm_stream_graphs(decoder)
+    counts = codec_graph.graph_counts(decoder)
+    assert held > 10 and counts["failed"] == 0, counts
+    codes = torch.zeros((102, 16), dtype=torch.long)
+    for span in (Span(codes[:2], 0, 0), Span(codes, 100, 10), Span(codes[:58], 46, 10)):
+        decode_spans(decoder, [span])
+    after = codec_graph.graph_counts(decoder)
+    assert after["captures"] == counts["captures"] and after["replays"] == counts["replays"] + 3

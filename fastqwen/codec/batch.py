@@ -32,7 +32,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from fastqwen.codec import graphs as codec_graphs
-from fastqwen.constants import SAMPLES_PER_FRAME
+from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,30 @@ def decode_spans(decoder, spans: list[Span]) -> list[np.ndarray]:
     return list(np.split(flat, np.cumsum(lengths)[:-1])) if len(wavs) > 1 else [flat]
 
 
+def warm_stream_graphs(decoder, first_chunk_frames: int = 2, chunk_frames: int = 12) -> int:
+    """Capture, before any traffic, the single-stream graphs a stream's chunks replay: a
+    first chunk without history (custom voice, design), a first chunk after a reference's
+    codes (ICL: any window up to the widest bucket), and a later chunk, at every window
+    bucket. A new reference's first chunk then never waits for a capture. Returns the
+    graphs held afterwards (0 off CUDA, where nothing is graphed)."""
+    device = next(decoder.parameters()).device
+    if device.type != "cuda" or codec_graphs.GRAPH_MAX_WINDOW == 0:
+        return 0
+    from fastqwen.codec.decoder import receptive_field  # it imports this module
+
+    conv = receptive_field(decoder).conv_frames
+    books = NUM_CODEBOOKS
+    spans = [Span(torch.zeros((first_chunk_frames, books), dtype=torch.long), 0, 0)]
+    for window in codec_graphs.WINDOW_BUCKETS:
+        for new in (first_chunk_frames, chunk_frames):
+            if window > new + conv:
+                codes = torch.zeros((window, books), dtype=torch.long)
+                spans.append(Span(codes, window - new, conv))
+    for span in spans:
+        decode_spans(decoder, [span])
+    return codec_graphs.graph_counts(decoder)["held"]
+
+
 @dataclass(eq=False)
 class _Work:
     spans: list[Span]
@@ -305,4 +329,4 @@ class CodecWorker:
                 work.done.set()
 
 
-__all__ = ["MAX_BATCH_FRAMES", "CodecWorker", "Span", "decode_spans"]
+__all__ = ["MAX_BATCH_FRAMES", "CodecWorker", "Span", "decode_spans", "warm_stream_graphs"]
