@@ -56,6 +56,7 @@ from fastqwen.config import SamplingParams
 from fastqwen.constants import FRAME_RATE_HZ
 from fastqwen.device import synchronize
 from fastqwen.tools.bench import clone as clone_bench
+from fastqwen.tools.bench import cold_start
 from fastqwen.tools.bench.measure import (
     FIELDS,
     PROFILE_TOKENS,
@@ -793,6 +794,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             p.add_argument(flag, type={"int": int, "float": float}[f.type], help=help_text)
+    cold_start.add_arguments(p)  # --cold-start and its options
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -809,6 +811,8 @@ def run_cli(args: argparse.Namespace) -> int:
     settings["profile_tokens"] = tuple(settings["profile_tokens"])
     if getattr(args, "batch_sizes", None):
         return _run_batch_cli(args, dtype)
+    if getattr(args, "cold_start", False):
+        return cold_start.run_cli(args, dtype, _parse_options(args.engine_option))
     status = 0
     modes = getattr(args, "modes", ("custom_voice",))
     if set(modes) & set(clone_bench.CLONE_MODES):
