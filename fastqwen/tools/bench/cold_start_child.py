@@ -132,7 +132,7 @@ class Probes:
       function compiles during the capture's warm-up calls);
     - `FrameRunner.prefill`: the first call (eager, or capture plus replay) and every call
       that captures a prefill graph;
-    - `SpanGraph.__init__`: each captured codec graph (CUDA only).
+    - `BatchGraph.__init__`: each captured codec graph (CUDA only).
     """
 
     def __init__(self):
@@ -142,10 +142,10 @@ class Probes:
         self._restore: list[tuple[object, str, object]] = []
 
     def __enter__(self) -> Probes:
-        from fastqwen.codec.graphs import SpanGraph
+        from fastqwen.codec.graphs import BatchGraph
         from fastqwen.engine.runner import FrameRunner
 
-        step, prefill, span_init = FrameRunner.step, FrameRunner.prefill, SpanGraph.__init__
+        step, prefill, graph_init = FrameRunner.step, FrameRunner.prefill, BatchGraph.__init__
         probes = self
 
         def timed_step(runner, m, mode):
@@ -165,15 +165,15 @@ class Probes:
                 probes.prefill_calls.append(_took(t0, c0, prompts=len(prompts), captured=captured))
             return out
 
-        def timed_span_init(graph, decode, codes):
+        def timed_graph_init(graph, decode, rows, window, conv, *args):
             t0, c0 = time.perf_counter(), _dynamo_s()
-            span_init(graph, decode, codes)
-            probes.codec_captures.append(_took(t0, c0, frames=int(codes.shape[-1])))
+            graph_init(graph, decode, rows, window, conv, *args)
+            probes.codec_captures.append(_took(t0, c0, rows=rows, window=window, conv=conv))
 
         for owner, name, wrapper in (
             (FrameRunner, "step", timed_step),
             (FrameRunner, "prefill", timed_prefill),
-            (SpanGraph, "__init__", timed_span_init),
+            (BatchGraph, "__init__", timed_graph_init),
         ):
             self._restore.append((owner, name, getattr(owner, name)))
             setattr(owner, name, wrapper)
