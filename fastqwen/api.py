@@ -440,10 +440,12 @@ class FastQwen3TTS:
                 "ref_text is required for ICL voice cloning; "
                 "pass ref_text or x_vector_only_mode=True"
             )
-        wav, sr = load_reference_audio(ref_audio)
-        key = voice_key(wav, sr, ref_text, x_vector_only_mode)
+        # keyed on the recording as given: a reference used again skips the resampling too
+        raw, raw_sr = load_reference_audio(ref_audio, target_sr=None)
+        key = voice_key(raw, raw_sr, ref_text, x_vector_only_mode)
         items = self.voice_cache.get(key)
         if items is None:
+            wav, sr = load_reference_audio((raw, raw_sr))
             items = self._encode_voice(wav, sr, ref_text, x_vector_only_mode)
             self.voice_cache.put(key, items)
         return list(items)

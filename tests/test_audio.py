@@ -111,6 +111,14 @@ def test_target_sr_is_configurable():
     assert sr == 16_000 and wav.size == 16_000
 
 
+def test_no_target_sr_keeps_the_recording_rate():
+    stereo = np.stack([np.full(44100, 0.2), np.full(44100, 0.4)], axis=1).astype(np.float32)
+    wav, sr = load_reference_audio((stereo, 44100), target_sr=None)
+    assert sr == 44100 and wav.shape == (44100,) and np.allclose(wav, 0.3)
+    with pytest.raises(ValueError, match="shorter than the minimum"):
+        load_reference_audio((stereo[:1000], 44100), target_sr=None)
+
+
 def test_int16_array_is_scaled_to_unit_range():
     pcm = (_tone(1.0) * 32768).astype(np.int16)
     wav, _ = load_reference_audio((pcm, SR))

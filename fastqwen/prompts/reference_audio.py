@@ -38,7 +38,7 @@ AudioInput = str | Path | tuple[np.ndarray, int]
 def load_reference_audio(
     audio: AudioInput,
     *,
-    target_sr: int = SAMPLE_RATE,
+    target_sr: int | None = SAMPLE_RATE,
     min_seconds: float = 1.0,
 ) -> tuple[np.ndarray, int]:
     """Load a reference recording as float32 mono at `target_sr`.
@@ -49,10 +49,12 @@ def load_reference_audio(
             (soundfile) and `(channels, frames)` (torchaudio) work. Integer arrays are
             scaled from their full range to [-1, 1].
         target_sr: sample rate to return; Qwen3-TTS's codec and speaker encoder use 24 kHz.
+            None keeps the recording's own rate (checked, mixed to mono, not resampled).
         min_seconds: shortest duration accepted.
 
     Returns:
-        `(wav, target_sr)`, where `wav` is a 1-D float32 array.
+        `(wav, sr)`, where `wav` is a 1-D float32 array and `sr` is `target_sr` (or the
+        recording's rate when `target_sr` is None).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -60,7 +62,7 @@ def load_reference_audio(
             infinity, or is shorter than `min_seconds`.
         TypeError: `audio` is neither a path nor a `(np.ndarray, int)` tuple.
     """
-    if target_sr <= 0:
+    if target_sr is not None and target_sr <= 0:
         raise ValueError(f"target_sr must be a positive sample rate in Hz, got {target_sr}")
     if isinstance(audio, str) and audio.lower().startswith(URL_SCHEMES):
         raise ValueError(
@@ -100,6 +102,8 @@ def load_reference_audio(
     if not np.any(wav):
         logger.warning("reference audio from %s is all zeros (silence)", source)
 
+    if target_sr is None:
+        return np.ascontiguousarray(wav, dtype=np.float32), sr
     if sr != target_sr:
         logger.info("resampling reference audio from %s: %d Hz -> %d Hz", source, sr, target_sr)
         wav = _resample_like_librosa(wav, sr, target_sr)
