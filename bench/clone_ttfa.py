@@ -5,7 +5,7 @@ For each of ICL and x-vector, with a new reference (never seen: both encoders ru
 cached one (its prompt in the engine's voice cache), after one warm-up pass, the median of
 `--runs` passes of these stages (`STAGES` says what each covers):
 
-    read_resample -> cache_lookup -> [speaker_encoder -> codec_encoder] (new only)
+    read -> cache_lookup -> [resample -> speaker_encoder -> codec_encoder (ICL)] (new only)
     -> prompt_build -> [codec_prime] (ICL only) -> prefill -> first_frames -> scheduling
     -> first_chunk_decode
 
@@ -55,14 +55,15 @@ from fastqwen.tools.defaults import demo_sampling
 
 SCHEMA = "fastqwen-clone-ttfa/1"
 STAGES = {
-    "read_resample": "load_reference_audio(path): read the 16-bit WAV, mix to mono, resample "
-    f"{REFERENCE_FILE_RATE} Hz -> 24 kHz (soxr HQ)",
+    "read": "load_reference_audio(path, target_sr=None): read the 16-bit WAV, mix to mono, "
+    "check it (the voice cache's key is the recording as given)",
     "cache_lookup": "voice_key (SHA-256 of the samples, rate, text, mode) and the voice "
     "cache's get: a miss for a new reference, the prompt item for a cached one",
+    "resample": f"new only: {REFERENCE_FILE_RATE} Hz -> 24 kHz (soxr HQ, as librosa)",
     "speaker_encoder": "new only: model.extract_speaker_embedding (mel spectrogram on the "
     "host, then the speaker encoder) -> the x-vector",
-    "codec_encoder": "new only: speech_tokenizer.encode -> reference codes (R, 16); qwen-tts "
-    "0.1.1 runs it in x-vector mode too and drops the codes",
+    "codec_encoder": "new ICL only: speech_tokenizer.encode -> reference codes (R, 16); the "
+    "engine skips it for x-vector prompts, which qwen-tts 0.1.1 encodes and then drops",
     "prompt_build": "build_talker_prompt: qwen-tts' generate_voice_clone up to the talker "
     "(text tokens, embeddings, ICL: reference text and codes embedded)",
     "codec_prime": "ICL only: a StreamingDecoder and prime(ref codes): decoding context only",
@@ -96,10 +97,12 @@ def _encode(fast: FastQwen3TTS, wav, sr: int, case: CloneCase, ref_text, dev, ms
 
     model = fast.tts.model
     spk, ms["speaker_encoder"] = _timed(dev, lambda: model.extract_speaker_embedding(wav, sr))
-    enc, ms["codec_encoder"] = _timed(
-        dev, lambda: model.speech_tokenizer.encode([wav], sr=sr).audio_codes[0]
-    )
     only = case.x_vector_only
+    enc = None
+    if not only:
+        enc, ms["codec_encoder"] = _timed(
+            dev, lambda: model.speech_tokenizer.encode([wav], sr=sr).audio_codes[0]
+        )
     return VoiceClonePromptItem(
         ref_code=None if only else enc,
         ref_spk_embedding=spk,
@@ -141,15 +144,16 @@ def one_pass(fast, case: CloneCase, path: Path, ref: Reference, params, cfg, dev
     prompt's length."""
     ms: dict[str, float] = {}
     ref_text = None if case.x_vector_only else ref.text
-    (wav, sr), ms["read_resample"] = _timed(dev, lambda: load_reference_audio(str(path)))
+    (raw, raw_sr), ms["read"] = _timed(dev, lambda: load_reference_audio(str(path), target_sr=None))
 
     def lookup():
-        return fast.voice_cache.get(voice_key(wav, sr, ref_text, case.x_vector_only))
+        return fast.voice_cache.get(voice_key(raw, raw_sr, ref_text, case.x_vector_only))
 
     items, ms["cache_lookup"] = _timed(dev, lookup)
     if (items is not None) != case.reference_cached:
         raise RuntimeError(f"{case.name}: voice cache {'hit' if items else 'miss'} for {path}")
     if items is None:
+        (wav, sr), ms["resample"] = _timed(dev, lambda: load_reference_audio((raw, raw_sr)))
         item = _encode(fast, wav, sr, case, ref_text, dev, ms)
         if check:
             _check_same_prompt(item, fast._encode_voice(wav, sr, ref_text, case.x_vector_only)[0])

@@ -195,15 +195,17 @@ def test_stage_breakdown_script_times_every_stage(tmp_path):
     assert data["schema"] == script.SCHEMA and data["reference_s"] == pytest.approx(3.0)
     seen = [(v["mode"], v["reference_cached"]) for v in data["variants"]]
     assert seen == [(m, c) for m in clone.CLONE_MODES for c in (False, True)]
-    common = {"read_resample", "cache_lookup", "prompt_build", "prefill", "first_frames",
+    common = {"read", "cache_lookup", "prompt_build", "prefill", "first_frames",
               "scheduling", "first_chunk_decode"}  # fmt: skip
     for v in data["variants"]:
         assert "error" not in v, v.get("error")
         expected = set(common)
         if not v["reference_cached"]:
-            expected |= {"speaker_encoder", "codec_encoder"}
+            expected |= {"resample", "speaker_encoder"}
         if v["mode"] == "clone_icl":
             expected.add("codec_prime")
+            if not v["reference_cached"]:
+                expected.add("codec_encoder")  # x-vector prompts need no reference codes
         assert set(v["stages_ms"]) == expected, v["mode"]
         assert expected <= set(data["stages"])  # each number says what it covers
         for name, ms in v["stages_ms"].items():
