@@ -271,7 +271,7 @@ class FastQwen3TTS:
             took[size] = time.perf_counter() - t0
             log.info("warm-up: batch %d in %.1f s", size, took[size])
         t0 = time.perf_counter()
-        held = warm_stream_graphs(self.codec.decoder)
+        held = warm_stream_graphs(self.codec.decoder, decode=self.codec.decode)
         if held:
             log.info("warm-up: %d codec graphs in %.1f s", held, time.perf_counter() - t0)
         return took

@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -189,12 +190,16 @@ def decode_spans(decoder, spans: list[Span]) -> list[np.ndarray]:
     return list(np.split(flat, np.cumsum(lengths)[:-1])) if len(wavs) > 1 else [flat]
 
 
-def warm_stream_graphs(decoder, first_chunk_frames: int = 2, chunk_frames: int = 12) -> int:
+def warm_stream_graphs(
+    decoder, first_chunk_frames: int = 2, chunk_frames: int = 12, decode=None
+) -> int:
     """Capture, before any traffic, the single-stream graphs a stream's chunks replay: a
     first chunk without history (custom voice, design), a first chunk after a reference's
     codes (ICL: any window up to the widest bucket), and a later chunk, at every window
-    bucket. A new reference's first chunk then never waits for a capture. Returns the
-    graphs held afterwards (0 off CUDA, where nothing is graphed)."""
+    bucket. A new reference's first chunk then never waits for a capture. `decode` runs the
+    spans (an engine passes its `CodecWorker.decode`, so captures stay on the codec's one
+    thread; default: `decode_spans` here). Returns the graphs held afterwards (0 off CUDA,
+    where nothing is graphed)."""
     device = next(decoder.parameters()).device
     if device.type != "cuda" or codec_graphs.GRAPH_MAX_WINDOW == 0:
         return 0
@@ -208,8 +213,9 @@ def warm_stream_graphs(decoder, first_chunk_frames: int = 2, chunk_frames: int =
             if window > new + conv:
                 codes = torch.zeros((window, books), dtype=torch.long)
                 spans.append(Span(codes, window - new, conv))
+    run = decode if decode is not None else partial(decode_spans, decoder)
     for span in spans:
-        decode_spans(decoder, [span])
+        run([span])
     return codec_graphs.graph_counts(decoder)["held"]
 
 
