@@ -269,4 +269,7 @@ def test_engine_rows_draw_from_their_own_streams_under_the_interpreter(fastqwen_
     assert [len(c) for c in result["batched"]] == [frames] * 3
     assert result["batched"] == result["solo"]
     talker, sub = 4, 15 * 4
-    assert result["offsets"] == [frames * (talker + sub), frames * sub, frames * talker]
+    # each slot ran its frames and one more, whose codebook-0 token is the reference's draw
+    # after the last frame (the scheduler's extra frame)
+    ran = frames + 1
+    assert result["offsets"] == [ran * (talker + sub), ran * sub, ran * talker]
