@@ -452,11 +452,32 @@ class FastQwen3TTS:
 
     @serialized  # runs the speaker encoder and the codec's encoder
     def _encode_voice(self, wav, sr: int, ref_text, x_vector_only_mode: bool) -> list:
+        """What `Qwen3TTSModel.create_voice_clone_prompt` makes, sooner: ICL runs the codec's
+        encoder in a second thread while this one computes the speaker embedding (its mel
+        spectrogram is host work), and x-vector runs no codec encoder at all."""
         if x_vector_only_mode:
             return [self._speaker_only_item(wav, sr, ref_text)]
-        return self.tts.create_voice_clone_prompt(
-            ref_audio=(wav, sr), ref_text=ref_text, x_vector_only_mode=x_vector_only_mode
-        )
+        from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
+
+        ((wav, sr),) = self.tts._normalize_audio_inputs([(wav, sr)])
+        with ThreadPoolExecutor(1, thread_name_prefix="fastqwen-encode") as pool:
+            codes = pool.submit(self._reference_codes, wav, sr)
+            speaker = self._speaker_only_item(wav, sr, ref_text)
+            ref_code = codes.result()
+        return [
+            VoiceClonePromptItem(
+                ref_code=ref_code,
+                ref_spk_embedding=speaker.ref_spk_embedding,
+                x_vector_only_mode=False,
+                icl_mode=True,
+                ref_text=ref_text,
+            )
+        ]
+
+    @torch.inference_mode()
+    def _reference_codes(self, wav, sr: int) -> torch.Tensor:
+        """The reference's codec codes (T, 16), as qwen-tts encodes them."""
+        return self.tts.model.speech_tokenizer.encode([wav], sr=sr).audio_codes[0]
 
     @torch.inference_mode()
     def _speaker_only_item(self, wav, sr: int, ref_text):

@@ -268,7 +268,7 @@ def test_a_cached_voice_gives_the_same_codes_and_audio(tiny_model, tmp_path):
         engine.close()
 
 
-def test_an_x_vector_prompt_skips_the_codec_encoder(tiny_model, monkeypatch):
+def test_clone_prompts_equal_qwen_tts_and_x_vector_skips_the_codec_encoder(tiny_model, monkeypatch):
     """x-vector mode needs only the speaker embedding: the engine's prompt equals
     qwen-tts's, which also runs the codec's encoder and drops its codes."""
     engine = FastQwen3TTS(tiny_model("base").tts, EngineConfig(max_batch_size=2))
@@ -289,6 +289,14 @@ def test_an_x_vector_prompt_skips_the_codec_encoder(tiny_model, monkeypatch):
         assert torch.equal(item.ref_spk_embedding, reference.ref_spk_embedding)
         with pytest.raises(AssertionError, match="codec encoder ran"):  # ICL still encodes
             engine.create_voice_clone_prompt((wav, sr), "Some reference text.")
+        monkeypatch.undo()
+        # ICL: the codec's encoder in a second thread, the same item as qwen-tts's
+        text = "Some reference text."
+        reference = engine.tts.create_voice_clone_prompt(ref_audio=(wav, sr), ref_text=text)[0]
+        (item,) = engine.create_voice_clone_prompt((wav, sr), text)
+        assert item.icl_mode and not item.x_vector_only_mode and item.ref_text == text
+        assert torch.equal(item.ref_code, reference.ref_code)
+        assert torch.equal(item.ref_spk_embedding, reference.ref_spk_embedding)
     finally:
         engine.close()
 
