@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +66,6 @@ class Job:
     max_frames: int
     first_block: int | None = None
     stop: threading.Event | None = None  # set by a caller's Stop button: cancels the job
-    ready: torch.cuda.Event | None = None  # CUDA: its prompt's tensors are written
     stats: LoopStats = field(default_factory=LoopStats)
     submitted_s: float = field(default_factory=time.perf_counter)
     # frames its slot runs: max_frames, plus one whose codebook-0 token is the one the
@@ -150,12 +148,6 @@ class Scheduler:
         self._closed = False
         self._paused = 0
         self._loop_lock = threading.Lock()  # held while the loop touches the runner
-        # The loop's CUDA stream, above the default priority: the codec thread's large
-        # vocoder kernels (its own stream, default priority) then fill the SMs the frame
-        # step leaves, instead of delaying each of its small kernels.
-        self.stream = (
-            torch.cuda.Stream(runner.device, priority=-1) if runner.device.type == "cuda" else None
-        )
         self.steps = 0  # frame steps run so far (each serves every busy slot)
         self.peak_active = 0  # the most requests that ran together
         self.times = LoopTimes()
@@ -192,11 +184,6 @@ class Scheduler:
 
     def submit_many(self, jobs: list[Job]) -> list[Job]:
         """Queue jobs together: the loop admits them at the same frame (as slots allow)."""
-        if self.stream is not None:  # the prompts were made on the caller's stream
-            ready = torch.cuda.Event()
-            ready.record()
-            for job in jobs:
-                job.ready = ready
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine's scheduler is closed")
@@ -238,8 +225,7 @@ class Scheduler:
 
     # ---- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
-        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
-        with torch.inference_mode(), on_stream:
+        with torch.inference_mode():
             while True:
                 with self._cond:
                     while (
@@ -341,8 +327,6 @@ class Scheduler:
                 joining.append((free.pop(0), job))
         ready = []
         for slot, job in joining:
-            if job.ready is not None:
-                self.stream.wait_event(job.ready)
             try:
                 self.runner.load(slot, job.prompt, job.params, job.seed)
             except Exception as error:  # this request alone fails
@@ -395,8 +379,6 @@ class _Exclusive:
             while s.active:
                 s._cond.wait(IDLE_WAIT_S)
         s._loop_lock.acquire()
-        if s.stream is not None:  # the caller's stream must not overtake the loop's work
-            s.stream.synchronize()
         return s.runner
 
     def __exit__(self, *exc) -> None:
