@@ -83,6 +83,10 @@ def test_batched_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     from fastqwen.codec.batch import Span, decode_spans
     from fastqwen.codec.decoder import codec_decoder
 
+    # TF32 convs and products round by algorithm, and cuDNN picks algorithms by shape:
+    # compare float32 with float32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     decoder = codec_decoder(cuda_tts.model.speech_tokenizer)
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, decoder.config.codebook_size, (400, 16), generator=gen)
@@ -90,9 +94,10 @@ def test_batched_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     spans += [Span(codes[k : k + 130], 118, 10) for k in range(0, 60, 3)]  # 20 chunks of 12
     spans += [Span(codes[:96], 0, 0), Span(codes[:168], 96, 10)]  # result() chunks
     spans += [Span(codes[:340], 330, 10)]  # window past the widest bucket: eager
-    before = codec_graph.graph_counts(decoder)["replays"]
+    before = codec_graph.graph_counts(decoder)
     graphed = decode_spans(decoder, spans)
-    assert codec_graph.graph_counts(decoder)["replays"] > before
+    after = codec_graph.graph_counts(decoder)
+    assert after["replays"] > before["replays"] and after["failed"] == 0, (before, after)
     monkeypatch.setattr(codec_graph, "GRAPH_MAX_WINDOW", 0)
     for span, audio in zip(spans, graphed, strict=True):
         (alone,) = decode_spans(decoder, [span])
@@ -165,7 +170,10 @@ def test_a_capture_survives_another_thread_decoding():
         try:
             with torch.cuda.stream(stream):
                 while not stop.is_set():
-                    x = torch.randn(4096, 64, device="cuda")
+                    # no random numbers: a draw from the default generator while another
+                    # thread captures raises in torch whatever the capture mode, and the
+                    # codec draws none
+                    x = torch.full((4096, 64), 0.5, device="cuda")
                     (x @ x.T).sum().item()
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
