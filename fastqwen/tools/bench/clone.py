@@ -346,25 +346,13 @@ def run_clone_bench(
 # ---------------------------------------------------------------- command line
 
 
-def _modes_arg(text: str) -> tuple[str, ...]:
-    try:
-        return parse_modes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _references_arg(text: str) -> tuple[bool, ...]:
-    try:
-        return parse_references(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fastqwen.tools.bench.run import argument_type  # run imports this module
+
     """`--modes` and the reference options of `fastqwen bench`."""
     p.add_argument(
         "--modes",
-        type=_modes_arg,
+        type=argument_type(parse_modes),
         default=("custom_voice",),
         metavar="MODE,...",
         help=f"what to measure, one record each: {', '.join(MODES)} (clone modes need a "
@@ -372,7 +360,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--references",
-        type=_references_arg,
+        type=argument_type(parse_references),
         default=(True, False),
         metavar="cached,new",
         help="clone modes: one record per reference variant; cached: the same recording "

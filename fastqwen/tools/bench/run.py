@@ -708,11 +708,18 @@ def _parse_options(items: list[str]) -> dict:
     return options
 
 
-def _batch_sizes_arg(text: str) -> tuple[int, ...]:
-    try:
-        return parse_batch_sizes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type` from a parser whose ValueError names the problem: argparse then
+    prints that message instead of a generic "invalid value"."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -742,7 +749,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write each record as JSON: a *.json file or a directory")
     p.add_argument(
         "--batch-sizes",
-        type=_batch_sizes_arg,
+        type=argument_type(parse_batch_sizes),
         default=None,
         metavar="B1,B2,...",
         help="measure throughput at these batch sizes instead (static engine only; one "
