@@ -210,7 +210,11 @@ class FastQwen3TTS:
         # which decodes what has queued up together (`codec.batch`).
         decoder = codec_decoder(self.tts.model.speech_tokenizer)
         # batch-invariant: each span alone, so audio too is bit-identical whatever the load
-        self.codec = CodecWorker(decoder, max_spans=1 if self.config.batch_invariant else None)
+        self.codec = CodecWorker(
+            decoder,
+            max_spans=1 if self.config.batch_invariant else None,
+            stream=self.config.codec_stream,
+        )
         self._conv_context = receptive_field(decoder).conv_frames
         self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content
         self.last_results: list[GenerationResult] = []

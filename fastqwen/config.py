@@ -64,6 +64,9 @@ class SamplingParams:
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+CODEC_STREAMS = ("shared", "separate")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine allocates and runs.
@@ -94,6 +97,16 @@ class EngineConfig:
         token (1,024 launches a frame at batch 64). False: the per-row torch calls.
     sync_every: frames between host checks for EOS (None: 1 on CPU, 8 on CUDA).
     cuda_graph: on CUDA, replay each frame as one captured graph (ignored on CPU).
+    codec_stream: where the codec's GPU work runs beside the frame loop's.
+        "shared" (default): on the frame loop's stream, so the GPU runs a decode between
+        two blocks of frames, never both at once; only a batch of a few first-chunk
+        frames (`codec.batch.SIDE_LANE_FRAMES`), whose latency is the time to first
+        audio, runs on a high-priority side stream beside the frames. "separate": every
+        decode on a side stream of its own, overlapping the frames. Measured on an H200
+        at batch 64, overlapping ran the frame step at ~70 ms instead of 7.4 ms and the
+        codec ~10x slower than alone: the GPU interleaves the frame step's chain of small
+        kernels one by one with the vocoder's large ones, so each waits for the other
+        (bench/results/2026-12-03_h200_d5a5205).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
         with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
         first generation then compiles and autotunes, which takes a while at full size.
@@ -109,8 +122,13 @@ class EngineConfig:
     max_prefill_batch: int = 64
     batch_invariant: bool = False
     fused_noise: bool = True
+    codec_stream: str = "shared"
 
     def __post_init__(self) -> None:
+        if self.codec_stream not in CODEC_STREAMS:
+            raise ValueError(
+                f"codec_stream must be one of {', '.join(CODEC_STREAMS)}, got {self.codec_stream!r}"
+            )
         if self.max_seq_len < 16:
             raise ValueError(f"max_seq_len must be >= 16, got {self.max_seq_len}")
         if self.sync_every is not None and self.sync_every < 1:

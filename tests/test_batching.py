@@ -224,6 +224,8 @@ def test_buckets_and_memory_settings(tiny_model):
         EngineConfig(max_batch_size=4, batch_buckets=(8,))
     with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1"):
         EngineConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="codec_stream must be one of shared, separate, got 'own'"):
+        EngineConfig(codec_stream="own")
     engine = FastQwen3TTS(
         tiny_model("custom_voice").tts, EngineConfig(max_batch_size=3, max_seq_len=128)
     )

@@ -123,6 +123,17 @@ def test_a_worker_with_max_spans_one_decodes_each_span_alone(codec):
         np.testing.assert_array_equal(a, alone)
 
 
+def test_a_worker_names_an_unknown_stream_and_decodes_on_the_host_off_cuda(codec):
+    with pytest.raises(ValueError, match="stream must be 'shared' or 'separate', got 'own'"):
+        CodecWorker(codec_decoder(codec), stream="own")
+    worker = CodecWorker(codec_decoder(codec), stream="separate")
+    try:
+        (audio,) = worker.decode([Span(_codes(2, seed=3), 0, 0)])
+    finally:
+        worker.close()
+    assert audio.shape == (2 * SAMPLES_PER_FRAME,) and worker.side_batches == 0
+
+
 def test_graph_buckets_round_up_and_stop_at_the_top():
     from fastqwen.codec import graphs
 

@@ -80,14 +80,26 @@ def test_batched_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
     too wide to graph), decoded by bucketed graph replays, equal the same spans decoded
     eagerly one at a time: right padding to the buckets changes nothing but rounding."""
     from fastqwen.codec import graphs as codec_graph
-    from fastqwen.codec.batch import Span, decode_spans
     from fastqwen.codec.decoder import codec_decoder
 
-    # TF32 convs and products round by algorithm, and cuDNN picks algorithms by shape:
-    # compare float32 with float32
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     decoder = codec_decoder(cuda_tts.model.speech_tokenizer)
+    # TF32 convs and products round by algorithm, and cuDNN picks algorithms by shape:
+    # compare float32 with float32, in graphs captured now (earlier tests captured some
+    # shapes with TF32 on, and a replay keeps its capture's kernels)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    codec_graph.drop_graphs(decoder)
+    try:
+        _check_batched_graphs(decoder, monkeypatch)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        codec_graph.drop_graphs(decoder)
+
+
+def _check_batched_graphs(decoder, monkeypatch) -> None:
+    from fastqwen.codec import graphs as codec_graph
+    from fastqwen.codec.batch import Span, decode_spans
+
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, decoder.config.codebook_size, (400, 16), generator=gen)
     spans = [Span(codes[:2], 0, 0), Span(codes[:14], 2, 2)]  # a stream's first two chunks
@@ -103,6 +115,34 @@ def test_batched_codec_graphs_decode_like_eager(cuda_tts, monkeypatch):
         (alone,) = decode_spans(decoder, [span])
         assert audio.shape == alone.shape == (span.frames * 1920,)
         assert abs(audio - alone).max() < 1e-4, abs(audio - alone).max()
+
+
+def test_the_codec_lanes_decode_alike(cuda_tts):
+    """A shared-stream worker decodes a lone first chunk on its side lane and bigger batches
+    on the frame loop's stream, and its audio is the separate-stream worker's."""
+    import numpy as np
+
+    from fastqwen.codec.batch import SIDE_LANE_FRAMES, CodecWorker, Span
+    from fastqwen.codec.decoder import codec_decoder
+
+    decoder = codec_decoder(cuda_tts.model.speech_tokenizer)
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, decoder.config.codebook_size, (200, 16), generator=gen)
+    first = [Span(codes[:2], 0, 0)]
+    big = [Span(codes[:96], 0, 0), Span(codes[:130], 118, 10)]
+    assert sum(s.conv_frames for s in first) <= SIDE_LANE_FRAMES
+    assert sum(s.conv_frames for s in big) > SIDE_LANE_FRAMES
+    shared, separate = CodecWorker(decoder), CodecWorker(decoder, stream="separate")
+    try:
+        a = shared.decode(first) + shared.decode(big)
+        assert shared.side_batches == 1 and shared.batches == 2
+        b = separate.decode(first) + separate.decode(big)
+        assert separate.side_batches == separate.batches == 2
+    finally:
+        shared.close()
+        separate.close()
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape and np.abs(x - y).max() < 1e-5, np.abs(x - y).max()
 
 
 def test_stream_equals_generate_within_codec_rounding():

@@ -14,8 +14,10 @@ The conv stage then takes, per row, the span's new frames plus its conv context,
 left-aligned and right-padded.
 
 `CodecWorker` is the engine's one codec user: a thread that takes the spans every reader
-submits, decodes what has queued up in one batch, and hands each reader its audio. It runs
-on its own CUDA stream, so the codec's convolutions overlap the frame loop's graphs.
+submits, decodes what has queued up in one batch, and hands each reader its audio. By
+default its GPU work goes on the frame loop's stream (the device's default stream), between
+two blocks of frames: overlapped on a stream of its own, the vocoder's large kernels and the
+frame step's chain of small ones slowed each other ~10x on an H200 (`EngineConfig.codec_stream`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 log = logging.getLogger(__name__)
 
 MAX_BATCH_FRAMES = 4096  # conv frames (context + new) of one batched decode: bounds its memory
+# A batch of at most this many conv frames (a stream's two-frame first chunk, a few of them
+# together) runs on a high-priority side stream beside the frames when the codec shares the
+# loop's stream: its latency is the listener's time to first audio, and its kernels are too
+# small to hold up the frame step.
+SIDE_LANE_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,11 @@ class CodecWorker:
     audio then depends on what it was batched with, by float rounding (~1e-6 here); its
     codes never do. `max_spans=1` decodes each span alone, in the same shapes as a solo
     run: audio bit-identical whatever the load (`EngineConfig.batch_invariant`).
+
+    `stream` ("shared" or "separate", `EngineConfig.codec_stream`): on CUDA, decode on the
+    device's default stream, where the frame loop runs (a batch of at most
+    `SIDE_LANE_FRAMES` conv frames on a high-priority side stream), or always on a side
+    stream of normal priority.
     """
 
     def __init__(
@@ -247,15 +259,23 @@ class CodecWorker:
         decoder: torch.nn.Module,
         max_frames: int = MAX_BATCH_FRAMES,
         max_spans: int | None = None,
+        stream: str = "shared",
     ):
+        if stream not in ("shared", "separate"):
+            raise ValueError(f"stream must be 'shared' or 'separate', got {stream!r}")
         self.decoder = decoder  # the 12 Hz codec decoder (`codec.decoder.codec_decoder`)
         self.device = next(self.decoder.parameters()).device
         self.max_frames = max_frames
         self.max_spans = max_spans
+        self.shared = stream == "shared"
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._side = None
+        if self.device.type == "cuda":
+            priority = torch.cuda.Stream.priority_range()[1] if self.shared else 0
+            self._side = torch.cuda.Stream(self.device, priority=priority)
+        self.side_batches = 0  # decoder calls made on the side stream
         self.batches = 0  # decoder calls made
         self.spans = 0  # spans decoded
         self.peak_batch = 0  # most spans in one call
@@ -300,6 +320,14 @@ class CodecWorker:
             frames += sum(s.conv_frames for s in work.spans)
         return batch, False
 
+    def _stream_for(self, spans: list[Span]):
+        """The CUDA stream a batch decodes on (None off CUDA)."""
+        if self._side is None:
+            return None
+        if not self.shared or sum(s.conv_frames for s in spans) <= SIDE_LANE_FRAMES:
+            return self._side
+        return torch.cuda.default_stream(self.device)
+
     def _run(self) -> None:
         stop = False
         while not stop:
@@ -310,10 +338,10 @@ class CodecWorker:
             spans = [s for work in batch for s in work.spans]
             size = self.max_spans or len(spans)
             t0 = time.perf_counter()
+            stream = self._stream_for(spans)
             try:
-                # No wait on the frame loop's stream: the codes come from the host, so
-                # the codec's kernels may start while that stream still has frames queued.
-                with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
+                # No wait on another stream: the codes come from the host.
+                with torch.cuda.stream(stream) if stream is not None else nullcontext():
                     audio = [
                         a
                         for i in range(0, len(spans), size)
@@ -326,7 +354,10 @@ class CodecWorker:
                     work.done.set()
                 continue
             self.busy_s += time.perf_counter() - t0
-            self.batches += -(-len(spans) // size)
+            calls = -(-len(spans) // size)
+            self.batches += calls
+            if stream is not None and stream is self._side:
+                self.side_batches += calls
             self.spans += len(spans)
             self.peak_batch = max(self.peak_batch, min(size, len(spans)))
             i = 0
@@ -335,4 +366,11 @@ class CodecWorker:
                 work.done.set()
 
 
-__all__ = ["MAX_BATCH_FRAMES", "CodecWorker", "Span", "decode_spans", "warm_stream_graphs"]
+__all__ = [
+    "MAX_BATCH_FRAMES",
+    "SIDE_LANE_FRAMES",
+    "CodecWorker",
+    "Span",
+    "decode_spans",
+    "warm_stream_graphs",
+]

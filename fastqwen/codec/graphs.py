@@ -183,6 +183,13 @@ def batch_graph(
     return graph
 
 
+def drop_graphs(decoder: torch.nn.Module) -> None:
+    """Forget `decoder`'s graphs: the next decode of each shape captures anew, under the
+    settings in force then (a graph replays the kernels chosen at its capture, e.g. TF32
+    convs, whatever the settings at replay)."""
+    _graphs.pop(decoder, None)
+
+
 def note_replay(decoder: torch.nn.Module) -> None:
     state = _graphs.get(decoder)
     if state is not None:
@@ -213,6 +220,7 @@ __all__ = [
     "Group",
     "batch_graph",
     "bucket",
+    "drop_graphs",
     "graph_counts",
     "note_replay",
     "plan_groups",

@@ -479,6 +479,7 @@ def _engine_times(fast) -> dict:
         **{f"loop_{k}": v for k, v in times.items()},
         "codec_busy_s": codec.busy_s,
         "codec_batches": codec.batches,
+        "codec_side_batches": codec.side_batches,
         "codec_spans": codec.spans,
         "codec_graph_replays": graphs["replays"],
         "codec_graph_captures": graphs["captures"],
