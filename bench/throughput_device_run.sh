@@ -8,7 +8,8 @@
 # 2. bench/attention_batch_sweep.py -> OUT/attention_batch_sweep.json (skip: SWEEP_LIMIT_S=0)
 # 3. fastqwen bench --batch-sizes $BENCH_BATCH_SIZES (default 1,64,256), one burst round and
 #    a steady state of 3 waves per size -> OUT/records/; ENGINE_OPTIONS: more KEY=VALUE
-#    engine options, space-separated (e.g. codec_stream=separate)
+#    engine options, space-separated (e.g. codec_stream=separate); BENCH_FLAGS: more bench
+#    flags (e.g. --sample-threads)
 # 4. bench/anchor_bench.py at B = 1 (skip: ANCHOR_LIMIT_S=0) -> OUT/records/
 set -uo pipefail
 OUT=${1:?usage: bash bench/throughput_device_run.sh OUT_DIR}
@@ -19,6 +20,8 @@ REF=(env "PYTHONPATH=$REF_PYTHONPATH" python3)
 ANCHOR=(env "PYTHONPATH=$ANCHOR_PYTHONPATH" python3)
 OPTIONS=(--engine-option compile=true)
 for option in ${ENGINE_OPTIONS:-}; do OPTIONS+=(--engine-option "$option"); done
+# shellcheck disable=SC2206 # flags split on spaces on purpose
+OPTIONS+=(${BENCH_FLAGS:-})
 source "$(dirname "$0")/limited.sh"
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

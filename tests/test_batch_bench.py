@@ -44,6 +44,7 @@ def batch_records(tmp_path_factory) -> tuple[list[dict], Path]:
     status = cli_main(
         ["bench", "--model", MODEL, "--device", "cpu", "--batch-sizes", "2,1"]
         + ["--max-new-tokens", str(N), "--batch-rounds", "2", "--out", str(out)]
+        + ["--sample-threads"]
     )
     assert status == 0
     recs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
@@ -70,6 +71,11 @@ def test_batch_records_have_the_fields_and_sane_values(batch_records):
         assert r["steady_requests"] == 4 * b and r["steady_window_s"] > 0
         steady = r["steady_breakdown"]
         assert steady["codec_spans"] >= 5 * b and steady["wall_s"] > r["steady_window_s"]
+        assert 0 < steady["loop_blocks"] <= 5 * N  # 5 waves of N frames at most
+        # where the frame loop spent the steady state: lines of the scheduler among them
+        loop = r["steady_samples"]["fastqwen-scheduler"]
+        assert loop["samples"] > 0 and loop["own"] and loop["inner"]
+        assert any(line.startswith("scheduler.py:") for line, _ in loop["own"])
         assert len(r["batch_rounds_aps"]) == 2 and r["runs"] == 2
         assert 0 < r["step_ms"] < 1000 * r["wall_s"] / (N - 1)
         assert 0 < r["per_stream_rtf_min"] <= r["per_stream_rtf_median"]

@@ -55,8 +55,10 @@ CANCELLED = (
 @pytest.fixture(scope="module")
 def eos_batch_engine() -> FastQwen3TTS:
     # batch_invariant: the codec decodes each request's chunks alone, so even the audio
-    # (not only the codes) must equal the solo run's bit for bit.
-    config = EngineConfig(max_batch_size=8, max_prefill_batch=2, batch_invariant=True)
+    # (not only the codes) must equal the solo run's bit for bit. Blocks of 7 frames, as
+    # on CUDA (8): the requests' limits fall inside blocks, and a slot runs on past its
+    # limit or EOS to the block's end.
+    config = EngineConfig(max_batch_size=8, max_prefill_batch=2, batch_invariant=True, sync_every=7)
     engine = eos_favouring(3.0, config)
     yield engine
     engine.close()

@@ -132,6 +132,7 @@ class LoopTimes:
     admit_s: float = 0.0
     frames_s: float = 0.0
     deliver_s: float = 0.0
+    blocks: int = 0  # blocks of frames run (one host round trip each)
 
 
 class Scheduler:
@@ -256,17 +257,14 @@ class Scheduler:
         needed = max(job.prompt.prompt_len + job.run_frames for _, job in jobs)
         m = runner.view(rows, needed)
         step = runner.step(m, SamplingMode.union([job.params for _, job in jobs]))
-        n = runner.sync_every
-        for _, job in jobs:
-            if job.done_frames == 0 and job.first_block:
-                n = min(n, job.first_block)
-            n = min(n, job.run_frames - job.done_frames)
+        n = self._block_frames(jobs, m.talker_cache.max_len)
         self.peak_active = max(self.peak_active, len(jobs))
         t0 = time.perf_counter()
         codes = runner.run_block(step, rows, n)
         t1 = time.perf_counter()
         elapsed = t1 - t0
         self.times.frames_s += elapsed
+        self.times.blocks += 1
         self.steps += n
         ends = first_eos(codes, self.runner.model.eos_id)
         at_limit = [
@@ -281,12 +279,30 @@ class Scheduler:
             job._end()
         self.times.deliver_s += time.perf_counter() - t1
 
+    def _block_frames(self, jobs: list[tuple[int, Job]], window: int) -> int:
+        """Frames in the next block: `sync_every`, or a joiner's `first_block` (its first
+        audio waits for this block's end), and never past a slot's cache window.
+
+        A block is not cut where a request reaches its frame limit: its slot runs on to the
+        block's end and those frames are dropped (`_deliver`), as after an EOS. Cut there,
+        requests that joined at different frames end at different frames, and in a steady
+        state nearly every block was one frame long: a host round trip, a hand-over and an
+        admission per frame. A request with no room for its extra frame
+        (`Job.run_frames == max_frames`) fills its window, so the window stops it exactly
+        at its limit, where `final_tokens_are_eos` reads its state."""
+        n = self.runner.sync_every
+        for _, job in jobs:
+            if job.done_frames == 0 and job.first_block:
+                n = min(n, job.first_block)
+            n = min(n, window - job.prompt.prompt_len - job.done_frames)
+        return n
+
     def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> bool:
         """Hand a slot's block to its job, cut before its first EOS (frame `end`) and at its
         frame limit; a job that reached EOS or ran its extra frame (`Job.run_frames`) ends
         here. True if it reached its limit without room for the extra frame: the caller
         then ends it once it knows the token the reference would have drawn next."""
-        real = min(codes.shape[0], job.max_frames - job.done_frames)  # frames it keeps
+        real = max(0, min(codes.shape[0], job.max_frames - job.done_frames))  # frames it keeps
         eos = end < real
         block = codes[:end] if eos else codes[:real]
         stats = job.stats

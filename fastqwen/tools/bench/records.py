@@ -45,7 +45,7 @@ FIELDS = (
         "batch_size audio_seconds_per_second step_ms per_stream_rtf_min per_stream_rtf_median "
         "batch_rounds_aps steps peak_active round_breakdown peak_memory_bytes kv_bytes_per_slot "
         "batch_mix throughput_method burst_audio_seconds_per_second steady_window_s "
-        "steady_requests steady_breakdown note"
+        "steady_requests steady_breakdown steady_samples note"
     ).split(),
     "profile_error",
     "error",

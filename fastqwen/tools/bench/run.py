@@ -46,6 +46,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -67,6 +68,7 @@ from fastqwen.tools.bench.measure import (
     spread,
     tensor_bytes,
 )
+from fastqwen.tools.bench.sampler import ThreadSampler
 from fastqwen.tools.bench.throughput import (
     DEFAULT_BATCH_ROUNDS,
     DEFAULT_BATCH_SIZES,
@@ -422,12 +424,16 @@ def _batch_round(fast, requests, params: SamplingParams, dev: torch.device) -> R
     return Round(len(requests), wall, streams, steps=steps, breakdown=breakdown)
 
 
-def _steady_state(fast, requests, params: SamplingParams, dev: torch.device, waves: int) -> dict:
+def _steady_state(
+    fast, requests, params: SamplingParams, dev: torch.device, waves: int, sample: bool = False
+) -> dict:
     """`waves + 2` waves of the B requests through B lanes: a lane submits a request, and
     the next as soon as that one has finished generating (`RequestHandle.wait_done`), so
     at most B requests hold slots and a freed slot is refilled at the next block, while
     reader threads decode the results (one per request, as in a burst round): one wave's
-    last chunks are decoded during the next wave's frames. Returns `steady_state_fields`."""
+    last chunks are decoded during the next wave's frames. Returns `steady_state_fields`,
+    and with `sample` where the frame loop's and the codec's threads spent the run
+    (`ThreadSampler`) as `steady_samples`."""
     import itertools
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -458,15 +464,23 @@ def _steady_state(fast, requests, params: SamplingParams, dev: torch.device, wav
 
     synchronize(dev)
     before = _engine_times(fast)
+    sampler = ThreadSampler((fast.scheduler.name, "fastqwen-codec"))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(2 * B) as readers, ThreadPoolExecutor(B) as lanes:
+    with (
+        sampler if sample else nullcontext(),
+        ThreadPoolExecutor(2 * B) as readers,
+        ThreadPoolExecutor(B) as lanes,
+    ):
         for future in [lanes.submit(lane, readers) for _ in range(B)]:
             for read_future in future.result():
                 read_future.result()
     after = _engine_times(fast)
     breakdown = {k: round(after[k] - before[k], 4) for k in after}
     breakdown["wall_s"] = round(time.perf_counter() - t0, 4)
-    return steady_state_fields(completions, B, breakdown)
+    fields = steady_state_fields(completions, B, breakdown)
+    if sample:
+        fields["steady_samples"] = sampler.summary()
+    return fields
 
 
 def _engine_times(fast) -> dict:
@@ -496,6 +510,7 @@ def run_batch_bench(
     sampling: SamplingParams | None = None,
     rounds: int = DEFAULT_BATCH_ROUNDS,
     steady_waves: int = DEFAULT_STEADY_WAVES,
+    sample_threads: bool = False,
     seed: int = DEFAULT_SEED,
     on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
@@ -516,7 +531,8 @@ def run_batch_bench(
     `batch_rounds_aps`, as `burst_audio_seconds_per_second`. Then, unless `steady_waves`
     is 0, a steady-state run (`_steady_state`, `throughput.steady_state_fields`) whose
     figure becomes the record's `audio_seconds_per_second` (`throughput_method` says
-    which). A size that fails (out of memory) gets an error record and the
+    which); `sample_threads` adds where the engine's threads spent it
+    (`steady_samples`). A size that fails (out of memory) gets an error record and the
     larger ones are still tried.
 
     on_record: called with each record as soon as it is made (main() writes it), so the
@@ -638,7 +654,9 @@ def run_batch_bench(
                 rec["burst_audio_seconds_per_second"] = rec["audio_seconds_per_second"]
                 rec["throughput_method"] = "burst"
                 if steady_waves:
-                    steady = _steady_state(fast, requests, params, dev, steady_waves)
+                    steady = _steady_state(
+                        fast, requests, params, dev, steady_waves, sample=sample_threads
+                    )
                     log.info(
                         "static batch %d steady state: %.1f audio s/s over %.2f s",
                         b, steady["audio_seconds_per_second"], steady["steady_window_s"],
@@ -772,6 +790,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "running, B queued, each replaced when it ends; 0: no steady-state run; default: "
         "%(default)s)",
     )
+    p.add_argument(
+        "--sample-threads",
+        action="store_true",
+        help="sample the frame loop's and the codec's Python stacks during the steady-state "
+        "run, and record where they spent it (steady_samples)",
+    )
     clone_bench.add_arguments(p)  # --modes, --references, --reference ...
     for f in dataclasses.fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -882,6 +906,7 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
             sampling=sampling_from_args(args),
             rounds=args.batch_rounds,
             steady_waves=args.steady_waves,
+            sample_threads=args.sample_threads,
             seed=args.seed,
             on_record=emit,
         )
