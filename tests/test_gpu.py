@@ -250,3 +250,17 @@ def test_stream_graphs_are_captured_by_the_warm_up(cuda_tts):
         decode_spans(decoder, [span])
     after = codec_graph.graph_counts(decoder)
     assert after["captures"] == counts["captures"] and after["replays"] == counts["replays"] + 3
+
+
+def test_the_frame_loop_counts_its_gpu_time(cuda_tts):
+    """`FrameRunner.gpu_s` grows by the blocks' GPU time: more than nothing, less than the
+    generation's wall time."""
+    engine = FastQwen3TTS(cuda_tts)
+    try:
+        engine.generate(REQUEST, SamplingParams(max_new_tokens=9), seed=1)  # graphs captured
+        before = engine.runner.gpu_s
+        result = engine.generate(REQUEST, SamplingParams(max_new_tokens=25), seed=1)
+        spent = engine.runner.gpu_s - before
+    finally:
+        engine.close()
+    assert 0 < spent < result.generate_s, (spent, result.generate_s)

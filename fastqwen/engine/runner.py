@@ -191,6 +191,7 @@ class FrameRunner:
         self.model = model
         self.config = config
         self.device = model.device
+        self.gpu_s = 0.0  # GPU time of the blocks run (CUDA only; `run_block`)
         self.execution = Execution.choose(config, self.device)
         self.ops = (
             ops
@@ -401,11 +402,22 @@ class FrameRunner:
 
     def run_block(self, step: Callable[[], None], rows: int, n: int) -> torch.Tensor:
         """n frames of `step`; returns the (rows, n, 16) int64 codes on the CPU (the one
-        host sync of a block)."""
+        host sync of a block). On CUDA, `gpu_s` adds the GPU time from the block's first
+        launch to its last (with whatever else ran on the stream in between): against
+        the scheduler's wall time for the block, it tells the GPU's share from the host's."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
         self.state.block_index.zero_()
         for _ in range(n):
             step()
-        return self.state.block_codes[:rows, :n].to("cpu", copy=True)
+        if cuda:
+            end.record()
+        codes = self.state.block_codes[:rows, :n].to("cpu", copy=True)
+        if cuda:
+            self.gpu_s += start.elapsed_time(end) / 1000  # both done: the copy waited
+        return codes
 
     def final_token_is_eos(self, slot: int, params: SamplingParams) -> bool:
         """The reference samples one more codebook-0 token after the last full frame; do the
