@@ -214,6 +214,7 @@ class FastQwen3TTS:
             decoder,
             max_spans=1 if self.config.batch_invariant else None,
             stream=self.config.codec_stream,
+            loop_stream=self.scheduler.stream,
         )
         self._conv_context = receptive_field(decoder).conv_frames
         self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content

@@ -264,3 +264,31 @@ def test_the_frame_loop_counts_its_gpu_time(cuda_tts):
     finally:
         engine.close()
     assert 0 < spent < result.generate_s, (spent, result.generate_s)
+
+
+def test_the_loop_waits_for_a_prompt_still_being_written_on_the_callers_stream(cuda_tts):
+    """The frame loop runs on its own stream: a prompt whose last writes are still queued
+    on the submitting thread's stream (here behind ~0.2 s of GPU spin) is read only after
+    them, so the request's codes are those of the same request made at leisure."""
+    from fastqwen.prompts.builder import build_talker_prompt
+
+    engine = FastQwen3TTS(cuda_tts)
+    params = SamplingParams(max_new_tokens=9)
+    try:
+        expected = engine.generate(REQUEST, params, seed=4).codes
+        prompt = build_talker_prompt(cuda_tts, REQUEST)
+        embeds = prompt.inputs_embeds
+        saved = embeds.clone()
+        caller = torch.cuda.Stream()
+        caller.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(caller), torch.inference_mode():
+            embeds.zero_()
+            torch.cuda._sleep(400_000_000)
+            embeds.copy_(saved)
+            job = engine.scheduler.submit(prompt, params, 4)
+        assert engine.scheduler.stream is not None
+        assert torch.cuda.current_stream() != engine.scheduler.stream
+        got = torch.cat(list(job.blocks(timeout=60)))
+    finally:
+        engine.close()
+    assert torch.equal(got, expected)

@@ -15,8 +15,8 @@ left-aligned and right-padded.
 
 `CodecWorker` is the engine's one codec user: a thread that takes the spans every reader
 submits, decodes what has queued up in one batch, and hands each reader its audio. By
-default its GPU work goes on the frame loop's stream (the device's default stream), between
-two blocks of frames: overlapped on a stream of its own, the vocoder's large kernels and the
+default its GPU work goes on the frame loop's stream (`Scheduler.stream`), between two
+blocks of frames: overlapped on a stream of its own, the vocoder's large kernels and the
 frame step's chain of small ones slowed each other ~10x on an H200 (`EngineConfig.codec_stream`).
 """
 
@@ -248,10 +248,10 @@ class CodecWorker:
     codes never do. `max_spans=1` decodes each span alone, in the same shapes as a solo
     run: audio bit-identical whatever the load (`EngineConfig.batch_invariant`).
 
-    `stream` ("shared" or "separate", `EngineConfig.codec_stream`): on CUDA, decode on the
-    device's default stream, where the frame loop runs (a batch of at most
-    `SIDE_LANE_FRAMES` conv frames on a high-priority side stream), or always on a side
-    stream of normal priority.
+    `stream` ("shared" or "separate", `EngineConfig.codec_stream`): on CUDA, decode on
+    `loop_stream`, where the frame loop runs (the device's default stream if None; a batch
+    of at most `SIDE_LANE_FRAMES` conv frames on a high-priority side stream), or always
+    on a side stream of normal priority.
     """
 
     def __init__(
@@ -260,6 +260,7 @@ class CodecWorker:
         max_frames: int = MAX_BATCH_FRAMES,
         max_spans: int | None = None,
         stream: str = "shared",
+        loop_stream: torch.cuda.Stream | None = None,
     ):
         if stream not in ("shared", "separate"):
             raise ValueError(f"stream must be 'shared' or 'separate', got {stream!r}")
@@ -268,6 +269,7 @@ class CodecWorker:
         self.max_frames = max_frames
         self.max_spans = max_spans
         self.shared = stream == "shared"
+        self.loop_stream = loop_stream
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -326,7 +328,11 @@ class CodecWorker:
             return None
         if not self.shared or sum(s.conv_frames for s in spans) <= SIDE_LANE_FRAMES:
             return self._side
-        return torch.cuda.default_stream(self.device)
+        return (
+            self.loop_stream
+            if self.loop_stream is not None
+            else torch.cuda.default_stream(self.device)
+        )
 
     def _run(self) -> None:
         stop = False

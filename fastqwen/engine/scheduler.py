@@ -14,6 +14,13 @@ the request's seed (see `FrameRunner`). The CPU tests check it against solo runs
 reference; `bench/batch_check.py` checks it on the GPU.
 
 This is the only generation loop: `FastQwen3TTS.generate` is a batch of one.
+
+On CUDA the loop runs on a stream of its own (`Scheduler.stream`), and the engine's codec
+decodes go on it too (`codec.batch.CodecWorker`). Callers build prompts on their own
+current stream, and the loop waits for them by event (`Job.ready`). On one stream, every
+prompt build's blocking host-to-device copy (token ids) waited for the frames the loop
+had queued; the builds take turns (`fastqwen.locking`), so under load requests joined one
+block apart, and the batch ran far below its slots.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +74,7 @@ class Job:
     max_frames: int
     first_block: int | None = None
     stop: threading.Event | None = None  # set by a caller's Stop button: cancels the job
+    ready: torch.cuda.Event | None = None  # CUDA: its prompt's tensors are written
     stats: LoopStats = field(default_factory=LoopStats)
     submitted_s: float = field(default_factory=time.perf_counter)
     # frames its slot runs: max_frames, plus one whose codebook-0 token is the one the
@@ -149,6 +158,9 @@ class Scheduler:
         self._closed = False
         self._paused = 0
         self._loop_lock = threading.Lock()  # held while the loop touches the runner
+        # CUDA: the stream the loop runs on (frames, prefills; the codec's decodes too)
+        cuda = runner.device.type == "cuda"
+        self.stream = torch.cuda.Stream(runner.device) if cuda else None
         self.steps = 0  # frame steps run so far (each serves every busy slot)
         self.peak_active = 0  # the most requests that ran together
         self.times = LoopTimes()
@@ -184,7 +196,14 @@ class Scheduler:
         return job
 
     def submit_many(self, jobs: list[Job]) -> list[Job]:
-        """Queue jobs together: the loop admits them at the same frame (as slots allow)."""
+        """Queue jobs together: the loop admits them at the same frame (as slots allow).
+        On CUDA their prompts were made on the caller's current stream: the loop's stream
+        waits for what is queued there now before it reads them."""
+        if self.stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.runner.device))
+            for job in jobs:
+                job.ready = ready
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine's scheduler is closed")
@@ -226,7 +245,8 @@ class Scheduler:
 
     # ---- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
-        with torch.inference_mode():
+        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+        with torch.inference_mode(), on_stream:
             while True:
                 with self._cond:
                     while (
@@ -343,6 +363,8 @@ class Scheduler:
                 joining.append((free.pop(0), job))
         ready = []
         for slot, job in joining:
+            if job.ready is not None:
+                self.stream.wait_event(job.ready)
             try:
                 self.runner.load(slot, job.prompt, job.params, job.seed)
             except Exception as error:  # this request alone fails
@@ -395,10 +417,14 @@ class _Exclusive:
             while s.active:
                 s._cond.wait(IDLE_WAIT_S)
         s._loop_lock.acquire()
+        if s.stream is not None:  # the caller's stream goes on after the loop's work
+            torch.cuda.current_stream(s.runner.device).wait_stream(s.stream)
         return s.runner
 
     def __exit__(self, *exc) -> None:
         s = self.scheduler
+        if s.stream is not None:  # and the loop's after the caller's
+            s.stream.wait_stream(torch.cuda.current_stream(s.runner.device))
         s._loop_lock.release()
         with s._cond:
             s._paused -= 1
