@@ -421,3 +421,23 @@ def test_notebook_shows_the_batch_section(batch_root, tmp_path, monkeypatch):
     )
     text = json.dumps(nbformat.read(str(out), as_version=4).cells)
     assert "Throughput vs batch size" in text and "2026-01-02_batch" in text
+
+
+def test_the_steady_state_simulation_runs_the_real_host_side(tmp_path):
+    """bench/steady_state_sim.py: the burst and the steady state with the GPU as sleeps;
+    every frame it ran is one of a block, and the steady state ran its waves' frames."""
+    sim = _script("steady_state_sim")
+    out = tmp_path / "sim.json"
+    args = ["--batch-size", "2", "--frames", "6", "--waves", "1", "--frame-ms", "1"]
+    assert (
+        sim.main([*args, "--prefill-ms", "1", "--span-ms", "1", "--prompt-sync", "--out", str(out)])
+        == 0
+    )
+    record = json.loads(out.read_text())
+    burst, steady = record["burst"], record["steady"]
+    # one block, cut at the 6 frames the requests need (5 and the extra one), not 8
+    assert burst["steps"] == 6 and burst["blocks"] == 1
+    assert burst["audio_seconds_per_second"] > 0 and steady["audio_seconds_per_second"] > 0
+    # 3 waves of 2 requests of 6 frames, through 2 slots: at least 3 * 6 steps
+    assert steady["steps"] >= 18 and 1 <= steady["blocks"] <= steady["steps"]
+    assert steady["breakdown"]["codec_spans"] >= 6

@@ -303,11 +303,11 @@ class Scheduler:
         """Frames in the next block: `sync_every`, or a joiner's `first_block` (its first
         audio waits for this block's end), and never past a slot's cache window.
 
-        A block is not cut where a request reaches its frame limit: its slot runs on to the
-        block's end and those frames are dropped (`_deliver`), as after an EOS. Cut there,
-        requests that joined at different frames end at different frames, and in a steady
-        state nearly every block was one frame long: a host round trip, a hand-over and an
-        admission per frame. A request with no room for its extra frame
+        A block is not cut where a request reaches its frame limit, unless every request
+        has: its slot runs on to the block's end and those frames are dropped (`_deliver`),
+        as after an EOS. Cut wherever any request ends, a batch of requests that joined at
+        different frames pays a host round trip, a hand-over and an admission every few
+        frames instead of every `sync_every`. A request with no room for its extra frame
         (`Job.run_frames == max_frames`) fills its window, so the window stops it exactly
         at its limit, where `final_tokens_are_eos` reads its state."""
         n = self.runner.sync_every
@@ -315,7 +315,8 @@ class Scheduler:
             if job.done_frames == 0 and job.first_block:
                 n = min(n, job.first_block)
             n = min(n, window - job.prompt.prompt_len - job.done_frames)
-        return n
+        # no frame that no request needs: requests that run in step end the block together
+        return min(n, max(job.run_frames - job.done_frames for _, job in jobs))
 
     def _deliver(self, slot: int, job: Job, codes: torch.Tensor, end: int, elapsed: float) -> bool:
         """Hand a slot's block to its job, cut before its first EOS (frame `end`) and at its
