@@ -102,11 +102,12 @@ class EngineConfig:
         two blocks of frames, never both at once; only a batch of a few first-chunk
         frames (`codec.batch.SIDE_LANE_FRAMES`), whose latency is the time to first
         audio, runs on a high-priority side stream beside the frames. "separate": every
-        decode on a side stream of its own, overlapping the frames. Measured on an H200
-        at batch 64, overlapping ran the frame step at ~70 ms instead of 7.4 ms and the
-        codec ~10x slower than alone: the GPU interleaves the frame step's chain of small
-        kernels one by one with the vocoder's large ones, so each waits for the other
-        (bench/results/2026-12-03_h200_d5a5205).
+        decode on a side stream of its own, overlapping the frames. Shared is the default
+        because it keeps the vocoder's large kernels out of the frame step's chain of
+        small ones, whose every kernel would otherwise queue behind them. Which is faster
+        under load is not measured yet: on an H200 at batch 64 both steady states were
+        far below the burst round for another reason (63 separate, 70 shared;
+        bench/results/2026-12-03_h200_d5a5205, 2026-12-03_h200_6106e92).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
         with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
         first generation then compiles and autotunes, which takes a while at full size.

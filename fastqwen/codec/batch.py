@@ -16,8 +16,8 @@ left-aligned and right-padded.
 `CodecWorker` is the engine's one codec user: a thread that takes the spans every reader
 submits, decodes what has queued up in one batch, and hands each reader its audio. By
 default its GPU work goes on the frame loop's stream (`Scheduler.stream`), between two
-blocks of frames: overlapped on a stream of its own, the vocoder's large kernels and the
-frame step's chain of small ones slowed each other ~10x on an H200 (`EngineConfig.codec_stream`).
+blocks of frames, so the vocoder's large kernels never sit between the frame step's small
+ones (`EngineConfig.codec_stream`).
 """
 
 from __future__ import annotations
