@@ -19,14 +19,18 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
+import fastqwen.api as fastqwen_api
 from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.codec import batch as codec_batch
 from fastqwen.config import SamplingParams
+from fastqwen.locking import serialized
 from fastqwen.tools.bench import run as bench_run
 from fastqwen.tools.bench.throughput import request_mix
 
@@ -77,11 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     def prefill(slots, prompts) -> None:
         gpu(args.prefill_ms / 1000)
 
-    if args.prompt_sync or args.build_ms:
-        import fastqwen.api as api
-        from fastqwen.locking import serialized
+    def decode_spans(decoder, spans) -> list[np.ndarray]:
+        time.sleep(args.span_ms / 1000 * len(spans))
+        return [np.zeros(s.frames * 1920, np.float32) for s in spans]
 
-        build = api.build_talker_prompt
+    # Module functions are replaced for this run only, and put back after it: the tests
+    # run this in the test process.
+    patches = ExitStack()
+    patches.enter_context(mock.patch.object(codec_batch, "decode_spans", decode_spans))
+    if args.prompt_sync or args.build_ms:
+        build = fastqwen_api.build_talker_prompt
 
         @serialized
         def build_and_sync(tts, request):
@@ -91,15 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                 gpu(0.0)  # the copy waits for what the loop queued
             return prompt
 
-        api.build_talker_prompt = build_and_sync
-
-    def decode_spans(decoder, spans) -> list[np.ndarray]:
-        time.sleep(args.span_ms / 1000 * len(spans))
-        return [np.zeros(s.frames * 1920, np.float32) for s in spans]
-
-    fast.runner.run_block = run_block
+        patches.enter_context(
+            mock.patch.object(fastqwen_api, "build_talker_prompt", build_and_sync)
+        )
+    fast.runner.run_block = run_block  # this engine's own runner
     fast.runner.prefill = prefill
-    codec_batch.decode_spans = decode_spans
     params = SamplingParams(max_new_tokens=args.frames, min_new_tokens=args.frames)
     requests = request_mix(B, 1337)
     cpu = torch.device("cpu")
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         fast.close()
+        patches.close()
     record = {
         "bench": "steady_state_sim",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

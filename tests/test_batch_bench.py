@@ -426,6 +426,10 @@ def test_notebook_shows_the_batch_section(batch_root, tmp_path, monkeypatch):
 def test_the_steady_state_simulation_runs_the_real_host_side(tmp_path):
     """bench/steady_state_sim.py: the burst and the steady state with the GPU as sleeps;
     every frame it ran is one of a block, and the steady state ran its waves' frames."""
+    import fastqwen.api
+    from fastqwen.codec import batch as codec_batch
+
+    originals = codec_batch.decode_spans, fastqwen.api.build_talker_prompt
     sim = _script("steady_state_sim")
     out = tmp_path / "sim.json"
     args = ["--batch-size", "2", "--frames", "6", "--waves", "1", "--frame-ms", "1"]
@@ -433,6 +437,8 @@ def test_the_steady_state_simulation_runs_the_real_host_side(tmp_path):
         sim.main([*args, "--prefill-ms", "1", "--span-ms", "1", "--prompt-sync", "--out", str(out)])
         == 0
     )
+    # what it replaced for the run is back (later tests in this process use them)
+    assert (codec_batch.decode_spans, fastqwen.api.build_talker_prompt) == originals
     record = json.loads(out.read_text())
     burst, steady = record["burst"], record["steady"]
     # one block, cut at the 6 frames the requests need (5 and the extra one), not 8
