@@ -106,7 +106,9 @@ def _recording_view(tts) -> _View:
             codec_eos_token_id=talker_config.codec_eos_token_id,
         ),
     )
-    model_view = _View(model, talker=_View(model.talker, generate=_record_and_stop), config=config)
+    # `device` too: a PreTrainedModel finds it by walking its parameters, a few times a build
+    talker = _View(model.talker, generate=_record_and_stop, device=model.talker.device)
+    model_view = _View(model, talker=talker, config=config, device=model.device)
     model_view.generate = functools.partial(type(model).generate, model_view)
     return _View(tts, model=model_view)
 
