@@ -35,6 +35,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from fastqwen.codec import graphs as codec_graphs
+from fastqwen.config import CODEC_STREAMS
 from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ class CodecWorker:
         stream: str = "shared",
         loop_stream: torch.cuda.Stream | None = None,
     ):
-        if stream not in ("shared", "separate"):
+        if stream not in CODEC_STREAMS:
             raise ValueError(f"stream must be 'shared' or 'separate', got {stream!r}")
         self.decoder = decoder  # the 12 Hz codec decoder (`codec.decoder.codec_decoder`)
         self.device = next(self.decoder.parameters()).device

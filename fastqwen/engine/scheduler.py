@@ -323,7 +323,7 @@ class Scheduler:
         frame limit; a job that reached EOS or ran its extra frame (`Job.run_frames`) ends
         here. True if it reached its limit without room for the extra frame: the caller
         then ends it once it knows the token the reference would have drawn next."""
-        real = max(0, min(codes.shape[0], job.max_frames - job.done_frames))  # frames it keeps
+        real = min(codes.shape[0], job.max_frames - job.done_frames)  # frames it keeps
         eos = end < real
         block = codes[:end] if eos else codes[:real]
         stats = job.stats

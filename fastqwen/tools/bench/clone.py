@@ -347,9 +347,9 @@ def run_clone_bench(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`--modes` and the reference options of `fastqwen bench`."""
     from fastqwen.tools.bench.run import argument_type  # run imports this module
 
-    """`--modes` and the reference options of `fastqwen bench`."""
     p.add_argument(
         "--modes",
         type=argument_type(parse_modes),
