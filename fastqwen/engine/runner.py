@@ -203,7 +203,11 @@ class FrameRunner:
         functions = FrameFunctions.of(self.ops)
         windows = len(range(MIN_WINDOW.bit_length(), config.max_seq_len.bit_length() + 1))
         limit = recompile_limit(len(config.buckets), windows)
-        self.functions = functions.compile(limit) if self.execution.compiled else functions
+        self.functions = (
+            functions.compile(limit, autotune=config.autotune)
+            if self.execution.compiled
+            else functions
+        )
         batch = config.max_batch_size
         self.state = FrameState(model, config.max_seq_len, batch)
         self.talker_sampling = SamplingTensors(self.device, batch)

@@ -118,15 +118,16 @@ def embed_code(
     return project(emb.unsqueeze(1), (proj_weight, proj_bias), ops.linear)
 
 
-def compile_fused(fn: Callable, exact_division: bool = False) -> Callable:
+def compile_fused(fn: Callable, exact_division: bool = False, autotune: bool = True) -> Callable:
     """`torch.compile` tuned for one-token decode.
 
-    Coordinate-descent tuning tunes each Triton reduction, which the (1, K) x (K, N)
-    products become (`ops.fused_linear`). `exact_division` rounds float32 division as
-    eager mode does (Triton's default is approximate); the sampling functions need it so
-    the warp sees the reference's numbers, the layers do not pay for it.
+    `autotune`: coordinate-descent tuning of each Triton reduction, which the (1, K) x (K, N)
+    products become (`ops.fused_linear`); it is most of a cold start's compile time
+    (`EngineConfig.autotune`). `exact_division` rounds float32 division as eager mode does
+    (Triton's default is approximate); the sampling functions need it so the warp sees the
+    reference's numbers, the layers do not pay for it.
     """
-    options = {"coordinate_descent_tuning": True}
+    options = {"coordinate_descent_tuning": autotune}
     if exact_division:
         options["eager_numerics.division_rounding"] = True
     return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
@@ -158,24 +159,25 @@ class FrameFunctions:
             embed_code=partial(embed_code, ops=ops),
         )
 
-    def compile(self, limit: int = RECOMPILE_LIMIT) -> FrameFunctions:
+    def compile(self, limit: int = RECOMPILE_LIMIT, autotune: bool = True) -> FrameFunctions:
         """Each function wrapped in `compile_fused` (compiled on first call per shape, up to
         `limit` shapes)."""
+        tuned = partial(_compiled, autotune=autotune)
         current = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(current, limit)
         return FrameFunctions(
             ops=self.ops,
-            layer=_compiled(self.layer),
-            mlp_down=_compiled(self.mlp_down),
-            final_norm=_compiled(self.final_norm),
-            talker_token=_compiled(self.talker_token, exact_division=True),
-            predictor_token=_compiled(self.predictor_token, exact_division=True),
-            embed_code=_compiled(self.embed_code),
+            layer=tuned(self.layer),
+            mlp_down=tuned(self.mlp_down),
+            final_norm=tuned(self.final_norm),
+            talker_token=tuned(self.talker_token, exact_division=True),
+            predictor_token=tuned(self.predictor_token, exact_division=True),
+            embed_code=tuned(self.embed_code),
             compiled=True,
         )
 
 
-def _compiled(fn: Callable, exact_division: bool = False) -> Callable:
+def _compiled(fn: Callable, exact_division: bool = False, autotune: bool = True) -> Callable:
     """`compile_fused` on the function itself, its bound op set passed on at each call.
 
     Compiling the `partial` would give all six functions one shared Dynamo frame (the
@@ -183,8 +185,9 @@ def _compiled(fn: Callable, exact_division: bool = False) -> Callable:
     limit together; compiled one by one, each keeps its own.
     """
     if isinstance(fn, partial):
-        return partial(compile_fused(fn.func, exact_division), *fn.args, **fn.keywords)
-    return compile_fused(fn, exact_division)
+        compiled = compile_fused(fn.func, exact_division, autotune)
+        return partial(compiled, *fn.args, **fn.keywords)
+    return compile_fused(fn, exact_division, autotune)
 
 
 REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
