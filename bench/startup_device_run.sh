@@ -10,6 +10,8 @@
 #    then with autotune=true -> OUT/records/ (skip: BENCH_LIMIT_S=0, per run)
 # 3. fastqwen bench --cold-start with autotune=false -> OUT/cold-start-untuned/
 #    (skip: COLD_LIMIT_S=0)
+# 4. bench/ttfa_trace.py with codec_stream=separate -> OUT/ttfa_trace_separate.json
+#    (skip: TRACE2_LIMIT_S=0)
 set -uo pipefail
 OUT=${1:?usage: bash bench/startup_device_run.sh OUT_DIR}
 export FASTQWEN_CACHE=${FASTQWEN_CACHE:-/tmp/fq-cache}
@@ -30,6 +32,8 @@ main() {
   limited cold-start-untuned "${COLD_LIMIT_S:-150}" "${REF[@]}" -m fastqwen bench --cold-start \
     --cold-start-runs 1 --model "$MODEL" --device cuda --dtype bfloat16 \
     --engine-option autotune=false --out "$OUT/cold-start-untuned"
+  limited ttfa-trace-separate "${TRACE2_LIMIT_S:-100}" "${REF[@]}" bench/ttfa_trace.py \
+    "$OUT/ttfa_trace_separate.json" --model "$MODEL" --engine-option codec_stream=separate
   echo "### done at ${SECONDS} s"
 }
 main 2>&1 | tee "$OUT/startup_device_run.log"
