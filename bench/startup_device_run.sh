@@ -10,7 +10,9 @@
 #    then with autotune=true -> OUT/records/ (skip: BENCH_LIMIT_S=0, per run)
 # 3. fastqwen bench --cold-start with autotune=false -> OUT/cold-start-untuned/
 #    (skip: COLD_LIMIT_S=0)
-# 4. bench/ttfa_trace.py with codec_stream=separate -> OUT/ttfa_trace_separate.json
+# 4. fastqwen bench --batch-sizes 64 with codec_stream=separate, a burst round and a
+#    steady state with thread samples -> OUT/records/ (skip: BATCH_LIMIT_S=0)
+# 5. bench/ttfa_trace.py with codec_stream=separate -> OUT/ttfa_trace_separate.json
 #    (skip: TRACE2_LIMIT_S=0)
 set -uo pipefail
 OUT=${1:?usage: bash bench/startup_device_run.sh OUT_DIR}
@@ -29,11 +31,15 @@ main() {
   limited bench-untuned "${BENCH_LIMIT_S:-90}" "${REF[@]}" "${BENCH[@]}" \
     --engine-option autotune=false
   limited bench-tuned "${BENCH_LIMIT_S:-90}" "${REF[@]}" "${BENCH[@]}"
+  limited batch-separate "${BATCH_LIMIT_S:-150}" "${REF[@]}" -m fastqwen bench --device cuda \
+    --dtype bfloat16 --engine static --model "$MODEL" --batch-sizes 64 --batch-rounds 1 \
+    --steady-waves 3 --sample-threads --engine-option compile=true \
+    --engine-option codec_stream=separate --out "$OUT/records"
+  limited ttfa-trace-separate "${TRACE2_LIMIT_S:-100}" "${REF[@]}" bench/ttfa_trace.py \
+    "$OUT/ttfa_trace_separate.json" --model "$MODEL" --engine-option codec_stream=separate
   limited cold-start-untuned "${COLD_LIMIT_S:-150}" "${REF[@]}" -m fastqwen bench --cold-start \
     --cold-start-runs 1 --model "$MODEL" --device cuda --dtype bfloat16 \
     --engine-option autotune=false --out "$OUT/cold-start-untuned"
-  limited ttfa-trace-separate "${TRACE2_LIMIT_S:-100}" "${REF[@]}" bench/ttfa_trace.py \
-    "$OUT/ttfa_trace_separate.json" --model "$MODEL" --engine-option codec_stream=separate
   echo "### done at ${SECONDS} s"
 }
 main 2>&1 | tee "$OUT/startup_device_run.log"

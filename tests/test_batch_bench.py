@@ -73,6 +73,10 @@ def test_batch_records_have_the_fields_and_sane_values(batch_records):
         assert steady["codec_spans"] >= 5 * b and steady["wall_s"] > r["steady_window_s"]
         assert 0 < steady["loop_blocks"] <= 5 * b * N  # at most a block per frame of each request
         assert steady["loop_frames_gpu_s"] == 0  # GPU time: CUDA only
+        # every request of the 5 waves was admitted, in prefill groups, and the admissions'
+        # time splits into slot loads and prefills
+        assert steady["loop_joined"] == 5 * b and 1 <= steady["loop_prefills"] <= 5 * b
+        assert 0 < steady["loop_load_s"] + steady["loop_prefill_s"] <= steady["loop_admit_s"]
         # where the frame loop spent the steady state: the engine's own lines (on the CPU
         # mostly the frame step's layers), shares of its samples
         loop = r["steady_samples"]["fastqwen-scheduler"]

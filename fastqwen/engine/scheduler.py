@@ -142,6 +142,12 @@ class LoopTimes:
     frames_s: float = 0.0
     deliver_s: float = 0.0
     blocks: int = 0  # blocks of frames run (one host round trip each)
+    # admit_s in parts: loading joiners' slots (host work), and their prefill up to the
+    # stream sync after it (which also waits for whatever was queued on the stream before)
+    load_s: float = 0.0
+    prefill_s: float = 0.0
+    prefills: int = 0  # prefill groups run
+    joined: int = 0  # requests admitted
 
 
 class Scheduler:
@@ -363,6 +369,7 @@ class Scheduler:
                     continue
                 joining.append((free.pop(0), job))
         ready = []
+        t_load = time.perf_counter()
         for slot, job in joining:
             if job.ready is not None:
                 self.stream.wait_event(job.ready)
@@ -372,9 +379,10 @@ class Scheduler:
                 job._end(error)
                 continue
             ready.append((slot, job))
+        t0 = time.perf_counter()
+        self.times.load_s += t0 - t_load
         if not ready:
             return
-        t0 = time.perf_counter()
         try:
             self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
             synchronize_stream(self.runner.device)
@@ -383,6 +391,9 @@ class Scheduler:
                 job._end(error)
             return
         elapsed = time.perf_counter() - t0
+        self.times.prefill_s += elapsed
+        self.times.prefills += 1
+        self.times.joined += len(ready)
         for slot, job in ready:
             job.slot = slot
             job.joined_step = self.steps
