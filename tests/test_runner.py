@@ -198,6 +198,52 @@ def test_row_streams_hold_each_slot_seed_as_torch_keeps_it():
     assert streams.offset.tolist() == [16, 4, 0, 12]
 
 
+def test_joiners_loaded_together_get_their_own_rows(tiny_model):
+    """`load_many` writes every joiner's row in one indexed write per tensor: each row
+    must hold its own request's values, and the other rows keep theirs."""
+    tts = tiny_model("custom_voice").tts
+    runner = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=4)).runner
+    state, dt = runner.state, runner.model.dtype
+    state.pos.fill_(99)
+    state.presence.fill_(True)
+    runner.talker_sampling.temperature.fill_(5.0)
+    texts = ["A short one.", "A second request, with rather more words in it than the first."]
+    prompts = [
+        build_talker_prompt(tts, VoiceRequest("custom_voice", t, "english", speaker="ryan"))
+        for t in texts
+    ]
+    params = [
+        SamplingParams(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.1,
+                       min_new_tokens=3, subtalker_temperature=0.5, subtalker_top_k=7),
+        SamplingParams(do_sample=False, subtalker_dosample=False, subtalker_top_p=0.8),
+    ]  # fmt: skip
+    runner.load_many([(3, prompts[0], params[0], 7), (1, prompts[1], params[1], 2**64 - 5)])
+    assert state.pos.tolist() == [99, prompts[1].prompt_len, 99, prompts[0].prompt_len]
+    assert state.step[[1, 3]].tolist() == [0, 0]
+    assert not state.presence[[1, 3]].any() and state.presence[[0, 2]].all()
+    for slot, prompt in ((3, prompts[0]), (1, prompts[1])):
+        n = prompt.trailing_text.shape[1]
+        assert torch.equal(state.trailing[slot, :n], prompt.trailing_text[0].to(dt))
+        pad = prompt.tts_pad_embed.reshape(-1).to(dt)
+        assert torch.equal(state.trailing[slot, n:], pad.expand_as(state.trailing[slot, n:]))
+    talker, sub = runner.talker_sampling, runner.sub_sampling
+    assert talker.temperature[:, 0].tolist() == pytest.approx([5.0, 0.9, 5.0, 0.7])
+    assert talker.top_k[[1, 3], 0].tolist() == [50, 20]
+    assert talker.top_p[[1, 3], 0].tolist() == pytest.approx([1.0, 0.9])
+    assert talker.repetition_penalty[[1, 3], 0].tolist() == pytest.approx([1.05, 1.1])
+    assert talker.min_new_tokens[[1, 3]].tolist() == [2, 3]
+    assert talker.do_sample[[1, 3]].tolist() == [False, True]
+    assert sub.temperature[[1, 3], 0].tolist() == pytest.approx([0.9, 0.5])
+    assert sub.top_k[[1, 3], 0].tolist() == [50, 7]
+    assert sub.top_p[[1, 3], 0].tolist() == pytest.approx([0.8, 1.0])
+    assert sub.repetition_penalty[[1, 3], 0].tolist() == [1.0, 1.0]  # no penalty, no EOS
+    assert sub.min_new_tokens[[1, 3]].tolist() == [0, 0]
+    assert sub.do_sample[[1, 3]].tolist() == [False, True]
+    assert runner.generators[3].initial_seed() == 7
+    assert runner.generators[1].initial_seed() == 2**64 - 5
+    assert runner.drawing[1] == (False, False) and runner.drawing[3] == (True, True)
+
+
 def test_a_job_wakes_its_reader_only_once_wake_frames_are_waiting():
     """The scheduler hands a request's blocks over `wake_frames` at a time (and whatever is
     left at its end), in order: a reader that decodes 48 frames at a time is not woken

@@ -32,6 +32,7 @@ import torch
 
 from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.device import to_device
 from fastqwen.engine.cache import StaticKVCache
 from fastqwen.engine.compile_cache import use_compile_cache
 from fastqwen.engine.loop import check_fits
@@ -43,6 +44,8 @@ from fastqwen.engine.sampling import (
     SamplingTensors,
     apply_penalties,
     sample_token,
+    subtalker_values,
+    talker_values,
 )
 from fastqwen.engine.step import (
     FrameFunctions,
@@ -278,16 +281,34 @@ class FrameRunner:
     def load(self, slot: int, prompt: TalkerPrompt, params: SamplingParams, seed: int) -> None:
         """Prepare slot `slot` for a request (before its prefill): its frame state, sampling
         rows and random stream."""
+        self.load_many([(slot, prompt, params, seed)])
+
+    def load_many(self, joiners: list[tuple[int, TalkerPrompt, SamplingParams, int]]) -> None:
+        """`load` for several (slot, prompt, params, seed) at once: each per-slot tensor is
+        written for all of them by one indexed write, from one host-to-device copy that does
+        not wait for the frames queued on the stream."""
+        if not joiners:
+            return
         dt = self.model.dtype
-        self.state.reset(
-            slot, prompt.prompt_len, prompt.trailing_text.to(dt), prompt.tts_pad_embed.to(dt)
+        slots = [slot for slot, _, _, _ in joiners]
+        index = to_device(slots, torch.long, self.device)
+        self.state.reset_rows(
+            index,
+            slots,
+            [prompt.prompt_len for _, prompt, _, _ in joiners],
+            [prompt.trailing_text.to(dt) for _, prompt, _, _ in joiners],
+            [prompt.tts_pad_embed.to(dt) for _, prompt, _, _ in joiners],
         )
-        self.talker_sampling.load_talker(params, slot)
-        self.sub_sampling.load_subtalker(params, slot)
-        self.generators[slot].manual_seed(seed)
-        self.drawing[slot] = (params.do_sample, params.subtalker_dosample)
+        self.talker_sampling.load_rows(index, [talker_values(p) for _, _, p, _ in joiners])
+        self.sub_sampling.load_rows(index, [subtalker_values(p) for _, _, p, _ in joiners])
+        for slot, _, params, seed in joiners:
+            self.generators[slot].manual_seed(seed)
+            self.drawing[slot] = (params.do_sample, params.subtalker_dosample)
         if self.streams is not None:
-            self.streams.load(slot, seed, params.do_sample, params.subtalker_dosample)
+            self.streams.load_rows(
+                index,
+                [(seed, p.do_sample, p.subtalker_dosample) for _, _, p, seed in joiners],
+            )
 
     def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
         """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
@@ -321,7 +342,7 @@ class FrameRunner:
         graph, buf, last_buf, slots_buf = self.prefill_graphs[key]
         buf.copy_(padded)
         last_buf.copy_(last)
-        slots_buf.copy_(torch.tensor(slots))
+        slots_buf.copy_(to_device(slots, torch.long, self.device))
         graph.replay()
 
     # ---- running frames ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fastqwen.config import SamplingParams
+from fastqwen.device import to_device
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,20 @@ class SamplingMode:
         return cls(*(any(getattr(m, f) for m in modes) for f in cls.__dataclass_fields__))
 
 
+def talker_values(p: SamplingParams) -> tuple:
+    """A talker row of `SamplingTensors`: (temperature, top_k, top_p, repetition_penalty,
+    min_new_tokens, do_sample)."""
+    return (p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.min_new_tokens, p.do_sample)
+
+
+def subtalker_values(p: SamplingParams) -> tuple:
+    """A sub-talker row, in `talker_values`' order: no penalty, no EOS."""
+    return (
+        p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0,
+        p.subtalker_dosample,
+    )  # fmt: skip
+
+
 class SamplingTensors:
     """Device-side copies of the sampling parameters of one side (talker or sub-talker),
     one row per batch slot.
@@ -67,19 +82,30 @@ class SamplingTensors:
 
     def load_talker(self, p: SamplingParams, row: int = 0) -> SamplingTensors:
         """Codebook-0 sampling: all of the talker's parameters."""
-        self._fill(
-            row, p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.min_new_tokens,
-            p.do_sample,
-        )  # fmt: skip
+        self._fill(row, *talker_values(p))
         return self
 
     def load_subtalker(self, p: SamplingParams, row: int = 0) -> SamplingTensors:
         """Codebooks 1..15: the reference's code predictor has no penalty and no EOS."""
-        self._fill(
-            row, p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, 1.0, 0,
-            p.subtalker_dosample,
-        )  # fmt: skip
+        self._fill(row, *subtalker_values(p))
         return self
+
+    def load_rows(self, index: torch.Tensor, values: list[tuple]) -> None:
+        """Rows `index` (a device tensor) set to `values`, one `talker_values` or
+        `subtalker_values` tuple per row: two host-to-device copies and six indexed writes
+        for any number of rows, where `_fill` makes six launches per row (a burst of 64
+        joiners was ~400 small ops, each taking the GIL beside 64 reader threads)."""
+        device = self.temperature.device
+        floats = to_device(
+            [(t, p, r) for t, _, p, r, _, _ in values], self.temperature.dtype, device
+        )
+        longs = to_device([(k, m, int(d)) for _, k, _, _, m, d in values], torch.long, device)
+        self.temperature.index_copy_(0, index, floats[:, 0:1])
+        self.top_p.index_copy_(0, index, floats[:, 1:2])
+        self.repetition_penalty.index_copy_(0, index, floats[:, 2:3])
+        self.top_k.index_copy_(0, index, longs[:, 0:1])
+        self.min_new_tokens.index_copy_(0, index, longs[:, 1])
+        self.do_sample.index_copy_(0, index, longs[:, 2].bool())
 
     def rows(self, count: int) -> SamplingTensors:
         """The first `count` rows (views), for a batch bucket."""
@@ -173,6 +199,12 @@ def in_top_k_counted(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     return larger < _top_k_count(scores, top_k)
 
 
+def _as_int64(seed: int) -> int:
+    """torch keeps a generator's seed as uint64; the seed tensor holds int64."""
+    seed %= 2**64
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
 class RowStreams:
     """Each slot's random stream as device tensors: the seed and Philox offset of the CUDA
     generator the slot's request would draw from, and whether it samples codebook 0 and
@@ -188,11 +220,18 @@ class RowStreams:
 
     def load(self, row: int, seed: int, talker: bool, sub: bool) -> None:
         """A new request in `row`: its generator freshly seeded (offset 0)."""
-        seed %= 2**64  # torch keeps a generator's seed as uint64; the tensor holds int64
-        self.seed[row] = seed - 2**64 if seed >= 2**63 else seed
-        self.offset[row] = 0
-        self.talker[row] = talker
-        self.sub[row] = sub
+        self.load_rows(to_device([row], torch.long, self.seed.device), [(seed, talker, sub)])
+
+    def load_rows(self, index: torch.Tensor, rows: list[tuple[int, bool, bool]]) -> None:
+        """`load` for the rows `index` (a device tensor), one (seed, talker, sub) each, in
+        one host-to-device copy."""
+        values = to_device(
+            [(_as_int64(seed), int(t), int(s)) for seed, t, s in rows], torch.long, index.device
+        )
+        self.seed.index_copy_(0, index, values[:, 0])
+        self.offset.index_fill_(0, index, 0)
+        self.talker.index_copy_(0, index, values[:, 1].bool())
+        self.sub.index_copy_(0, index, values[:, 2].bool())
 
     def rows(self, count: int) -> RowStreams:
         view = object.__new__(RowStreams)

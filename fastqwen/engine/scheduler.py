@@ -368,17 +368,13 @@ class Scheduler:
                     job._end(GenerationStopped(0))
                     continue
                 joining.append((free.pop(0), job))
-        ready = []
         t_load = time.perf_counter()
-        for slot, job in joining:
-            if job.ready is not None:
+        waited: set[int] = set()
+        for _, job in joining:
+            if job.ready is not None and id(job.ready) not in waited:
+                waited.add(id(job.ready))  # jobs submitted together share one event
                 self.stream.wait_event(job.ready)
-            try:
-                self.runner.load(slot, job.prompt, job.params, job.seed)
-            except Exception as error:  # this request alone fails
-                job._end(error)
-                continue
-            ready.append((slot, job))
+        ready = self._load(joining)
         t0 = time.perf_counter()
         self.times.load_s += t0 - t_load
         if not ready:
@@ -399,6 +395,24 @@ class Scheduler:
             job.joined_step = self.steps
             job.stats.prefill_s = elapsed
             self._slots[slot] = job
+
+    def _load(self, joining: list[tuple[int, Job]]) -> list[tuple[int, Job]]:
+        """Load the joiners' slots together; if that fails, one by one, so that only the
+        request whose load fails ends (with its error). Returns the loaded ones."""
+        try:
+            self.runner.load_many([(s, j.prompt, j.params, j.seed) for s, j in joining])
+            return joining
+        except Exception:  # noqa: BLE001 - found below, request by request
+            log.debug("loading %d joiners together failed; loading them one by one", len(joining))
+        ready = []
+        for slot, job in joining:
+            try:
+                self.runner.load(slot, job.prompt, job.params, job.seed)
+            except Exception as error:  # this request alone fails
+                job._end(error)
+                continue
+            ready.append((slot, job))
+        return ready
 
     def _drop_cancelled(self) -> None:
         for slot, job in enumerate(self._slots):

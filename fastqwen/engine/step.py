@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastqwen.constants import NUM_CODEBOOKS
+from fastqwen.device import to_device
 from fastqwen.engine.layers import (
     Positions,
     decoder_forward,
@@ -257,18 +258,32 @@ class FrameState:
     ) -> None:
         """Prepare slot `row` for a new utterance: trailing text, then tts_pad for every later
         frame (`check_text` first)."""
-        n = min(trailing_text.shape[1], self.trailing_max)
-        self.trailing[row].copy_(pad.reshape(1, -1).expand_as(self.trailing[row]))
-        self.trailing[row, :n].copy_(trailing_text[0, :n])
-        self.pos[row] = prompt_len
-        self.step[row] = 0
-        self.presence[row] = False
+        index = to_device([row], torch.long, self.pos.device)
+        self.reset_rows(index, [row], [prompt_len], [trailing_text], [pad])
+
+    def reset_rows(
+        self,
+        index: torch.Tensor,
+        rows: list[int],
+        prompt_lens: list[int],
+        trailing_texts: list[torch.Tensor],
+        pads: list[torch.Tensor],
+    ) -> None:
+        """`reset` for several rows (`index`: the same rows as a device tensor): the
+        trailing text row by row, positions and counters in one indexed write each."""
+        for row, text, pad in zip(rows, trailing_texts, pads, strict=True):
+            n = min(text.shape[1], self.trailing_max)
+            self.trailing[row].copy_(pad.reshape(1, -1).expand_as(self.trailing[row]))
+            self.trailing[row, :n].copy_(text[0, :n])
+        self.pos.index_copy_(0, index, to_device(prompt_lens, torch.long, self.pos.device))
+        self.step.index_fill_(0, index, 0)
+        self.presence.index_fill_(0, index, False)
 
     def park(self, rows: list[int]) -> None:
         """Send idle rows back to position 0: a bucket still runs them, and their positions
         must stay inside every cache window."""
         if rows:
-            index = torch.tensor(rows, device=self.pos.device)
+            index = to_device(rows, torch.long, self.pos.device)
             self.pos.index_fill_(0, index, 0)
             self.step.index_fill_(0, index, 0)
 
@@ -354,7 +369,7 @@ def pad_prompts(m: StaticModel, prompts: list[torch.Tensor]) -> tuple[torch.Tens
     )
     for j, p in enumerate(prompts):
         padded[j, : p.shape[1]] = p[0]
-    last = torch.tensor([p.shape[1] - 1 for p in prompts], device=m.device)
+    last = to_device([p.shape[1] - 1 for p in prompts], torch.long, m.device)
     return padded, last
 
 
@@ -366,7 +381,7 @@ def eager_prefill(
     scratch: StaticModel,
 ) -> None:
     padded, last = pad_prompts(m, prompts)
-    prefill(m, state, padded, last, torch.tensor(slots, device=m.device), scratch)
+    prefill(m, state, padded, last, to_device(slots, torch.long, m.device), scratch)
 
 
 def predict_codebooks(
