@@ -7,7 +7,8 @@
 # 1. bench/ttfa_trace.py on random:1.7b-custom_voice, default config -> OUT/ttfa_trace.json
 #    (skip: TRACE_LIMIT_S=0)
 # 2. fastqwen bench (static, B = 1, 168 tokens, 3 runs, no profiler) with autotune=false,
-#    then with autotune=true -> OUT/records/ (skip: BENCH_LIMIT_S=0, per run)
+#    then with the defaults, then with admit_in_block=false (blocks launched at once)
+#    -> OUT/records/ (skip: BENCH_LIMIT_S=0, per run)
 # 3. fastqwen bench --cold-start with autotune=false -> OUT/cold-start-untuned/
 #    (skip: COLD_LIMIT_S=0)
 # 4. fastqwen bench --batch-sizes 64 with codec_stream=separate, a burst round and a
@@ -31,6 +32,8 @@ main() {
   limited bench-untuned "${BENCH_LIMIT_S:-90}" "${REF[@]}" "${BENCH[@]}" \
     --engine-option autotune=false
   limited bench-tuned "${BENCH_LIMIT_S:-90}" "${REF[@]}" "${BENCH[@]}"
+  limited bench-no-admit "${BENCH_LIMIT_S:-90}" "${REF[@]}" "${BENCH[@]}" \
+    --engine-option admit_in_block=false
   limited batch-separate "${BATCH_LIMIT_S:-150}" "${REF[@]}" -m fastqwen bench --device cuda \
     --dtype bfloat16 --engine static --model "$MODEL" --batch-sizes 64 --batch-rounds 1 \
     --steady-waves 3 --sample-threads --engine-option compile=true \

@@ -73,10 +73,18 @@ def main(argv: list[str] | None = None) -> int:
         queued_until[0] = max(time.perf_counter(), queued_until[0]) + seconds
         time.sleep(max(0.0, queued_until[0] - time.perf_counter()))
 
-    def run_block(step, rows: int, n: int) -> torch.Tensor:
+    def run_block(step, rows: int, n: int, stop=None, min_frames: int = 1) -> torch.Tensor:
         blocks[0] += 1
-        gpu(args.frame_ms / 1000 * n)
-        return torch.zeros((rows, n, 16), dtype=torch.long)  # codebook 0 is never EOS
+        if stop is None:
+            gpu(args.frame_ms / 1000 * n)
+            return torch.zeros((rows, n, 16), dtype=torch.long)  # codebook 0 is never EOS
+        frames = 0  # as the runner paces a block that may end early: a frame at a time
+        while frames < n:
+            gpu(args.frame_ms / 1000)
+            frames += 1
+            if frames < n and frames >= min_frames and stop():
+                break
+        return torch.zeros((rows, frames, 16), dtype=torch.long)
 
     def prefill(slots, prompts) -> None:
         gpu(args.prefill_ms / 1000)

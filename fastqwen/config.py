@@ -112,6 +112,11 @@ class EngineConfig:
         with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
         first generation then compiles and autotunes, which takes a while at full size.
         None: on exactly when frames are replayed from CUDA graphs.
+    admit_in_block: while a slot is free, end a block of frames at the first frame after a
+        request arrives, so it joins a frame or two later instead of up to `sync_every`
+        frames later (its time to first audio under load). On CUDA the block's launches
+        are then paced a few frames ahead of the GPU (`engine.runner.LAUNCH_AHEAD`). False:
+        blocks always run to their planned length, launched at once.
     autotune: when compiling, let Inductor tune each generated reduction kernel by
         coordinate descent. It searches launch settings by timing them on the GPU at the
         first compile of each shape, and was 17 of a 57 s cold start on an H200 (1.7B, 8 of
@@ -130,6 +135,7 @@ class EngineConfig:
     fused_noise: bool = True
     codec_stream: str = "shared"
     autotune: bool = True
+    admit_in_block: bool = True
 
     def __post_init__(self) -> None:
         if self.codec_stream not in CODEC_STREAMS:

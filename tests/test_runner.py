@@ -244,6 +244,52 @@ def test_joiners_loaded_together_get_their_own_rows(tiny_model):
     assert runner.drawing[1] == (False, False) and runner.drawing[3] == (True, True)
 
 
+def test_a_block_ends_at_the_first_frame_its_stop_asks_for(tiny_engine):
+    runner = tiny_engine("custom_voice").runner
+    calls = []
+
+    def step():
+        calls.append(1)
+
+    def stop_on(answers):
+        asked = iter(answers)
+        return lambda: next(asked)
+
+    assert runner.run_block(step, 1, 8).shape == (1, 8, 16) and len(calls) == 8
+    calls.clear()  # asked after frames 2, 3 and 4: ends after the 4th
+    codes = runner.run_block(step, 2, 8, stop=stop_on([False, False, True]), min_frames=2)
+    assert codes.shape == (2, 4, 16) and len(calls) == 4
+    calls.clear()  # never before min_frames, and never past n
+    assert runner.run_block(step, 1, 8, stop=lambda: True, min_frames=3).shape[1] == 3
+    assert runner.run_block(step, 1, 5, stop=lambda: False).shape[1] == 5
+
+
+def test_a_block_is_cut_for_a_joiner_only_with_a_slot_free_and_never_in_a_first_chunk(
+    tiny_model,
+):
+    from fastqwen.engine.scheduler import Job
+
+    tts = tiny_model("custom_voice").tts
+    fast = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=2, sync_every=8))
+    scheduler = fast.scheduler
+    running = Job(prompt=None, params=SamplingParams(), seed=0, max_frames=50)
+    running.done_frames = 8
+    joiner = Job(prompt=None, params=SamplingParams(), seed=0, max_frames=50, first_block=2)
+    stop, min_frames = scheduler._early_end([(0, running)])
+    assert stop is not None and min_frames == 1 and stop() is False  # nobody waiting
+    scheduler._pending.append(joiner)
+    assert stop() is True
+    stop, min_frames = scheduler._early_end([(0, running), (1, joiner)])
+    assert min_frames == 2  # a streamed first chunk is never cut
+    scheduler._slots[:] = [running, joiner]  # no slot free: a joiner could not join anyway
+    assert scheduler._early_end([(0, running), (1, joiner)]) == (None, 1)
+    scheduler._slots[:] = [running, None]
+    off = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=2, admit_in_block=False))
+    assert off.scheduler._early_end([(0, running)]) == (None, 1)
+    scheduler._pending.clear()
+    scheduler._slots[:] = [None, None]
+
+
 def test_a_job_wakes_its_reader_only_once_wake_frames_are_waiting():
     """The scheduler hands a request's blocks over `wake_frames` at a time (and whatever is
     left at its end), in order: a reader that decodes 48 frames at a time is not woken

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 MIN_WINDOW = 256  # smallest talker cache window; windows double up to max_seq_len
 CUDA_SYNC_EVERY = 8  # frames between host looks at the codes on CUDA (EngineConfig.sync_every)
+# Frames queued beyond the one the host waits for when a block may end early
+# (`FrameRunner.run_block`'s `stop`): the GPU stays busy while the host wakes up.
+LAUNCH_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -425,21 +428,47 @@ class FrameRunner:
             for g, state in zip(self.generators, streams, strict=True):
                 g.set_state(state)
 
-    def run_block(self, step: Callable[[], None], rows: int, n: int) -> torch.Tensor:
-        """n frames of `step`; returns the (rows, n, 16) int64 codes on the CPU (the one
-        host sync of a block). On CUDA, `gpu_s` adds the GPU time from the block's first
-        launch to its last (with whatever else ran on the stream in between): against
-        the scheduler's wall time for the block, it tells the GPU's share from the host's."""
+    def run_block(
+        self,
+        step: Callable[[], None],
+        rows: int,
+        n: int,
+        stop: Callable[[], bool] | None = None,
+        min_frames: int = 1,
+    ) -> torch.Tensor:
+        """Up to n frames of `step`; returns the (rows, frames run, 16) int64 codes on the
+        CPU (the one host sync of a block). On CUDA, `gpu_s` adds the GPU time from the
+        block's first launch to its last (with whatever else ran on the stream in between):
+        against the scheduler's wall time for the block, it tells the GPU's share from the
+        host's.
+
+        `stop`: asked after each frame from `min_frames` on; True ends the block there (a
+        request waiting to join then waits a frame or two, not a whole block). On CUDA the
+        launches are then paced to `LAUNCH_AHEAD` frames ahead of the GPU: launched all at
+        once, the block's frames would all be queued before the first one ran, and nothing
+        could end it early."""
         cuda = self.device.type == "cuda"
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         self.state.block_index.zero_()
-        for _ in range(n):
+        marks: list[torch.cuda.Event] = []
+        frames = 0
+        while frames < n:
             step()
+            frames += 1
+            if stop is None or frames == n:
+                continue
+            if cuda:
+                marks.append(torch.cuda.Event())
+                marks[-1].record()
+                if len(marks) > LAUNCH_AHEAD:
+                    marks[-1 - LAUNCH_AHEAD].synchronize()
+            if frames >= min_frames and stop():
+                break
         if cuda:
             end.record()
-        codes = self.state.block_codes[:rows, :n].to("cpu", copy=True)
+        codes = self.state.block_codes[:rows, :frames].to("cpu", copy=True)
         if cuda:
             self.gpu_s += start.elapsed_time(end) / 1000  # both done: the copy waited
         return codes

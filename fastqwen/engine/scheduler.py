@@ -142,6 +142,7 @@ class LoopTimes:
     frames_s: float = 0.0
     deliver_s: float = 0.0
     blocks: int = 0  # blocks of frames run (one host round trip each)
+    cut_blocks: int = 0  # blocks ended early for a request waiting to join (`admit_in_block`)
     # admit_s in parts: loading joiners' slots (host work), and their prefill up to the
     # stream sync after it (which also waits for whatever was queued on the stream before)
     load_s: float = 0.0
@@ -286,11 +287,13 @@ class Scheduler:
         n = self._block_frames(jobs, m.talker_cache.max_len)
         self.peak_active = max(self.peak_active, len(jobs))
         t0 = time.perf_counter()
-        codes = runner.run_block(step, rows, n)
+        codes = runner.run_block(step, rows, n, *self._early_end(jobs))
         t1 = time.perf_counter()
         elapsed = t1 - t0
         self.times.frames_s += elapsed
         self.times.blocks += 1
+        self.times.cut_blocks += codes.shape[1] < n
+        n = int(codes.shape[1])
         self.steps += n
         ends = first_eos(codes, self.runner.model.eos_id)
         at_limit = [
@@ -304,6 +307,16 @@ class Scheduler:
             self._free(slot)
             job._end()
         self.times.deliver_s += time.perf_counter() - t1
+
+    def _early_end(self, jobs: list[tuple[int, Job]]) -> tuple:
+        """(stop, min_frames) for `run_block`: with a slot free and `admit_in_block` set,
+        the block ends at the first frame boundary after a request arrives, so it waits a
+        frame or two to join instead of up to `sync_every` (its time to first audio). Never
+        before a joiner's first chunk is complete: that would delay its first audio."""
+        if not self.runner.config.admit_in_block or all(s is not None for s in self._slots):
+            return None, 1
+        firsts = [job.first_block for _, job in jobs if job.done_frames == 0 and job.first_block]
+        return (lambda: bool(self._pending) and not self._paused), min(firsts, default=1)
 
     def _block_frames(self, jobs: list[tuple[int, Job]], window: int) -> int:
         """Frames in the next block: `sync_every`, or a joiner's `first_block` (its first
