@@ -116,6 +116,32 @@ def layer_kernels(dims: LayerDims, hidden: int, inter: int, S: int, T: int) -> l
 
 
 @needs_triton
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_triton_layer_keeps_every_batch_row(batch, tokens):
+    """A decoder layer of B rows of T tokens gives B rows of T tokens on the Triton op set,
+    traced on fake CUDA tensors. B = 2, T = 1 is the two rows the matvec kernel also takes
+    as one request's two-token pass: given as (2, 1, K), it once returned one row."""
+    dims, hidden, inter, S = LayerDims(16, 8, 128, 1e-6), 1024, 3072, 16
+
+    def r(*shape):
+        return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
+
+    hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
+    with FakeTensorMode():
+        w = LayerWeights(
+            r(hidden), r((hq + 2 * hkv) * d, hidden), r(d), r(d), r(hidden, hq * d), r(hidden),
+            r(2 * inter, hidden), r(hidden, inter),
+        )  # fmt: skip
+        mask = torch.ones(1, 1, dims.rep * tokens, S, dtype=torch.bool, device="cuda")
+        pos = torch.arange(tokens, device="cuda").view(1, tokens)
+        at = Positions(pos, r(1, tokens, d), r(1, tokens, d), mask)
+        x = r(batch, tokens, hidden)
+        y, h = decoder_layer(x, r(2, batch, hkv, S, d), at, w, dims, TRITON)
+        assert tuple(mlp_down(y, h, w.down, TRITON).shape) == (batch, tokens, hidden)
+
+
+@needs_triton
 @pytest.mark.parametrize(
     "hidden,inter,S", [(2048, 6144, 256), (1024, 3072, 16)], ids=["talker-1.7b", "predictor"]
 )

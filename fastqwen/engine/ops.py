@@ -244,9 +244,17 @@ def matvec_layer_product(
     swiglu: bool = False,
 ) -> torch.Tensor:
     """`layer_product` as one `triton.matvec` launch for the token counts in `MATVEC_ROWS`
-    (the weight read once for both rows of a two-token pass); else `fused_layer_product`."""
-    if rows(x) in MATVEC_ROWS:
-        return matvec(x, w, norm, residual, eps, swiglu)
+    (the weight read once for both rows of a two-token pass, or of two batch rows of one
+    token); else `fused_layer_product`.
+
+    The kernel takes its rows as (1, T, K): a (2, 1, K) batch is the same two rows in memory,
+    so it goes in as (1, 2, K) and comes back in its own shape. (Passed as it was, the
+    kernel read T = 1 and returned one row for two: a batch bucket of 2 failed on CUDA.)"""
+    n = rows(x)
+    if n in MATVEC_ROWS:
+        res = None if residual is None else residual.reshape(1, n, residual.shape[-1])
+        y = matvec(x.reshape(1, n, x.shape[-1]), w, norm, res, eps, swiglu)
+        return y.view(*x.shape[:-1], y.shape[-1])
     return fused_layer_product(x, w, norm, residual, eps, swiglu)
 
 

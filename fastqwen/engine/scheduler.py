@@ -272,8 +272,8 @@ class Scheduler:
 
     def _iteration(self) -> None:
         t_admit = time.perf_counter()
+        self._drop_cancelled()  # first: a joiner then takes a cancelled request's slot
         self._admit()
-        self._drop_cancelled()
         self.times.admit_s += time.perf_counter() - t_admit
         jobs = [(slot, job) for slot, job in enumerate(self._slots) if job is not None]
         if not jobs:
