@@ -4,11 +4,16 @@ A fresh process compiles the frame functions again unless Inductor and Triton fi
 earlier work on disk. Both keep on-disk caches keyed by everything the code depends on
 (the traced graph, input shapes and dtypes, the torch and Triton versions, the device)
 and check an entry's key on load, so an entry made for other dims, another dtype or
-another GPU is never used. By default they live under /tmp, which containers, CI and
-autoscaled replicas start without; the engine points them into `$FASTQWEN_CACHE/compile/`
-(unless `TORCHINDUCTOR_CACHE_DIR` is already set), beside the checkpoints, so one
-directory holds what a warm start needs and can be baked into an image
-(`fastqwen warmup`).
+another GPU is never used. A graph entry that does not load (truncated, overwritten) is
+skipped and compiled again. The kernel files the entries point to (`<dir>/xx/*.so` and
+`*.py`) are not checked: a damaged one fails the process that loads it, and every later
+one, until it is removed. Inductor's C++ build writes its `.so` in place, so a CPU compile
+killed mid-build can leave one; remove the directory then.
+
+By default the caches live under /tmp, which containers, CI and autoscaled replicas start
+without; the engine points them into `$FASTQWEN_CACHE/compile/` (unless
+`TORCHINDUCTOR_CACHE_DIR` is already set), beside the checkpoints, so one directory holds
+what a warm start needs and can be baked into an image (`fastqwen warmup`).
 """
 
 from __future__ import annotations
