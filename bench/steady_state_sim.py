@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         return torch.zeros((rows, frames, 16), dtype=torch.long)
 
-    def prefill(slots, prompts) -> None:
+    def prefill(slots, prompts, capture: bool = True) -> None:
         gpu(args.prefill_ms / 1000)
 
     def decode_spans(decoder, spans) -> list[np.ndarray]:

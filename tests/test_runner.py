@@ -316,6 +316,34 @@ def test_a_block_is_cut_for_a_joiner_only_with_a_slot_free_and_never_in_a_first_
     scheduler._slots[:] = [None, None]
 
 
+def test_prefill_graphs_are_captured_only_while_nothing_else_runs(tiny_model, monkeypatch):
+    """A prefill beside running requests must not stop them for a graph capture: the
+    scheduler says so (`capture=False`), and the runner then prefills without a graph."""
+    import time
+
+    tts = tiny_model("custom_voice").tts
+    fast = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=2))
+    seen = []
+    original = fast.runner.prefill
+
+    def prefill(slots, prompts, capture=True):
+        seen.append(capture)
+        return original(slots, prompts, capture)
+
+    monkeypatch.setattr(fast.runner, "prefill", prefill)
+    long = SamplingParams(max_new_tokens=400, min_new_tokens=400)
+    first = fast.submit(REQUEST, long, 1, streaming=False)
+    deadline = time.monotonic() + 60
+    while fast.scheduler.active == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    second = fast.submit(REQUEST, SamplingParams(max_new_tokens=4), 2, streaming=False)
+    second.result(timeout=120)
+    assert not first.done(), "the first request ended before the second joined"
+    first.cancel()
+    fast.close()
+    assert seen == [True, False]
+
+
 def test_a_job_wakes_its_reader_only_once_wake_frames_are_waiting():
     """The scheduler hands a request's blocks over `wake_frames` at a time (and whatever is
     left at its end), in order: a reader that decodes 48 frames at a time is not woken

@@ -215,6 +215,7 @@ class FrameRunner:
             else functions
         )
         batch = config.max_batch_size
+        self.uncaptured_prefills = 0  # prefills run without a graph beside running requests
         self.state = FrameState(model, config.max_seq_len, batch)
         self.talker_sampling = SamplingTensors(self.device, batch)
         self.sub_sampling = SamplingTensors(self.device, batch)
@@ -313,9 +314,16 @@ class FrameRunner:
                 [(seed, p.do_sample, p.subtalker_dosample) for _, _, p, seed in joiners],
             )
 
-    def prefill(self, slots: list[int], prompts: list[TalkerPrompt]) -> None:
+    def prefill(self, slots: list[int], prompts: list[TalkerPrompt], capture: bool = True) -> None:
         """Prefill the prompts into their slots, together (at most `max_prefill_batch`):
-        eagerly, or as one graph replay per (count, padded length)."""
+        eagerly, or as one graph replay per (count, padded length).
+
+        `capture=False` (requests are running): a shape with no graph yet runs without one,
+        in the same padded shape, so the same kernels; a capture (its warm-up runs, then the
+        recording) would hold up every running request for tens of milliseconds, and on an
+        H200 the steady state's joiners, in groups of 1-8 with lengths not seen before,
+        spent 53 ms an admission. (Not in `batch_invariant` mode, whose solo prefills must
+        run exactly as in a solo run.)"""
         if self.config.batch_invariant and len(prompts) > 1:
             # Alone, a prompt's products have the same shapes as in a solo run.
             for slot, prompt in zip(slots, prompts, strict=True):
@@ -333,6 +341,11 @@ class FrameRunner:
         slots = list(slots) + [slots[-1]] * (group - len(slots))
         padded, last = pad_prompts(self.model, embeds)
         key = (group, padded.shape[1])
+        if key not in self.prefill_graphs and not (capture or self.config.batch_invariant):
+            self.uncaptured_prefills += 1
+            rows = to_device(slots, torch.long, self.device)
+            prefill(self.model, self.state, padded, last, rows, self.scratch)
+            return
         if key not in self.prefill_graphs:
             # Capture with this call's inputs: the warm-up runs then write only the
             # joining slots' rows, which the replay below fills for real.

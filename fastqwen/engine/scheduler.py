@@ -392,8 +392,11 @@ class Scheduler:
         self.times.load_s += t0 - t_load
         if not ready:
             return
+        running = any(job is not None for job in self._slots)  # joiners take slots below
         try:
-            self.runner.prefill([s for s, _ in ready], [j.prompt for _, j in ready])
+            self.runner.prefill(
+                [s for s, _ in ready], [j.prompt for _, j in ready], capture=not running
+            )
             synchronize_stream(self.runner.device)
         except Exception as error:
             for _, job in ready:

@@ -157,9 +157,9 @@ class Probes:
                 )
             return out
 
-        def timed_prefill(runner, slots, prompts):
+        def timed_prefill(runner, slots, prompts, capture=True):
             before, t0, c0 = len(runner.prefill_graphs), time.perf_counter(), _dynamo_s()
-            out = prefill(runner, slots, prompts)
+            out = prefill(runner, slots, prompts, capture)
             captured = len(runner.prefill_graphs) > before
             if captured or not probes.prefill_calls:
                 probes.prefill_calls.append(_took(t0, c0, prompts=len(prompts), captured=captured))

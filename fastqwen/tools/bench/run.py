@@ -492,6 +492,7 @@ def _engine_times(fast) -> dict:
     return {
         **{f"loop_{k}": v for k, v in times.items()},
         "loop_frames_gpu_s": fast.runner.gpu_s,  # GPU time of those blocks (CUDA)
+        "loop_uncaptured_prefills": fast.runner.uncaptured_prefills,  # CUDA graphs only
         "codec_busy_s": codec.busy_s,
         "codec_batches": codec.batches,
         "codec_side_batches": codec.side_batches,
