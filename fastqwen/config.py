@@ -104,10 +104,9 @@ class EngineConfig:
         audio, runs on a high-priority side stream beside the frames. "separate": every
         decode on a side stream of its own, overlapping the frames. Shared is the default
         because it keeps the vocoder's large kernels out of the frame step's chain of
-        small ones, whose every kernel would otherwise queue behind them. Which is faster
-        under load is not measured yet: on an H200 at batch 64 both steady states were
-        far below the burst round for another reason (63 separate, 70 shared;
-        bench/results/2026-12-03_h200_d5a5205, 2026-12-03_h200_6106e92).
+        small ones, whose every kernel would otherwise queue behind them. On an H200 at
+        batch 64 the two steady states were alike: 281 audio-s/s shared, 282 separate
+        (bench/results/2026-12-03_h200_04f1f3c, 2026-12-03_h200_6b270e2; two calls).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
         with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
         first generation then compiles and autotunes, which takes a while at full size.
