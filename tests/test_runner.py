@@ -92,27 +92,35 @@ def custom_ops(fn, *args) -> list[str]:
     return [n.split(".")[1] for n in names if n.startswith("fastqwen.")]
 
 
+def _r(*shape):
+    return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
+
+
+def fake_layer(dims: LayerDims, hidden: int, inter: int, S: int, T: int):
+    """layer(x, kv): one decoder layer (both halves) on the Triton op set for T bf16 tokens
+    over a window of S positions, with weights made on fake CUDA tensors (call it inside
+    the same `FakeTensorMode`)."""
+    hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
+    w = LayerWeights(
+        _r(hidden), _r((hq + 2 * hkv) * d, hidden), _r(d), _r(d), _r(hidden, hq * d), _r(hidden),
+        _r(2 * inter, hidden), _r(hidden, inter),
+    )  # fmt: skip
+    mask = torch.ones(1, 1, dims.rep * T, S, dtype=torch.bool, device="cuda")
+    at = Positions(torch.arange(T, device="cuda").view(1, T), _r(1, T, d), _r(1, T, d), mask)
+
+    def layer(x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        y, h = decoder_layer(x, kv, at, w, dims, TRITON)
+        return mlp_down(y, h, w.down, TRITON)
+
+    return layer
+
+
 def layer_kernels(dims: LayerDims, hidden: int, inter: int, S: int, T: int) -> list[str]:
     """The kernels one decoder layer (both halves) launches with the Triton op set, for T
     bf16 tokens over a window of S positions, traced on fake CUDA tensors (no GPU)."""
-
-    def r(*shape):
-        return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
-
-    hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
     with FakeTensorMode():
-        w = LayerWeights(
-            r(hidden), r((hq + 2 * hkv) * d, hidden), r(d), r(d), r(hidden, hq * d), r(hidden),
-            r(2 * inter, hidden), r(hidden, inter),
-        )  # fmt: skip
-        mask = torch.ones(1, 1, dims.rep * T, S, dtype=torch.bool, device="cuda")
-        at = Positions(torch.arange(T, device="cuda").view(1, T), r(1, T, d), r(1, T, d), mask)
-
-        def layer(x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-            y, h = decoder_layer(x, kv, at, w, dims, TRITON)
-            return mlp_down(y, h, w.down, TRITON)
-
-        return custom_ops(layer, r(1, T, hidden), r(2, 1, hkv, S, d))
+        layer = fake_layer(dims, hidden, inter, S, T)
+        return custom_ops(layer, _r(1, T, hidden), _r(2, 1, dims.num_kv_heads, S, dims.head_dim))
 
 
 @needs_triton
@@ -123,22 +131,10 @@ def test_triton_layer_keeps_every_batch_row(batch, tokens):
     traced on fake CUDA tensors. B = 2, T = 1 is the two rows the matvec kernel also takes
     as one request's two-token pass: given as (2, 1, K), it once returned one row."""
     dims, hidden, inter, S = LayerDims(16, 8, 128, 1e-6), 1024, 3072, 16
-
-    def r(*shape):
-        return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
-
-    hq, hkv, d = dims.num_heads, dims.num_kv_heads, dims.head_dim
     with FakeTensorMode():
-        w = LayerWeights(
-            r(hidden), r((hq + 2 * hkv) * d, hidden), r(d), r(d), r(hidden, hq * d), r(hidden),
-            r(2 * inter, hidden), r(hidden, inter),
-        )  # fmt: skip
-        mask = torch.ones(1, 1, dims.rep * tokens, S, dtype=torch.bool, device="cuda")
-        pos = torch.arange(tokens, device="cuda").view(1, tokens)
-        at = Positions(pos, r(1, tokens, d), r(1, tokens, d), mask)
-        x = r(batch, tokens, hidden)
-        y, h = decoder_layer(x, r(2, batch, hkv, S, d), at, w, dims, TRITON)
-        assert tuple(mlp_down(y, h, w.down, TRITON).shape) == (batch, tokens, hidden)
+        layer = fake_layer(dims, hidden, inter, S, tokens)
+        kv = _r(2, batch, dims.num_kv_heads, S, dims.head_dim)
+        assert tuple(layer(_r(batch, tokens, hidden), kv).shape) == (batch, tokens, hidden)
 
 
 @needs_triton
