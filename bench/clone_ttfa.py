@@ -5,7 +5,8 @@ For each of ICL and x-vector, with a new reference (never seen: both encoders ru
 cached one (its prompt in the engine's voice cache), after one warm-up pass, the median of
 `--runs` passes of these stages (`STAGES` says what each covers):
 
-    read -> cache_lookup -> [resample -> speaker_encoder -> codec_encoder (ICL)] (new only)
+    cache_lookup -> [read -> hash -> resample -> speaker_encoder -> codec_encoder (ICL)]
+    (new only)
     -> prompt_build -> [codec_prime] (ICL only) -> prefill -> first_frames -> scheduling
     -> first_chunk_decode
 
@@ -40,7 +41,7 @@ from fastqwen.codec.decoder import StreamingDecoder
 from fastqwen.device import synchronize
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
-from fastqwen.prompts.voice_cache import voice_key
+from fastqwen.prompts.voice_cache import file_identity, voice_key
 from fastqwen.results import GenerationStopped
 from fastqwen.tools.bench.clone import (
     CLONE_MODES,
@@ -55,15 +56,20 @@ from fastqwen.tools.defaults import demo_sampling
 
 SCHEMA = "fastqwen-clone-ttfa/1"
 STAGES = {
-    "read": "load_reference_audio(path, target_sr=None): read the 16-bit WAV, mix to mono, "
-    "check it (the voice cache's key is the recording as given)",
-    "cache_lookup": "voice_key (SHA-256 of the samples, rate, text, mode) and the voice "
-    "cache's get: a miss for a new reference, the prompt item for a cached one",
+    "cache_lookup": "file_identity (real path, size, inode, mtime) and the voice cache's "
+    "file memo and get: a miss for a new reference, the prompt item for a cached one "
+    "(an unchanged file seen before is not read again)",
+    "read": "new only: load_reference_audio(path, target_sr=None): read the 16-bit WAV, mix "
+    "to mono, check it (the voice cache's key is the recording as given)",
+    "hash": "new only: voice_key (SHA-256 of the samples, rate, text, mode) and its get",
     "resample": f"new only: {REFERENCE_FILE_RATE} Hz -> 24 kHz (soxr HQ, as librosa)",
     "speaker_encoder": "new only: model.extract_speaker_embedding (mel spectrogram on the "
     "host, then the speaker encoder) -> the x-vector",
-    "codec_encoder": "new ICL only: speech_tokenizer.encode -> reference codes (R, 16); the "
-    "engine skips it for x-vector prompts, which qwen-tts 0.1.1 encodes and then drops",
+    "codec_encoder": "new ICL only: the engine's reference_codes.encode (speech_tokenizer's "
+    "encoder, a CUDA graph per 2 s length bucket) -> reference codes (R, 16); the engine "
+    "skips it for x-vector prompts, which qwen-tts 0.1.1 encodes and then drops. In the "
+    "engine it runs on the GPU while the host computes the speaker encoder's mel "
+    "spectrogram; here alone",
     "prompt_build": "build_talker_prompt: qwen-tts' generate_voice_clone up to the talker "
     "(text tokens, embeddings, ICL: reference text and codes embedded)",
     "codec_prime": "ICL only: a StreamingDecoder and prime(ref codes): decoding context only",
@@ -100,9 +106,7 @@ def _encode(fast: FastQwen3TTS, wav, sr: int, case: CloneCase, ref_text, dev, ms
     only = case.x_vector_only
     enc = None
     if not only:
-        enc, ms["codec_encoder"] = _timed(
-            dev, lambda: model.speech_tokenizer.encode([wav], sr=sr).audio_codes[0]
-        )
+        enc, ms["codec_encoder"] = _timed(dev, lambda: fast.reference_codes.encode(wav))
     return VoiceClonePromptItem(
         ref_code=None if only else enc,
         ref_spk_embedding=spk,
@@ -144,15 +148,24 @@ def one_pass(fast, case: CloneCase, path: Path, ref: Reference, params, cfg, dev
     prompt's length."""
     ms: dict[str, float] = {}
     ref_text = None if case.x_vector_only else ref.text
-    (raw, raw_sr), ms["read"] = _timed(dev, lambda: load_reference_audio(str(path), target_sr=None))
 
     def lookup():
-        return fast.voice_cache.get(voice_key(raw, raw_sr, ref_text, case.x_vector_only))
+        file = (file_identity(path), ref_text or "", case.x_vector_only)
+        key = fast.voice_cache.key_of_file(file)
+        return file, (fast.voice_cache.get(key) if key is not None else None)
 
-    items, ms["cache_lookup"] = _timed(dev, lookup)
+    (file, items), ms["cache_lookup"] = _timed(dev, lookup)
     if (items is not None) != case.reference_cached:
         raise RuntimeError(f"{case.name}: voice cache {'hit' if items else 'miss'} for {path}")
     if items is None:
+        (raw, raw_sr), ms["read"] = _timed(
+            dev, lambda: load_reference_audio(str(path), target_sr=None)
+        )
+
+        def hashed():
+            return fast.voice_cache.get(voice_key(raw, raw_sr, ref_text, case.x_vector_only))
+
+        _, ms["hash"] = _timed(dev, hashed)
         (wav, sr), ms["resample"] = _timed(dev, lambda: load_reference_audio((raw, raw_sr)))
         item = _encode(fast, wav, sr, case, ref_text, dev, ms)
         if check:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,7 +33,8 @@ from fastqwen.handle import RequestHandle
 from fastqwen.locking import serialized
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
-from fastqwen.prompts.voice_cache import VoicePromptCache, voice_key
+from fastqwen.prompts.reference_codes import ReferenceCodes
+from fastqwen.prompts.voice_cache import VoicePromptCache, file_identity, voice_key
 from fastqwen.results import AudioChunk, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,10 @@ class FastQwen3TTS:
         )
         self._conv_context = receptive_field(decoder).conv_frames
         self.voice_cache = VoicePromptCache(voice_cache_size)  # clone prompts by content
+        # ICL references' codes: qwen-tts' encoder, from a CUDA graph per length bucket
+        self.reference_codes = (
+            ReferenceCodes(self.tts.model.speech_tokenizer) if self.model_kind == "base" else None
+        )
         self.last_results: list[GenerationResult] = []
         log.info(
             "engine: %d slots of %.1f MB of KV cache each (max_seq_len %d)",
@@ -254,8 +260,15 @@ class FastQwen3TTS:
         """Stop the scheduler thread (cancelling what is queued or running) and the codec's."""
         self.scheduler.close()
         self.codec.close()
+        if self.reference_codes is not None:
+            self.reference_codes.close()
 
-    def warmup(self, buckets: tuple[int, ...] | None = None, frames: int = 4) -> dict[int, float]:
+    def warmup(
+        self,
+        buckets: tuple[int, ...] | None = None,
+        frames: int = 4,
+        reference_seconds: float = 12.0,
+    ) -> dict[int, float]:
         """Compile and capture, before the first request, what a batch at each size needs.
 
         For each batch bucket b (default: all of `config.buckets`), b short requests at
@@ -264,7 +277,9 @@ class FastQwen3TTS:
         before any traffic; a server reports healthy after this. Then, on CUDA, the codec
         graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`), so that no
         first chunk waits for a capture. Longer utterances (a longer cache window) and other
-        sampling modes still capture on first use. Returns the seconds each bucket took.
+        sampling modes still capture on first use. A Base model also captures the reference
+        encoder's graphs for references up to `reference_seconds` long (0: none), so a new
+        voice's first request pays no capture. Returns the seconds each bucket took.
         """
         request = self.warmup_request()
         params = SamplingParams(max_new_tokens=frames + 1, min_new_tokens=frames + 1)
@@ -279,6 +294,14 @@ class FastQwen3TTS:
         held = warm_stream_graphs(self.codec.decoder, decode=self.codec.decode)
         if held:
             log.info("warm-up: %d codec graphs in %.1f s", held, time.perf_counter() - t0)
+        if self.reference_codes is not None and reference_seconds > 0:
+            t0 = time.perf_counter()
+            self.reference_codes.warm(reference_seconds)
+            log.info(
+                "warm-up: reference encoder graphs up to %.0f s in %.1f s",
+                reference_seconds,
+                time.perf_counter() - t0,
+            )
         return took
 
     def warmup_request(self) -> VoiceRequest:
@@ -434,7 +457,8 @@ class FastQwen3TTS:
     ) -> list:
         """Reusable voice-clone prompt; the reference audio is checked, mixed to mono,
         resampled. The last `voice_cache_size` prompts are kept by content
-        (`prompts.voice_cache`): the same recording and text again costs no encoding."""
+        (`prompts.voice_cache`): the same recording and text again costs no encoding, and
+        the same unchanged file again is not even read."""
         if self.model_kind != "base":
             raise ValueError(
                 f"voice cloning needs a 'base' model, but this model is {self.model_kind!r}; "
@@ -445,6 +469,14 @@ class FastQwen3TTS:
                 "ref_text is required for ICL voice cloning; "
                 "pass ref_text or x_vector_only_mode=True"
             )
+        # an unchanged file seen before: its content key without reading it again
+        file = None
+        if isinstance(ref_audio, (str, Path)) and (identity := file_identity(ref_audio)):
+            file = (identity, ref_text or "", bool(x_vector_only_mode))
+            key = self.voice_cache.key_of_file(file)
+            items = self.voice_cache.get(key) if key is not None else None
+            if items is not None:
+                return list(items)
         # keyed on the recording as given: a reference used again skips the resampling too
         raw, raw_sr = load_reference_audio(ref_audio, target_sr=None)
         key = voice_key(raw, raw_sr, ref_text, x_vector_only_mode)
@@ -453,22 +485,24 @@ class FastQwen3TTS:
             wav, sr = load_reference_audio((raw, raw_sr))
             items = self._encode_voice(wav, sr, ref_text, x_vector_only_mode)
             self.voice_cache.put(key, items)
+        if file is not None:
+            self.voice_cache.remember_file(file, key)
         return list(items)
 
     @serialized  # runs the speaker encoder and the codec's encoder
     def _encode_voice(self, wav, sr: int, ref_text, x_vector_only_mode: bool) -> list:
-        """What `Qwen3TTSModel.create_voice_clone_prompt` makes, sooner: ICL runs the codec's
-        encoder in a second thread while this one computes the speaker embedding (its mel
-        spectrogram is host work), and x-vector runs no codec encoder at all."""
+        """What `Qwen3TTSModel.create_voice_clone_prompt` makes, sooner: ICL launches the
+        codec's encoder (one graph replay on CUDA, `prompts.reference_codes`) and computes
+        the speaker embedding while it runs (its mel spectrogram is host work); x-vector
+        runs no codec encoder at all."""
         if x_vector_only_mode:
             return [self._speaker_only_item(wav, sr, ref_text)]
         from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
 
         ((wav, sr),) = self.tts._normalize_audio_inputs([(wav, sr)])
-        with ThreadPoolExecutor(1, thread_name_prefix="fastqwen-encode") as pool:
-            codes = pool.submit(self._reference_codes, wav, sr)
-            speaker = self._speaker_only_item(wav, sr, ref_text)
-            ref_code = codes.result()
+        codes = self._reference_codes(wav, sr)
+        speaker = self._speaker_only_item(wav, sr, ref_text)
+        ref_code = codes()
         return [
             VoiceClonePromptItem(
                 ref_code=ref_code,
@@ -479,10 +513,14 @@ class FastQwen3TTS:
             )
         ]
 
-    @torch.inference_mode()
-    def _reference_codes(self, wav, sr: int) -> torch.Tensor:
-        """The reference's codec codes (T, 16), as qwen-tts encodes them."""
-        return self.tts.model.speech_tokenizer.encode([wav], sr=sr).audio_codes[0]
+    def _reference_codes(self, wav, sr: int) -> Callable[[], torch.Tensor]:
+        """Launch the reference's encoding; the returned function waits for its codec codes
+        (T, 16), the codes qwen-tts' `speech_tokenizer.encode` gives."""
+        if sr != self.sample_rate:  # load_reference_audio resamples; a caller's array may not
+            import librosa
+
+            wav = librosa.resample(y=wav, orig_sr=int(sr), target_sr=self.sample_rate)
+        return self.reference_codes.start(wav)
 
     @torch.inference_mode()
     def _speaker_only_item(self, wav, sr: int, ref_text):

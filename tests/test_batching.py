@@ -272,6 +272,46 @@ def test_a_cached_voice_gives_the_same_codes_and_audio(tiny_model, tmp_path):
         engine.close()
 
 
+def test_an_unchanged_reference_file_is_not_read_again_a_rewritten_one_is(
+    tiny_model, tmp_path, monkeypatch
+):
+    import os
+
+    import fastqwen.api as api
+
+    engine = FastQwen3TTS(tiny_model("base").tts, EngineConfig(max_batch_size=2))
+    reads = []
+    load = api.load_reference_audio
+
+    def counting(audio, **kwargs):
+        reads.append(audio)
+        return load(audio, **kwargs)
+
+    monkeypatch.setattr(api, "load_reference_audio", counting)
+    try:
+        sr = 24000
+        path = tmp_path / "ref.wav"
+        wav = (0.2 * np.sin(2 * np.pi * 170 * np.arange(2 * sr) / sr)).astype(np.float32)
+        sf.write(path, wav, sr, subtype="FLOAT")
+        text = "A reference sentence."
+        first = engine.create_voice_clone_prompt(str(path), text)
+        assert len([r for r in reads if not isinstance(r, tuple)]) == 1
+        again = engine.create_voice_clone_prompt(path, text)  # a Path this time: same file
+        assert again[0] is first[0] and len([r for r in reads if not isinstance(r, tuple)]) == 1
+        other = engine.create_voice_clone_prompt(str(path), "Another text.")  # keyed on text
+        assert other[0] is not first[0]
+        sf.write(path, wav * 0.5, sr, subtype="FLOAT")  # rewritten, same size
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        changed = engine.create_voice_clone_prompt(str(path), text)
+        assert changed[0] is not first[0]
+        assert not torch.equal(changed[0].ref_code, first[0].ref_code) or not torch.equal(
+            changed[0].ref_spk_embedding, first[0].ref_spk_embedding
+        )
+    finally:
+        engine.close()
+
+
 def test_clone_prompts_equal_qwen_tts_and_x_vector_skips_the_codec_encoder(tiny_model, monkeypatch):
     """x-vector mode needs only the speaker embedding: the engine's prompt equals
     qwen-tts's, which also runs the codec's encoder and drops its codes."""

@@ -292,3 +292,28 @@ def test_the_loop_waits_for_a_prompt_still_being_written_on_the_callers_stream(c
     finally:
         engine.close()
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("n", [24_000 * 3 + 1, 1920 * 50, 24_000 * 10 + 961])
+def test_reference_codes_graph_replay_equals_qwen_tts_encode(n):
+    """ICL reference codes from the captured, padded, masked encoder equal
+    `speech_tokenizer.encode` (fp32, tiny), and the graph is really replayed."""
+    import numpy as np
+
+    from fastqwen.prompts.reference_codes import ReferenceCodes
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    tokenizer = load_model("random:tiny-base", device="cuda", dtype="float32").tts.model
+    tokenizer = tokenizer.speech_tokenizer
+    wav = (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    expected = tokenizer.encode([wav], sr=24_000).audio_codes[0]
+    codes = ReferenceCodes(tokenizer)
+    try:
+        assert codes.mode == "graphed"
+        first = codes.encode(wav)
+        again = codes.encode(wav)
+        assert codes.captures == 1 and codes.eager_runs == 0
+    finally:
+        codes.close()
+    assert torch.equal(first, expected) and torch.equal(again, expected)

@@ -286,7 +286,7 @@ def test_a_block_ends_at_the_first_frame_its_stop_asks_for(tiny_engine):
     assert runner.run_block(step, 1, 5, stop=lambda: False).shape[1] == 5
 
 
-def test_a_block_is_cut_for_a_joiner_only_with_a_slot_free_and_never_in_a_first_chunk(
+def test_a_block_is_cut_for_a_joiner_with_a_slot_free_or_a_cancellation_never_in_a_first_chunk(
     tiny_model,
 ):
     from fastqwen.engine.scheduler import Job
@@ -304,12 +304,38 @@ def test_a_block_is_cut_for_a_joiner_only_with_a_slot_free_and_never_in_a_first_
     stop, min_frames = scheduler._early_end([(0, running), (1, joiner)])
     assert min_frames == 2  # a streamed first chunk is never cut
     scheduler._slots[:] = [running, joiner]  # no slot free: a joiner could not join anyway
-    assert scheduler._early_end([(0, running), (1, joiner)]) == (None, 1)
+    stop, _ = scheduler._early_end([(0, running), (1, joiner)])
+    assert stop() is False
+    running.cancel()  # but a cancelled request's slot is freed at once
+    assert stop() is True
     scheduler._slots[:] = [running, None]
     off = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=2, admit_in_block=False))
     assert off.scheduler._early_end([(0, running)]) == (None, 1)
     scheduler._pending.clear()
     scheduler._slots[:] = [None, None]
+
+
+def test_a_cancelled_lone_request_stops_the_loop_within_its_block(tiny_model):
+    """Closing a stream ends its block a frame later, not `sync_every` frames later: the
+    engine is idle again for the next request (`wait_idle`)."""
+    import time
+
+    tts = tiny_model("custom_voice").tts
+    fast = FastQwen3TTS(tts, config=EngineConfig(max_batch_size=2, sync_every=400))
+    try:
+        long = SamplingParams(max_new_tokens=400, min_new_tokens=400)
+        handle = fast.submit(REQUEST, long, 1, first_chunk_frames=2, chunk_frames=2)
+        next(iter(handle))  # the first chunk: the 400-frame block has begun
+        steps = fast.scheduler.steps
+        handle.cancel()
+        assert fast.scheduler.wait_idle(timeout=60)
+        ran = fast.scheduler.steps - steps
+        assert fast.scheduler.times.cut_blocks >= 1
+        assert ran < 100, f"{ran} frames ran after the cancel"
+        t0 = time.monotonic()
+        assert fast.scheduler.wait_idle(timeout=1) and time.monotonic() - t0 < 0.5
+    finally:
+        fast.close()
 
 
 def test_prefill_graphs_are_captured_only_while_nothing_else_runs(tiny_model, monkeypatch):

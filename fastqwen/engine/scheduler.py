@@ -234,6 +234,18 @@ class Scheduler:
         """Requests waiting for a slot."""
         return len(self._pending)
 
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request runs or waits and the loop is between iterations (a
+        cancelled request's block has ended): a benchmark's next request then meets an
+        idle engine. False if that took longer than `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.active or self._pending:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        with self._loop_lock:
+            return True
+
     def close(self) -> None:
         """Cancel everything and stop the loop thread."""
         with self._cond:
@@ -309,14 +321,23 @@ class Scheduler:
         self.times.deliver_s += time.perf_counter() - t1
 
     def _early_end(self, jobs: list[tuple[int, Job]]) -> tuple:
-        """(stop, min_frames) for `run_block`: with a slot free and `admit_in_block` set,
-        the block ends at the first frame boundary after a request arrives, so it waits a
-        frame or two to join instead of up to `sync_every` (its time to first audio). Never
-        before a joiner's first chunk is complete: that would delay its first audio."""
-        if not self.runner.config.admit_in_block or all(s is not None for s in self._slots):
+        """(stop, min_frames) for `run_block`: with `admit_in_block` set, the block ends at
+        the first frame boundary after a request arrives while a slot is free (so it waits
+        a frame or two to join instead of up to `sync_every`: its time to first audio), or
+        after a request in it is cancelled (its slot is freed at once, and a lone cancelled
+        stream stops using the GPU). Never before a joiner's first chunk is complete: that
+        would delay its first audio."""
+        if not self.runner.config.admit_in_block:
             return None, 1
+        room = any(s is None for s in self._slots)
         firsts = [job.first_block for _, job in jobs if job.done_frames == 0 and job.first_block]
-        return (lambda: bool(self._pending) and not self._paused), min(firsts, default=1)
+
+        def stop() -> bool:
+            if room and self._pending and not self._paused:
+                return True
+            return any(job.cancelled for _, job in jobs)
+
+        return stop, min(firsts, default=1)
 
     def _block_frames(self, jobs: list[tuple[int, Job]], window: int) -> int:
         """Frames in the next block: `sync_every`, or a joiner's `first_block` (its first

@@ -161,8 +161,10 @@ class CloneCase:
 
 
 def clone_ttfa_ms(fast, path: Path, ref: Reference, case: CloneCase, params, cfg, dev) -> float:
-    """ms from `stream_voice_clone(ref_audio=path)` to its first audio chunk; the rest of the
-    stream is dropped (closing it cancels the request)."""
+    """ms from `stream_voice_clone(ref_audio=path)` to its first audio chunk on an idle engine
+    (the last stream's cancelled block has ended); the rest of the stream is dropped
+    (closing it cancels the request)."""
+    fast.scheduler.wait_idle()
     synchronize(dev)
     t0 = time.perf_counter()
     chunks = fast.stream_voice_clone(

@@ -217,7 +217,10 @@ def _static_kv_bytes(fast) -> int | None:
 
 
 def _time_to_first_audio(fast, request, params, cfg: BenchConfig, device: torch.device) -> float:
-    """ms from calling stream() to its first audio chunk; the rest of the stream is dropped."""
+    """ms from calling stream() to its first audio chunk on an idle engine; the rest of the
+    stream is dropped. The last stream's cancelled block has ended first (`wait_idle`):
+    started beside it, the request would time the end of another's work as well."""
+    fast.scheduler.wait_idle()
     synchronize(device)
     t0 = time.perf_counter()
     chunks = fast.stream(

@@ -1,0 +1,236 @@
+"""A reference recording's codec codes (ICL voice clone prompts), from a CUDA graph.
+
+Why: `speech_tokenizer.encode` runs the codec's Mimi encoder eagerly: a few hundred small
+launches (the SEANet convs, an 8-layer transformer, 16 quantizer levels), each a Python op.
+On an H200 that took ~40 ms for a 10 s reference, most of a new reference's time to first
+audio, and beside a busy frame loop every op also waits for the GIL. A replayed graph is
+one launch.
+
+A graph needs a fixed shape, so the recording is padded with zeros on the right to a
+length bucket (`BUCKET_SAMPLES`). Zero samples are not what the eager encoder sees,
+though: each of its causal convs pads its own input with zeros to a whole number of
+strides, in that layer's space, where the latents of silent audio are not zero. So the
+last, partial frame's codes would differ. A forward pre-hook on each conv therefore makes
+its input past the length it has in the unpadded run (`_valid_lengths`) what its padding
+would be there (zeros; the downsample's "replicate" padding repeats the last latent): every
+conv then computes, for the frames the recording has, exactly what it computes unpadded. The hooks
+act only inside `ReferenceCodes`' own runs; everyone else's calls see the model unchanged.
+The encoder is causal end to end (convs and the sliding-window transformer), so the
+padding cannot reach earlier frames.
+
+Modes: "exact" is qwen-tts' own `speech_tokenizer.encode` (the CPU default), "padded" the
+masked padded run without a graph (what the CPU tests compare with "exact"), "graphed" the
+padded run captured per bucket (the CUDA default). A bucket whose capture fails, or a
+reference longer than `MAX_GRAPHED_SAMPLES`, runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+BUCKET_SAMPLES = 48_000  # 2 s at 24 kHz: 25 codec frames; a 10 s reference pads by < 2 s
+MAX_GRAPHED_SAMPLES = 30 * 24_000  # longer references encode eagerly (rare; costly to hold)
+Mode = Literal["exact", "padded", "graphed"]
+
+
+def bucket_samples(n: int) -> int:
+    """The padded length of an `n`-sample recording: the next multiple of `BUCKET_SAMPLES`."""
+    return -(-n // BUCKET_SAMPLES) * BUCKET_SAMPLES
+
+
+class ReferenceCodes:
+    """`speech_tokenizer.encode([wav], sr=24000).audio_codes[0]`, the same codes, faster.
+
+    `start(wav)` launches the encoding and returns a function that waits for it and gives
+    the (frames, books) int64 codes on the tokenizer's device: the caller can compute the
+    speaker embedding in between. `encode(wav)` does both at once. Thread-safe: runs take
+    turns (they share the graphs' input buffers).
+    """
+
+    def __init__(self, tokenizer, mode: Mode | None = None):
+        self.tokenizer = tokenizer
+        self.model = tokenizer.model  # Qwen3TTSTokenizerV2Model
+        self.device = torch.device(tokenizer.device)
+        if mode is None:
+            mode = "graphed" if self.device.type == "cuda" else "exact"
+        if mode not in ("exact", "padded", "graphed"):
+            raise ValueError(f"mode must be 'exact', 'padded' or 'graphed', got {mode!r}")
+        if mode == "graphed" and self.device.type != "cuda":
+            raise ValueError(f"mode 'graphed' needs a CUDA tokenizer, this one is on {self.device}")
+        self.mode: Mode = mode
+        self.downsample = int(self.model.encode_downsample_rate)
+        self.books = int(self.model.encoder_valid_num_quantizers)
+        self._encoder = self.model.encoder  # MimiModel without its decoder
+        self._convs = [
+            self._encoder.encoder.get_submodule(name)
+            for name in self._encoder.encoder._mimiconv1d_layer_names
+        ] + [self._encoder.downsample]
+        modes = {conv.pad_mode for conv in self._convs}
+        if mode != "exact" and not modes <= {"constant", "replicate"}:
+            raise ValueError(
+                f"the codec encoder pads with {sorted(modes)}; only 'constant' and 'replicate' "
+                "can be masked: use mode='exact'"
+            )
+        self._lengths: torch.Tensor | None = None  # per conv: its input's unpadded length
+        self._hooks = [
+            conv.register_forward_pre_hook(self._make_mask_hook(i))
+            for i, conv in enumerate(self._convs)
+        ]
+        self._graphs: dict[int, _BucketGraph | None] = {}  # None: capture failed
+        self._lock = threading.Lock()
+        self.captures = 0
+        self.eager_runs = 0
+
+    def close(self) -> None:
+        """Remove the hooks and drop the graphs (the model is the caller's)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._graphs.clear()
+
+    # ---- public -------------------------------------------------------------------------
+    def encode(self, wav: np.ndarray) -> torch.Tensor:
+        return self.start(wav)()
+
+    def start(self, wav: np.ndarray) -> Callable[[], torch.Tensor]:
+        """Launch the encoding of 1-D float 24 kHz `wav`; call the result for the codes."""
+        wav = np.ascontiguousarray(wav, dtype=np.float32).reshape(-1)
+        if wav.size == 0:
+            raise ValueError("reference audio is empty (0 samples)")
+        if self.mode == "exact":
+            codes = self._exact(wav)
+            return lambda: codes
+        n_frames = -(-wav.size // self.downsample)
+        padded = bucket_samples(wav.size)
+        with self._lock:
+            graph = None
+            if self.mode == "graphed" and padded <= MAX_GRAPHED_SAMPLES:
+                graph = self._graph(padded)
+            if graph is None:
+                codes = self._padded_eager(wav, padded)[:n_frames]
+                return lambda: codes
+            out = graph.replay(wav, self._valid_lengths(wav.size))
+            done = torch.cuda.Event()
+            done.record()
+
+        def result() -> torch.Tensor:
+            done.synchronize()
+            return out[:n_frames].clone()
+
+        return result
+
+    def warm(self, seconds: float) -> None:
+        """Capture the buckets of references up to `seconds` long (a server's start-up), so
+        no first request of a new length pays a capture."""
+        if self.mode != "graphed":
+            return
+        top = min(bucket_samples(int(seconds * 24_000)), MAX_GRAPHED_SAMPLES)
+        with self._lock:
+            for padded in range(BUCKET_SAMPLES, top + 1, BUCKET_SAMPLES):
+                self._graph(padded)
+
+    # ---- the three ways -----------------------------------------------------------------
+    @torch.inference_mode()
+    def _exact(self, wav: np.ndarray) -> torch.Tensor:
+        return self.tokenizer.encode([wav], sr=24_000).audio_codes[0]
+
+    @torch.inference_mode()
+    def _padded_eager(self, wav: np.ndarray, padded: int) -> torch.Tensor:
+        self.eager_runs += 1
+        x = torch.zeros((1, 1, padded), dtype=torch.float32)
+        x[0, 0, : wav.size] = torch.from_numpy(wav)
+        lengths = self._valid_lengths(wav.size).to(self.device)
+        return self._run(x.to(self.device).to(self.model.dtype), lengths)
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Codes (frames of the padded length, books) of padded input `x` (1, 1, L), each
+        conv's input masked past `lengths`."""
+        self._lengths = lengths
+        try:
+            out = self._encoder.encode(input_values=x, return_dict=True).audio_codes
+        finally:
+            self._lengths = None
+        return out[0, : self.books].transpose(0, 1)
+
+    def _graph(self, padded: int) -> _BucketGraph | None:
+        if padded not in self._graphs:
+            try:
+                self._graphs[padded] = _BucketGraph(self, padded)
+                self.captures += 1
+            except Exception as err:  # an op that cannot be captured: eager from now on
+                log.warning("reference encoder: no CUDA graph for %d samples (%s)", padded, err)
+                self._graphs[padded] = None
+        return self._graphs[padded]
+
+    # ---- masking ------------------------------------------------------------------------
+    def _valid_lengths(self, n: int) -> torch.Tensor:
+        """Each conv's input length in the unpadded run of an `n`-sample recording, in the
+        order the convs run (the transformer between encoder and downsample keeps it)."""
+        lengths = []
+        length = torch.tensor(n, dtype=torch.int64)
+        for conv in self._convs:
+            lengths.append(int(length))
+            length = conv._get_output_length(length)
+        return torch.tensor(lengths, dtype=torch.int64)
+
+    def _make_mask_hook(self, index: int):
+        pad_mode = self._convs[index].pad_mode
+
+        def hook(module, args):
+            lengths = self._lengths
+            if lengths is None:  # someone else's call: the model as it is
+                return None
+            x = args[0]
+            positions = torch.arange(x.shape[-1], device=x.device)
+            if pad_mode == "replicate":  # the downsample: its padding repeats the last sample
+                x = x.index_select(-1, torch.minimum(positions, lengths[index] - 1))
+            else:  # "constant": zeros
+                x = x * (positions < lengths[index]).to(x.dtype)
+            return (x, *args[1:])
+
+        return hook
+
+
+class _BucketGraph:
+    """One captured masked encode of a `padded`-sample input."""
+
+    def __init__(self, owner: ReferenceCodes, padded: int):
+        dev = owner.device
+        self.padded = padded
+        self.host = torch.zeros(padded, dtype=torch.float32, pin_memory=True)
+        self.host_lengths = torch.zeros(len(owner._convs), dtype=torch.int64, pin_memory=True)
+        self.x = torch.zeros((1, 1, padded), dtype=torch.float32, device=dev)
+        self.lengths = torch.zeros(len(owner._convs), dtype=torch.int64, device=dev)
+        self.lengths.copy_(owner._valid_lengths(padded))
+        self.copied: torch.cuda.Event | None = None  # the last replay's host-to-device copies
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(2):  # pick cuDNN algorithms, fill the caching allocator
+                owner._run(self.x.to(owner.model.dtype), self.lengths)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.codes = owner._run(self.x.to(owner.model.dtype), self.lengths)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+
+    def replay(self, wav: np.ndarray, lengths: torch.Tensor) -> torch.Tensor:
+        """Launch on the current stream; the returned codes are valid once it has run."""
+        if self.copied is not None:  # the pinned buffers are read by the last copies
+            self.copied.synchronize()
+        self.host.zero_()
+        self.host[: wav.size] = torch.from_numpy(wav)
+        self.host_lengths.copy_(lengths)
+        self.x.view(-1).copy_(self.host, non_blocking=True)
+        self.lengths.copy_(self.host_lengths, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        self.graph.replay()
+        return self.codes

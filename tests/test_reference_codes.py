@@ -1,0 +1,74 @@
+"""The reference encoder's padded (graphable) run gives qwen-tts' codes exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastqwen.prompts.reference_codes import BUCKET_SAMPLES, ReferenceCodes, bucket_samples
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return tiny_model("base").tts.model.speech_tokenizer
+
+
+# whole frames, a partial last frame (1, 959, 961 samples into it), a whole bucket, one past
+LENGTHS = [24_000, 1920 * 50, 1920 * 50 + 1, 1920 * 50 + 961, 24_000 * 7 + 1919, 48_000, 48_001]
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_padded_codes_equal_qwen_tts_encode(tokenizer, n):
+    wav = (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    expected = tokenizer.encode([wav], sr=24_000).audio_codes[0]
+    codes = ReferenceCodes(tokenizer, mode="padded")
+    try:
+        got = codes.encode(wav)
+    finally:
+        codes.close()
+    assert got.shape == expected.shape == (-(-n // 1920), 16)
+    assert torch.equal(got, expected)
+
+
+def test_without_the_masks_the_last_frame_differs(tokenizer):
+    """What the masks are for: padded with zero samples alone, the last partial frame's
+    codes change (each conv pads with zeros in its own space, the downsample repeats its
+    last latent), so the test above could not pass without them."""
+    n = 1920 * 50 + 961
+    wav = (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    expected = tokenizer.encode([wav], sr=24_000).audio_codes[0]
+    codes = ReferenceCodes(tokenizer, mode="padded")
+    try:
+        for hook in codes._hooks:
+            hook.remove()
+        got = codes.encode(wav)
+    finally:
+        codes.close()
+    assert torch.equal(got[:-1], expected[:-1])
+    assert not torch.equal(got[-1], expected[-1])
+
+
+def test_the_hooks_leave_other_calls_alone_and_close_removes_them(tokenizer):
+    wav = (0.3 * np.random.default_rng(5).standard_normal(30_001)).astype(np.float32)
+    before = tokenizer.encode([wav], sr=24_000).audio_codes[0]
+    codes = ReferenceCodes(tokenizer, mode="padded")
+    assert torch.equal(tokenizer.encode([wav], sr=24_000).audio_codes[0], before)
+    encoder = tokenizer.model.encoder
+    hooked = sum(len(m._forward_pre_hooks) for m in encoder.modules())
+    codes.close()
+    assert sum(len(m._forward_pre_hooks) for m in encoder.modules()) == hooked - len(codes._convs)
+
+
+def test_buckets_and_mode_errors(tokenizer):
+    assert bucket_samples(1) == bucket_samples(BUCKET_SAMPLES) == BUCKET_SAMPLES
+    assert bucket_samples(BUCKET_SAMPLES + 1) == 2 * BUCKET_SAMPLES
+    with pytest.raises(ValueError, match="needs a CUDA tokenizer"):
+        ReferenceCodes(tokenizer, mode="graphed")
+    with pytest.raises(ValueError, match="mode must be"):
+        ReferenceCodes(tokenizer, mode="fast")
+    codes = ReferenceCodes(tokenizer)
+    try:
+        assert codes.mode == "exact"  # the CPU default: qwen-tts' own encode
+        with pytest.raises(ValueError, match="empty"):
+            codes.encode(np.zeros(0, np.float32))
+    finally:
+        codes.close()
