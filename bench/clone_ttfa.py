@@ -41,6 +41,7 @@ from fastqwen.codec.decoder import StreamingDecoder
 from fastqwen.device import synchronize
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
+from fastqwen.prompts.speaker import speaker_embedding
 from fastqwen.prompts.voice_cache import file_identity, voice_key
 from fastqwen.results import GenerationStopped
 from fastqwen.tools.bench.clone import (
@@ -63,8 +64,9 @@ STAGES = {
     "to mono, check it (the voice cache's key is the recording as given)",
     "hash": "new only: voice_key (SHA-256 of the samples, rate, text, mode) and its get",
     "resample": f"new only: {REFERENCE_FILE_RATE} Hz -> 24 kHz (soxr HQ, as librosa)",
-    "speaker_encoder": "new only: model.extract_speaker_embedding (mel spectrogram on the "
-    "host, then the speaker encoder) -> the x-vector",
+    "speaker_encoder": "new only: prompts.speaker.speaker_embedding, qwen-tts' "
+    "extract_speaker_embedding with its mel filter bank kept (mel spectrogram on the host, "
+    "then the speaker encoder) -> the x-vector",
     "codec_encoder": "new ICL only: the engine's reference_codes.encode (speech_tokenizer's "
     "encoder, a CUDA graph per 2 s length bucket) -> reference codes (R, 16); the engine "
     "skips it for x-vector prompts, which qwen-tts 0.1.1 encodes and then drops. In the "
@@ -102,7 +104,7 @@ def _encode(fast: FastQwen3TTS, wav, sr: int, case: CloneCase, ref_text, dev, ms
     from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
 
     model = fast.tts.model
-    spk, ms["speaker_encoder"] = _timed(dev, lambda: model.extract_speaker_embedding(wav, sr))
+    spk, ms["speaker_encoder"] = _timed(dev, lambda: speaker_embedding(model, wav))
     only = case.x_vector_only
     enc = None
     if not only:

@@ -34,6 +34,8 @@ from fastqwen.locking import serialized
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
 from fastqwen.prompts.reference_codes import ReferenceCodes
+from fastqwen.prompts.speaker import SAMPLE_RATE as SPEAKER_RATE
+from fastqwen.prompts.speaker import speaker_embedding
 from fastqwen.prompts.voice_cache import VoicePromptCache, file_identity, voice_key
 from fastqwen.results import AudioChunk, GenerationResult
 
@@ -529,15 +531,19 @@ class FastQwen3TTS:
         codec's encoder: qwen-tts 0.1.1 encodes the reference there in every mode and then
         drops the codes when `x_vector_only_mode` is set, which is most of a new x-vector
         reference's time to first audio."""
-        import librosa
         from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
 
         ((wav, sr),) = self.tts._normalize_audio_inputs([(wav, sr)])
         model = self.tts.model
         target = model.speaker_encoder_sample_rate
         if sr != target:
+            import librosa  # slow to import; load_reference_audio has resampled already
+
             wav = librosa.resample(y=wav.astype(np.float32), orig_sr=int(sr), target_sr=target)
-        embedding = model.extract_speaker_embedding(audio=wav, sr=target)
+        if target == SPEAKER_RATE:  # extract_speaker_embedding's, without its set-up
+            embedding = speaker_embedding(model, wav)
+        else:  # pragma: no cover - every Qwen3-TTS Base model so far is 24 kHz
+            embedding = model.extract_speaker_embedding(audio=wav, sr=target)
         return VoiceClonePromptItem(
             ref_code=None,
             ref_spk_embedding=embedding,

@@ -1,4 +1,5 @@
-"""The reference encoder's padded (graphable) run gives qwen-tts' codes exactly."""
+"""The reference encoder's padded (graphable) run and the speaker embedding: qwen-tts' own
+results."""
 
 import numpy as np
 import pytest
@@ -72,3 +73,14 @@ def test_buckets_and_mode_errors(tokenizer):
             codes.encode(np.zeros(0, np.float32))
     finally:
         codes.close()
+
+
+@pytest.mark.parametrize("n", [24_000, 24_000 * 3 + 77])
+def test_speaker_embedding_is_qwen_tts_own(tiny_model, n):
+    from fastqwen.prompts.speaker import speaker_embedding
+
+    model = tiny_model("base").tts.model
+    wav = (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    expected = model.extract_speaker_embedding(wav, 24_000)
+    got = speaker_embedding(model, wav)
+    assert got.shape == expected.shape and torch.equal(got, expected)
