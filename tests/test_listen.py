@@ -169,6 +169,9 @@ def test_a_stop_request_ends_the_run_within_two_frames(tiny_run, monkeypatch, si
 
 
 def test_interrupt_outside_a_run_does_what_it_did(tiny_run, monkeypatch, sigint_restored):
+    # Python's own handler, whatever the test process inherited: a shell's background job
+    # starts with SIGINT ignored, and then "what it did" is nothing
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(listen, "generate_once", lambda *a, **kw: tiny_run.outcomes[0])
     panel = listen.build_panel(tiny_run)
     panel.generate_button.click()
