@@ -296,8 +296,8 @@ def test_the_loop_waits_for_a_prompt_still_being_written_on_the_callers_stream(c
 
 @pytest.mark.parametrize("n", [24_000 * 3 + 1, 1920 * 50, 24_000 * 10 + 961])
 def test_reference_codes_graph_replay_equals_qwen_tts_encode(n):
-    """ICL reference codes from the captured, padded, masked encoder equal
-    `speech_tokenizer.encode` (fp32, tiny), and the graph is really replayed."""
+    """ICL reference codes replayed from the captured, padded, masked encoder equal the same
+    run eagerly, and (fp32, tiny) `speech_tokenizer.encode`; the graph is really replayed."""
     import numpy as np
 
     from fastqwen.prompts.reference_codes import ReferenceCodes
@@ -308,12 +308,16 @@ def test_reference_codes_graph_replay_equals_qwen_tts_encode(n):
     tokenizer = tokenizer.speech_tokenizer
     wav = (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
     expected = tokenizer.encode([wav], sr=24_000).audio_codes[0]
-    codes = ReferenceCodes(tokenizer)
+    assert ReferenceCodes(tokenizer).mode == "exact"  # fp32: the parity default
+    codes = ReferenceCodes(tokenizer, mode="graphed")
+    eager = ReferenceCodes(tokenizer, mode="padded")
     try:
-        assert codes.mode == "graphed"
         first = codes.encode(wav)
         again = codes.encode(wav)
         assert codes.captures == 1 and codes.eager_runs == 0
+        padded = eager.encode(wav)
     finally:
         codes.close()
-    assert torch.equal(first, expected) and torch.equal(again, expected)
+        eager.close()
+    assert torch.equal(first, padded) and torch.equal(again, padded)
+    assert torch.equal(first, expected)

@@ -84,3 +84,19 @@ def test_speaker_embedding_is_qwen_tts_own(tiny_model, n):
     expected = model.extract_speaker_embedding(wav, 24_000)
     got = speaker_embedding(model, wav)
     assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+def test_conv_sizes_follow_mimi(tokenizer):
+    """The host-side lengths and paddings that stand in for Mimi's device-tensor ones."""
+    from fastqwen.prompts.reference_codes import _ConvSizes
+
+    codes = ReferenceCodes(tokenizer, mode="padded")
+    try:
+        for conv in codes._convs:
+            sizes = _ConvSizes.of(conv)
+            for n in (1, 7, 959, 960, 961, 24_000, 48_001):
+                x = torch.zeros(1, conv.in_channels, n)
+                assert sizes.output_length(n) == int(conv._get_output_length(torch.tensor(n)))
+                assert sizes.extra_padding(n) == int(conv._get_extra_padding_for_conv1d(x))
+    finally:
+        codes.close()

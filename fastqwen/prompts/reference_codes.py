@@ -18,10 +18,15 @@ act only inside `ReferenceCodes`' own runs; everyone else's calls see the model 
 The encoder is causal end to end (convs and the sliding-window transformer), so the
 padding cannot reach earlier frames.
 
-Modes: "exact" is qwen-tts' own `speech_tokenizer.encode` (the CPU default), "padded" the
-masked padded run without a graph (what the CPU tests compare with "exact"), "graphed" the
-padded run captured per bucket (the CUDA default). A bucket whose capture fails, or a
-reference longer than `MAX_GRAPHED_SAMPLES`, runs eagerly.
+Modes: "exact" is qwen-tts' own `speech_tokenizer.encode` (the default on the CPU and in
+float32), "padded" the masked padded run without a graph (what the CPU tests compare with
+"exact"), "graphed" the padded run captured per bucket (the default on CUDA in bf16/fp16).
+A bucket whose capture fails, or a reference longer than `MAX_GRAPHED_SAMPLES`, runs
+eagerly, padded. In float32 on the CPU the padded codes equal qwen-tts' exactly (tests).
+In bf16 on CUDA a padded length runs other conv algorithms, whose rounding moved a few
+frames' codes on an H200 (1.7B Base: 2 of 38 frames at 3 s, 7 of 129 at 10.3 s, none at
+6, 10 and 20 s), as any change of shape can in bf16; the engine then uses these codes on
+both sides of its parity checks (the prompt is built once).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -59,8 +65,9 @@ class ReferenceCodes:
         self.tokenizer = tokenizer
         self.model = tokenizer.model  # Qwen3TTSTokenizerV2Model
         self.device = torch.device(tokenizer.device)
-        if mode is None:
-            mode = "graphed" if self.device.type == "cuda" else "exact"
+        if mode is None:  # float32 is for parity runs: qwen-tts' encode, shape for shape
+            fast = self.device.type == "cuda" and self.model.dtype != torch.float32
+            mode = "graphed" if fast else "exact"
         if mode not in ("exact", "padded", "graphed"):
             raise ValueError(f"mode must be 'exact', 'padded' or 'graphed', got {mode!r}")
         if mode == "graphed" and self.device.type != "cuda":
@@ -79,6 +86,15 @@ class ReferenceCodes:
                 f"the codec encoder pads with {sorted(modes)}; only 'constant' and 'replicate' "
                 "can be masked: use mode='exact'"
             )
+        if mode != "exact" and not all(conv.causal for conv in self._convs):
+            raise ValueError("the codec encoder's convs are not causal: use mode='exact'")
+        # Mimi's convs keep stride, kernel size and padding as device tensors and read them
+        # back with .item() in every forward: a host sync, which a graph capture forbids.
+        self._sizes = [_ConvSizes.of(conv) for conv in self._convs]
+        self._forwards = [
+            _sync_free_forward(conv, sizes)
+            for conv, sizes in zip(self._convs, self._sizes, strict=True)
+        ]
         self._lengths: torch.Tensor | None = None  # per conv: its input's unpadded length
         self._hooks = [
             conv.register_forward_pre_hook(self._make_mask_hook(i))
@@ -154,10 +170,14 @@ class ReferenceCodes:
         """Codes (frames of the padded length, books) of padded input `x` (1, 1, L), each
         conv's input masked past `lengths`."""
         self._lengths = lengths
+        for conv, forward in zip(self._convs, self._forwards, strict=True):
+            conv.forward = forward  # an instance attribute: this run only
         try:
             out = self._encoder.encode(input_values=x, return_dict=True).audio_codes
         finally:
             self._lengths = None
+            for conv in self._convs:
+                conv.__dict__.pop("forward", None)
         return out[0, : self.books].transpose(0, 1)
 
     def _graph(self, padded: int) -> _BucketGraph | None:
@@ -175,10 +195,9 @@ class ReferenceCodes:
         """Each conv's input length in the unpadded run of an `n`-sample recording, in the
         order the convs run (the transformer between encoder and downsample keeps it)."""
         lengths = []
-        length = torch.tensor(n, dtype=torch.int64)
-        for conv in self._convs:
-            lengths.append(int(length))
-            length = conv._get_output_length(length)
+        for sizes in self._sizes:
+            lengths.append(n)
+            n = sizes.output_length(n)
         return torch.tensor(lengths, dtype=torch.int64)
 
     def _make_mask_hook(self, index: int):
@@ -197,6 +216,57 @@ class ReferenceCodes:
             return (x, *args[1:])
 
         return hook
+
+
+@dataclass(frozen=True)
+class _ConvSizes:
+    """A causal `MimiConv1d`'s sizes as Python ints (Mimi keeps them as device tensors and
+    reads them back with .item() in every forward: a host sync, which a capture forbids)."""
+
+    kernel: int  # effective, dilation included
+    stride: int
+    total: int  # kernel - stride: the causal left padding
+    conv_padding: int
+    conv_dilation: int
+    conv_kernel: int
+
+    @classmethod
+    def of(cls, conv) -> _ConvSizes:
+        c = conv.conv
+        return cls(
+            int(conv.kernel_size),
+            int(conv.stride),
+            int(conv.padding_total),
+            c.padding[0],
+            c.dilation[0],
+            c.kernel_size[0],
+        )
+
+    def extra_padding(self, length: int) -> int:
+        """Mimi's right padding to a whole number of strides."""
+        frames = -(-(length - self.kernel + self.total) // self.stride)  # ceil(.. + 1) - 1
+        return frames * self.stride + self.kernel - self.total - length
+
+    def output_length(self, length: int) -> int:
+        """`MimiConv1d._get_output_length`."""
+        padded = length + self.total + self.extra_padding(length)
+        span = self.conv_dilation * (self.conv_kernel - 1)
+        return (padded + 2 * self.conv_padding - span - 1) // self.stride + 1
+
+
+def _sync_free_forward(conv, sizes: _ConvSizes):
+    """`MimiConv1d.forward` of a causal conv without a padding cache, with `sizes`: the same
+    padding and the same conv, no device-to-host reads."""
+    mode = conv.pad_mode
+
+    def forward(hidden_states, padding_cache=None):
+        if padding_cache is not None:
+            raise ValueError("ReferenceCodes runs without a padding cache")
+        extra = sizes.extra_padding(hidden_states.shape[-1])
+        padded = torch.nn.functional.pad(hidden_states, (sizes.total, extra), mode, 0.0)
+        return conv.conv(padded)
+
+    return forward
 
 
 class _BucketGraph:
