@@ -100,3 +100,32 @@ def test_conv_sizes_follow_mimi(tokenizer):
                 assert sizes.extra_padding(n) == int(conv._get_extra_padding_for_conv1d(x))
     finally:
         codes.close()
+
+
+def test_another_threads_encode_during_a_run_is_not_masked(tokenizer):
+    """The masks belong to the run's thread: qwen-tts' encode called from another thread
+    in the middle of a padded run still gives its own codes."""
+    import threading
+
+    other = (0.3 * np.random.default_rng(11).standard_normal(30_001)).astype(np.float32)
+    expected = tokenizer.encode([other], sr=24_000).audio_codes[0]
+    codes = ReferenceCodes(tokenizer, mode="padded")
+    seen = {}
+
+    def midway(module, args):
+        if codes._lengths is not None and "codes" not in seen:
+            seen["codes"] = None
+            worker = threading.Thread(
+                target=lambda: seen.update(codes=tokenizer.encode([other], sr=24_000))
+            )
+            worker.start()
+            worker.join()
+
+    hook = codes._convs[3].register_forward_pre_hook(midway)
+    try:
+        wav = (0.3 * np.random.default_rng(12).standard_normal(50_001)).astype(np.float32)
+        codes.encode(wav)
+    finally:
+        hook.remove()
+        codes.close()
+    assert torch.equal(seen["codes"].audio_codes[0], expected)

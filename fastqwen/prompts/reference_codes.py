@@ -14,7 +14,9 @@ last, partial frame's codes would differ. A forward pre-hook on each conv theref
 its input past the length it has in the unpadded run (`_valid_lengths`) what its padding
 would be there (zeros; the downsample's "replicate" padding repeats the last latent): every
 conv then computes, for the frames the recording has, exactly what it computes unpadded. The hooks
-act only inside `ReferenceCodes`' own runs; everyone else's calls see the model unchanged.
+act only inside `ReferenceCodes`' own runs, in their thread; everyone else's calls see the
+model unchanged (the convs' forward, swapped during a run for one that keeps its sizes on
+the host, computes the same).
 The encoder is causal end to end (convs and the sliding-window transformer), so the
 padding cannot reach earlier frames.
 
@@ -96,6 +98,7 @@ class ReferenceCodes:
             for conv, sizes in zip(self._convs, self._sizes, strict=True)
         ]
         self._lengths: torch.Tensor | None = None  # per conv: its input's unpadded length
+        self._thread: int | None = None  # the thread of the run the hooks mask
         self._hooks = [
             conv.register_forward_pre_hook(self._make_mask_hook(i))
             for i, conv in enumerate(self._convs)
@@ -169,7 +172,7 @@ class ReferenceCodes:
     def _run(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Codes (frames of the padded length, books) of padded input `x` (1, 1, L), each
         conv's input masked past `lengths`."""
-        self._lengths = lengths
+        self._lengths, self._thread = lengths, threading.get_ident()
         for conv, forward in zip(self._convs, self._forwards, strict=True):
             conv.forward = forward  # an instance attribute: this run only
         try:
@@ -205,8 +208,8 @@ class ReferenceCodes:
 
         def hook(module, args):
             lengths = self._lengths
-            if lengths is None:  # someone else's call: the model as it is
-                return None
+            if lengths is None or threading.get_ident() != self._thread:
+                return None  # someone else's call (another thread's too): the model as it is
             x = args[0]
             positions = torch.arange(x.shape[-1], device=x.device)
             if pad_mode == "replicate":  # the downsample: its padding repeats the last sample
