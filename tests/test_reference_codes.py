@@ -107,7 +107,7 @@ def test_another_threads_encode_during_a_run_is_not_masked(tokenizer):
     in the middle of a padded run still gives its own codes."""
     import threading
 
-    other = (0.3 * np.random.default_rng(11).standard_normal(30_001)).astype(np.float32)
+    other = (0.3 * np.random.default_rng(11).standard_normal(90_001)).astype(np.float32)
     expected = tokenizer.encode([other], sr=24_000).audio_codes[0]
     codes = ReferenceCodes(tokenizer, mode="padded")
     seen = {}
@@ -123,7 +123,7 @@ def test_another_threads_encode_during_a_run_is_not_masked(tokenizer):
 
     hook = codes._convs[3].register_forward_pre_hook(midway)
     try:
-        wav = (0.3 * np.random.default_rng(12).standard_normal(50_001)).astype(np.float32)
+        wav = (0.3 * np.random.default_rng(12).standard_normal(30_001)).astype(np.float32)
         codes.encode(wav)
     finally:
         hook.remove()
