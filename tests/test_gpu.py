@@ -321,6 +321,10 @@ def test_reference_codes_graph_replay_equals_qwen_tts_encode(n):
         again = codes.encode(wav)
         assert codes.captures == 1 and codes.eager_runs == 0
         padded = eager.encode(wav)
+        # two launches before either result: each gets its own codes, not the buffer's last
+        pending = [codes.start(wav), codes.start(wav[::-1].copy())]
+        assert torch.equal(pending[0](), padded)
+        assert torch.equal(pending[1](), eager.encode(wav[::-1].copy()))
     finally:
         codes.close()
         eager.close()

@@ -136,13 +136,14 @@ class ReferenceCodes:
             if graph is None:
                 codes = self._padded_eager(wav, padded)[:n_frames]
                 return lambda: codes
-            out = graph.replay(wav, self._valid_lengths(wav.size))
-            done = torch.cuda.Event()
+            # copied out on the stream before any later replay can overwrite the buffer
+            out = graph.replay(wav, self._valid_lengths(wav.size))[:n_frames].clone()
+            done = graph.done = torch.cuda.Event()
             done.record()
 
         def result() -> torch.Tensor:
             done.synchronize()
-            return out[:n_frames].clone()
+            return out
 
         return result
 
@@ -284,6 +285,7 @@ class _BucketGraph:
         self.lengths = torch.zeros(len(owner._convs), dtype=torch.int64, device=dev)
         self.lengths.copy_(owner._valid_lengths(padded))
         self.copied: torch.cuda.Event | None = None  # the last replay's host-to-device copies
+        self.done: torch.cuda.Event | None = None  # the last replay's codes copied out
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream), torch.inference_mode():
@@ -298,6 +300,8 @@ class _BucketGraph:
         """Launch on the current stream; the returned codes are valid once it has run."""
         if self.copied is not None:  # the pinned buffers are read by the last copies
             self.copied.synchronize()
+        if self.done is not None:  # another thread's stream may still be replaying
+            torch.cuda.current_stream().wait_event(self.done)
         self.host.zero_()
         self.host[: wav.size] = torch.from_numpy(wav)
         self.host_lengths.copy_(lengths)
