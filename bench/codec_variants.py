@@ -39,6 +39,7 @@ from fastqwen.codec.batch import _latents, _waveform
 from fastqwen.codec.snake import fast_waveform, kernel_runs_on
 from fastqwen.constants import NUM_CODEBOOKS
 from fastqwen.device import synchronize
+from fastqwen.tools.bench.measure import time_calls
 
 FRAME_S = 0.08  # one conv frame of audio: 1920 samples at 24 kHz
 
@@ -47,20 +48,6 @@ def cudnn_benchmark():
     return torch.backends.cudnn.flags(
         enabled=True, benchmark=True, deterministic=False, allow_tf32=True
     )
-
-
-def time_calls(
-    fn: Callable[[], torch.Tensor], device: torch.device, repeat: int
-) -> tuple[list[float], torch.Tensor]:
-    """Seconds of each of `repeat` calls (synced before and after each), and the last output."""
-    times, out = [], None
-    for _ in range(repeat):
-        synchronize(device)
-        t0 = time.perf_counter()
-        out = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times, out
 
 
 def top_kernels(fn: Callable[[], torch.Tensor], device: torch.device, count: int = 15) -> list:

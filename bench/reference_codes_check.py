@@ -26,20 +26,17 @@ import torch
 from fastqwen.device import synchronize
 from fastqwen.models.sources import load_model
 from fastqwen.prompts.reference_codes import ReferenceCodes
+from fastqwen.tools.bench.measure import time_calls
 from fastqwen.tools.bench.run import environment
 
 SCHEMA = "fastqwen-reference-codes-check/1"
 
 
 def _ms(dev, fn, runs: int) -> tuple[object, float, list[float]]:
-    times, out = [], None
-    for _ in range(runs):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        out = fn()
-        synchronize(dev)
-        times.append(1000 * (time.perf_counter() - t0))
-    return out, round(statistics.median(times), 3), [round(t, 3) for t in times]
+    """The last output, and the median and each call's milliseconds."""
+    times, out = time_calls(fn, dev, runs)
+    ms = [round(1000 * t, 3) for t in times]
+    return out, round(statistics.median(ms), 3), ms
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,10 +42,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fastqwen.constants import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 BUCKET_SAMPLES = 48_000  # 2 s at 24 kHz: 25 codec frames; a 10 s reference pads by < 2 s
-MAX_GRAPHED_SAMPLES = 30 * 24_000  # longer references encode eagerly (rare; costly to hold)
+MAX_GRAPHED_SAMPLES = 30 * SAMPLE_RATE  # longer references encode eagerly (rare; costly to hold)
 Mode = Literal["exact", "padded", "graphed"]
 
 
@@ -152,7 +154,7 @@ class ReferenceCodes:
         no first request of a new length pays a capture."""
         if self.mode != "graphed":
             return
-        top = min(bucket_samples(int(seconds * 24_000)), MAX_GRAPHED_SAMPLES)
+        top = min(bucket_samples(int(seconds * SAMPLE_RATE)), MAX_GRAPHED_SAMPLES)
         with self._lock:
             for padded in range(BUCKET_SAMPLES, top + 1, BUCKET_SAMPLES):
                 self._graph(padded)
@@ -160,7 +162,7 @@ class ReferenceCodes:
     # ---- the three ways -----------------------------------------------------------------
     @torch.inference_mode()
     def _exact(self, wav: np.ndarray) -> torch.Tensor:
-        return self.tokenizer.encode([wav], sr=24_000).audio_codes[0]
+        return self.tokenizer.encode([wav], sr=SAMPLE_RATE).audio_codes[0]
 
     @torch.inference_mode()
     def _padded_eager(self, wav: np.ndarray, padded: int) -> torch.Tensor:

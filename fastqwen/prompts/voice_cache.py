@@ -74,13 +74,7 @@ class VoicePromptCache:
             return item
 
     def put(self, key: str, item: Any) -> None:
-        if not self.max_entries:
-            return
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+        self._put(self._items, key, item, self.max_entries)
 
     def key_of_file(self, file: tuple) -> str | None:
         """The content key last computed for `file` = (file identity, ref text, mode)."""
@@ -88,13 +82,17 @@ class VoicePromptCache:
             return self._files.get(file)
 
     def remember_file(self, file: tuple, key: str) -> None:
-        if not self.max_entries:
+        self._put(self._files, file, key, 4 * self.max_entries)  # a few paths per voice
+
+    def _put(self, items: OrderedDict, key, value, limit: int) -> None:
+        """Insert as most recent; drop the least recent past `limit` (0: keep nothing)."""
+        if not limit:
             return
         with self._lock:
-            self._files[file] = key
-            self._files.move_to_end(file)
-            while len(self._files) > 4 * self.max_entries:  # a few paths per voice at most
-                self._files.popitem(last=False)
+            items[key] = value
+            items.move_to_end(key)
+            while len(items) > limit:
+                items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -9,11 +9,13 @@ where qwen-tts 0.1.1 must not load.
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
 import torch
 
+from fastqwen.device import synchronize
 from fastqwen.tools.bench.records import FIELDS, SCHEMA
 from fastqwen.tools.defaults import SEED_PROMPTS
 
@@ -28,6 +30,20 @@ _SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynch
 def spread(values: list[float], digits: int = 3) -> tuple[float, ...]:
     """(median, min, max), rounded."""
     return tuple(round(f(values), digits) for f in (statistics.median, min, max))
+
+
+def time_calls(
+    fn: Callable[[], object], device: torch.device, repeat: int
+) -> tuple[list[float], object]:
+    """Seconds of each of `repeat` calls (synced before and after each), and the last output."""
+    times, out = [], None
+    for _ in range(repeat):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times, out
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
