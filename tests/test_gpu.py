@@ -3,6 +3,8 @@ bench/results/<run>/gpu_check_1.7b.json; these are the same checks at tiny size.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -330,3 +332,41 @@ def test_reference_codes_graph_replay_equals_qwen_tts_encode(n):
         eager.close()
     assert torch.equal(first, padded) and torch.equal(again, padded)
     assert first.shape == expected.shape
+
+
+def test_prompt_ops_prefill_like_the_reference_ops_in_few_cuda_kernels():
+    """On CUDA in bf16 the prompt ops' prefill agrees with the reference ops', and launches
+    a fused attention and a third of the kernels (what makes a prefill graph fast)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastqwen.engine.step import PROMPT_FUNCTIONS, REFERENCE_FUNCTIONS
+    from fastqwen.prompts.builder import build_talker_prompt
+    from tests.test_prompt_ops import _prefill
+
+    tts = load_model("random:tiny-custom_voice", device="cuda", dtype="bfloat16").tts
+    prompts = [build_talker_prompt(tts, REQUEST).inputs_embeds]
+    ref_hidden, ref_kv = _prefill(tts.model, prompts, REFERENCE_FUNCTIONS)
+    hidden, kv = _prefill(tts.model, prompts, PROMPT_FUNCTIONS)
+    cos = torch.nn.functional.cosine_similarity(hidden[:1].flatten(1), ref_hidden[:1].flatten(1))
+    assert float(cos) > 0.999
+    assert (kv - ref_kv).abs().amax() <= 3e-2 * ref_kv.abs().amax()
+
+    def kernels(fns) -> list[str]:
+        profiles = []
+
+        @contextlib.contextmanager
+        def profiled():
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                yield
+                torch.cuda.synchronize()
+            profiles.append(prof)
+
+        _prefill(tts.model, prompts, fns, around=profiled)
+        return [e.name for e in profiles[0].events() if e.device_type.name == "CUDA"]
+
+    reference, prompt = kernels(REFERENCE_FUNCTIONS), kernels(PROMPT_FUNCTIONS)
+    assert any("flash" in k.lower() or "fmha" in k.lower() for k in prompt), sorted(set(prompt))
+    assert len(prompt) * 2 <= len(reference), (len(prompt), len(reference))

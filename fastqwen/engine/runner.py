@@ -54,6 +54,7 @@ from fastqwen.engine.step import (
     frame_step,
     pad_prompts,
     prefill,
+    prompt_functions,
     recompile_limit,
     talker_logits,
 )
@@ -214,6 +215,7 @@ class FrameRunner:
             if self.execution.compiled
             else functions
         )
+        self.prompt_functions = prompt_functions(self.ops, model.dtype)
         batch = config.max_batch_size
         self.uncaptured_prefills = 0  # prefills run without a graph beside running requests
         self.state = FrameState(model, config.max_seq_len, batch)
@@ -247,7 +249,12 @@ class FrameRunner:
         self.prefill_graphs: dict[
             tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]
         ] = {}
-        log.info("frames run %s with the %s ops", self.execution.name, self.ops.name)
+        log.info(
+            "frames run %s with the %s ops, prompts with the %s ops",
+            self.execution.name,
+            self.ops.name,
+            self.prompt_functions.ops.name,
+        )
 
     @property
     def sync_every(self) -> int:
@@ -331,7 +338,9 @@ class FrameRunner:
             return
         embeds = [p.inputs_embeds for p in prompts]
         if not self.execution.graphed:
-            eager_prefill(self.model, self.state, embeds, slots, self.scratch)
+            eager_prefill(
+                self.model, self.state, embeds, slots, self.scratch, self.prompt_functions
+            )
             return
         # A graph per prompt count would mean max_prefill_batch captures per length: the
         # group is padded to a power of two by repeating its last prompt into its slot
@@ -344,7 +353,7 @@ class FrameRunner:
         if key not in self.prefill_graphs and not (capture or self.config.batch_invariant):
             self.uncaptured_prefills += 1
             rows = to_device(slots, torch.long, self.device)
-            prefill(self.model, self.state, padded, last, rows, self.scratch)
+            prefill(self.model, self.state, padded, last, rows, self.scratch, self.prompt_functions)
             return
         if key not in self.prefill_graphs:
             # Capture with this call's inputs: the warm-up runs then write only the
@@ -352,7 +361,15 @@ class FrameRunner:
             buf, last_buf = padded.clone(), last.clone()
             slots_buf = torch.tensor(slots, device=self.device)
             graph = capture_graph(
-                lambda: prefill(self.model, self.state, buf, last_buf, slots_buf, self.scratch)
+                lambda: prefill(
+                    self.model,
+                    self.state,
+                    buf,
+                    last_buf,
+                    slots_buf,
+                    self.scratch,
+                    self.prompt_functions,
+                )
             )
             self.prefill_graphs[key] = (graph, buf, last_buf, slots_buf)
         graph, buf, last_buf, slots_buf = self.prefill_graphs[key]

@@ -19,7 +19,7 @@ fused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -36,7 +36,7 @@ from fastqwen.engine.layers import (
     rms_norm,
 )
 from fastqwen.engine.model import DecoderWeights, StaticModel
-from fastqwen.engine.ops import REFERENCE, Ops
+from fastqwen.engine.ops import PROMPT, REFERENCE, Ops, prompt_rms_norm
 from fastqwen.engine.sampling import (
     RowStreams,
     SamplingMode,
@@ -192,6 +192,16 @@ def _compiled(fn: Callable, exact_division: bool = False, autotune: bool = True)
 
 
 REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
+PROMPT_FUNCTIONS = replace(FrameFunctions.of(PROMPT), final_norm=prompt_rms_norm)
+
+
+def prompt_functions(frame_ops: Ops, dtype: torch.dtype) -> FrameFunctions:
+    """The functions a prefill runs: the reference ones where the frames run the reference
+    ops, or in float32 (where the engine keeps the reference's rounding), else `ops.PROMPT`'s
+    (the frames' own fused ops are made for one or two tokens, not for a whole prompt)."""
+    if frame_ops is REFERENCE or dtype == torch.float32:
+        return REFERENCE_FUNCTIONS
+    return PROMPT_FUNCTIONS
 
 
 TRAILING_TEXT_MAX = 512  # trailing text tokens a slot holds (streaming-mode prompts)
@@ -331,28 +341,31 @@ def prefill(
     last: torch.Tensor,
     slots: torch.Tensor,
     scratch: StaticModel,
+    fns: FrameFunctions = REFERENCE_FUNCTIONS,
 ) -> None:
     """Run J (padded) prompts through the talker together, into slots `slots`.
 
     The prompts run on the first J rows of a `scratch` cache (their positions start at 0,
     whatever the slots' rows hold), and their keys and values are then copied into the
     slots' rows of `m`'s cache, so joining requests never touch the running ones' rows.
-    The prompt runs the reference ops eagerly on every path (once per utterance; the CUDA
-    path replays it as a graph per bucket). Padding rows sit after the prompt, so causal
-    attention keeps them out of every real row; the cache entries they write lie past the
-    prompt and each is overwritten by a frame before any query can see it.
+    The prompt runs `fns` eagerly (`prompt_functions`: the reference ops, or the prompt
+    ops in bfloat16; once per utterance; the CUDA path replays it as a graph per bucket).
+    Padding rows sit after the prompt, so causal attention keeps them out of every real row;
+    the cache entries they write lie past the prompt and each is overwritten by a frame
+    before any query can see it.
 
     Args:
         inputs_embeds: (J, P_padded, H) prompt embeddings, zero rows after each prompt.
         last: (J,) int64 index of each prompt's last token.
         slots: (J,) int64 slots the prompts go to.
         scratch: the model on a cache of at least J rows and P_padded positions.
+        fns: the functions the prompt runs (`prompt_functions`).
     """
     J, P = inputs_embeds.shape[0], inputs_embeds.shape[1]
     pos = torch.arange(P, device=m.device)
     cache = scratch.talker_cache.rows(J).window(P)
     at = Positions.at(pos, m.talker_rope, cache, m.talker.dims.rep)
-    out = run_decoder(REFERENCE_FUNCTIONS, m.talker, inputs_embeds, at, cache)
+    out = run_decoder(fns, m.talker, inputs_embeds, at, cache)
     hidden = out.gather(1, last.view(J, 1, 1).expand(J, 1, out.shape[2]))  # (J, 1, H)
     state.hidden.index_copy_(0, slots, hidden)
     m.talker_cache.kv[..., :P, :].index_copy_(2, slots, cache.kv)
@@ -379,9 +392,10 @@ def eager_prefill(
     prompts: list[torch.Tensor],
     slots: list[int],
     scratch: StaticModel,
+    fns: FrameFunctions = REFERENCE_FUNCTIONS,
 ) -> None:
     padded, last = pad_prompts(m, prompts)
-    prefill(m, state, padded, last, to_device(slots, torch.long, m.device), scratch)
+    prefill(m, state, padded, last, to_device(slots, torch.long, m.device), scratch, fns)
 
 
 def predict_codebooks(

@@ -184,7 +184,14 @@ def _slot_logits(runner, prompt: TalkerPrompt, codes: torch.Tensor):
     runner.state.reset(
         0, prompt.prompt_len, prompt.trailing_text.to(m.dtype), prompt.tts_pad_embed.to(m.dtype)
     )
-    eager_prefill(runner.model, runner.state, [prompt.inputs_embeds], [0], runner.scratch)
+    eager_prefill(
+        runner.model,
+        runner.state,
+        [prompt.inputs_embeds],
+        [0],
+        runner.scratch,
+        runner.prompt_functions,
+    )
     cb0_rows, sub_rows = [], []
     for i in range(codes.shape[0]):
         cb0_rows.append(talker_logits(m, state.hidden)[0])
