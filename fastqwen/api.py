@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from fastqwen.codec.batch import CodecWorker, warm_stream_graphs
+from fastqwen.codec.batch import CodecWorker, warm_batch_graphs, warm_stream_graphs
 from fastqwen.codec.decoder import codec_decoder, receptive_field, utterance_audio
 from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.engine.model import StaticModel, kv_bytes_per_slot
@@ -277,8 +277,9 @@ class FastQwen3TTS:
         once, so the frame graph of that bucket (default sampling, shortest cache window)
         and the prefill graphs of the joining groups it makes (1, 2, 4, ... prompts) exist
         before any traffic; a server reports healthy after this. Then, on CUDA, the codec
-        graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`), so that no
-        first chunk waits for a capture. Longer utterances (a longer cache window) and other
+        graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`) and of batches
+        of streams' chunks up to `max_batch_size` (`codec.batch.warm_batch_graphs`), so that
+        no chunk waits for a capture. Longer utterances (a longer cache window) and other
         sampling modes still capture on first use. A Base model also captures the reference
         encoder's graphs for references up to `reference_seconds` long (0: none), so a new
         voice's first request pays no capture. Returns the seconds each bucket took.
@@ -294,6 +295,10 @@ class FastQwen3TTS:
             log.info("warm-up: batch %d in %.1f s", size, took[size])
         t0 = time.perf_counter()
         held = warm_stream_graphs(self.codec.decoder, decode=self.codec.decode)
+        if self.config.max_batch_size > 1:
+            held = warm_batch_graphs(
+                self.codec.decoder, self.config.max_batch_size, decode=self.codec.decode
+            )
         if held:
             log.info("warm-up: %d codec graphs in %.1f s", held, time.perf_counter() - t0)
         if self.reference_codes is not None and reference_seconds > 0:

@@ -171,3 +171,54 @@ def test_graphs_off_decodes_everything_eagerly(monkeypatch):
     monkeypatch.setattr(graphs, "GRAPH_MAX_WINDOW", 0)
     groups, eager = graphs.plan_groups([2, 50], [2, 22], max_frames=4096)
     assert groups == [] and eager == [0, 1]
+
+
+def test_the_warmed_graph_shapes_cover_what_batches_of_streams_replay(codec):
+    """Streams of many lengths (some primed with an ICL reference's codes) push a frame at a
+    time; each round's chunks are one batch, grouped as the graphed decode groups them.
+    Every group shape of a first chunk or of a later chunk's conv bucket is among the
+    shapes the warm-up captures, so serving never stops for those; a warm span gives the
+    shape it is made for."""
+    from fastqwen.codec import graphs
+    from fastqwen.codec.batch import warm_span
+
+    conv_context = receptive_field(codec).conv_frames
+    warmed = set(graphs.streamed_shapes(64, 2, 12, conv_context))
+    assert len(warmed) <= graphs.MAX_GRAPHS
+    for rows, window, conv in warmed:
+        groups, eager = graphs.plan_groups(
+            [window] * rows, [warm_span(window, conv, conv_context).conv_frames] * rows, 4096
+        )
+        assert not eager and [(g.rows, g.window, g.conv) for g in groups] == [(rows, window, conv)]
+
+    rng = np.random.default_rng(3)
+    emitted: list[Span] = []
+
+    def record(spans):
+        emitted.extend(spans)
+        return [np.zeros(s.frames * SAMPLES_PER_FRAME, np.float32) for s in spans]
+
+    streams = []
+    for i in range(48):
+        s = StreamingDecoder(codec, decode=record)
+        if i % 4 == 0:  # ICL: the reference's codes first
+            s.prime(torch.zeros((int(rng.integers(40, 200)), 16), dtype=torch.long))
+        streams.append((s, int(rng.integers(3, 420)), int(rng.integers(0, 60))))
+    shapes, spans_seen = [], 0
+    for step in range(520):
+        emitted.clear()
+        for s, length, start in streams:
+            if start <= step < start + length:
+                s.push(torch.zeros((1, 16), dtype=torch.long))
+                if step == start + length - 1:
+                    s.flush()
+        spans_seen += len(emitted)
+        groups, _ = graphs.plan_groups(
+            [sp.codes.shape[0] for sp in emitted], [sp.conv_frames for sp in emitted], 4096
+        )
+        shapes += [(g.rows, g.window, g.conv) for g in groups]
+    warmed_convs = {c for _, _, c in warmed}
+    common = [k for k in shapes if k[2] in warmed_convs]
+    assert spans_seen > 800 and len(common) > 0.9 * len(shapes), (len(common), len(shapes))
+    missing = sorted(set(common) - warmed)
+    assert not missing, missing

@@ -370,3 +370,21 @@ def test_prompt_ops_prefill_like_the_reference_ops_in_few_cuda_kernels():
     reference, prompt = kernels(REFERENCE_FUNCTIONS), kernels(PROMPT_FUNCTIONS)
     assert any("flash" in k.lower() or "fmha" in k.lower() for k in prompt), sorted(set(prompt))
     assert len(prompt) * 2 <= len(reference), (len(prompt), len(reference))
+
+
+def test_batch_graph_warm_up_captures_what_a_batch_of_streams_replays(cuda_tts):
+    """After `warm_batch_graphs`, batches of streamed chunks replay without a capture."""
+    from fastqwen.codec import graphs
+    from fastqwen.codec.batch import decode_spans, warm_batch_graphs, warm_span
+    from fastqwen.codec.decoder import codec_decoder, receptive_field
+
+    decoder = codec_decoder(cuda_tts.model.speech_tokenizer)
+    graphs.drop_graphs(decoder)
+    held = warm_batch_graphs(decoder, 4)
+    conv_context = receptive_field(decoder).conv_frames
+    assert held >= len(graphs.streamed_shapes(4, 2, 12, conv_context))
+    before = graphs.graph_counts(decoder)["captures"]
+    spans = [warm_span(w, 22, conv_context) for w in (40, 90, 120)]  # 3 later chunks
+    spans += [warm_span(16, 2, conv_context)] * 2  # 2 first chunks
+    decode_spans(decoder, spans)
+    assert graphs.graph_counts(decoder)["captures"] == before

@@ -40,7 +40,8 @@ from fastqwen.constants import NUM_CODEBOOKS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_FRAMES = 4096  # conv frames (context + new) of one batched decode: bounds its memory
+MAX_BATCH_FRAMES = codec_graphs.MAX_ROWS_FRAMES  # conv frames (context + new) of one batched
+# decode: bounds its memory
 # A batch of at most this many conv frames (a stream's two-frame first chunk, a few of them
 # together) runs on a high-priority side stream beside the frames when the codec shares the
 # loop's stream: its latency is the listener's time to first audio, and its kernels are too
@@ -225,6 +226,42 @@ def warm_stream_graphs(
     for span in spans:
         run([span])
     return codec_graphs.graph_counts(decoder)["held"]
+
+
+def warm_batch_graphs(
+    decoder,
+    max_rows: int,
+    first_chunk_frames: int = 2,
+    chunk_frames: int = 12,
+    decode=None,
+) -> int:
+    """Capture, before any traffic, the graphs batches of up to `max_rows` streams replay
+    (`codec.graphs.streamed_shapes`). Left to first use, each new shape's capture (tens of
+    milliseconds to a few hundred) stalls the codec, so every stream's next chunk, exactly
+    when load rises: on an H200 the first seconds at 5 requests/s had 0.6-0.8 s first
+    chunks. `decode` as in `warm_stream_graphs`. Returns the graphs held afterwards (0 off
+    CUDA)."""
+    device = next(decoder.parameters()).device
+    if device.type != "cuda" or codec_graphs.GRAPH_MAX_WINDOW == 0:
+        return 0
+    from fastqwen.codec.decoder import receptive_field  # it imports this module
+
+    conv_context = receptive_field(decoder).conv_frames
+    run = decode if decode is not None else partial(decode_spans, decoder)
+    shapes = codec_graphs.streamed_shapes(max_rows, first_chunk_frames, chunk_frames, conv_context)
+    with codec_graphs.warming():
+        for rows, window, conv in shapes:
+            run([warm_span(window, conv, conv_context)] * rows)
+    return codec_graphs.graph_counts(decoder)["held"]
+
+
+def warm_span(window: int, conv: int, conv_context: int) -> Span:
+    """A span of zeros whose graph shape is (window, conv): `window` codes, the last few new,
+    with as much conv context as fits, and `conv` conv frames in all."""
+    context = min(conv_context, conv - 1, window - 1)
+    new = conv - context
+    codes = torch.zeros((window, NUM_CODEBOOKS), dtype=torch.long)
+    return Span(codes, window - new, context)
 
 
 @dataclass(eq=False)

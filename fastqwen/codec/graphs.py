@@ -24,9 +24,12 @@ graph-versus-eager checks use).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +40,55 @@ ROW_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 WINDOW_BUCKETS = (16, 32, 64, 128, 192, 256, 336)  # a reference window is at most 325 frames
 CONV_BUCKETS = (2, 4, 8, 16, 24, 32, 48, 64, 96, 112)  # result() chunks: 96 + 10 of context
 GRAPH_MAX_WINDOW = WINDOW_BUCKETS[-1]  # wider windows decode eagerly; 0: no graphs at all
-MAX_GRAPHS = 128  # per decoder; each holds its static buffers and its graph's nodes
+# Per decoder; each holds its static buffers and its graph's nodes. Above what a batch of
+# streams replays (`streamed_shapes`: 140 at 64 rows), so a serving engine never evicts a
+# shape it will need again: each recapture stalls every stream for tens of milliseconds.
+MAX_GRAPHS = 384
 
 # decoder -> _DecoderGraphs
 _graphs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+MAX_ROWS_FRAMES = 4096  # conv frames (rows * conv) of one batched decode: bounds its memory
+_warming = threading.Event()  # set while a warm-up captures: its captures log at debug level
+
+
+@contextmanager
+def warming():
+    """Captures inside are expected (a warm-up's): logged at debug level, not info."""
+    _warming.set()
+    try:
+        yield
+    finally:
+        _warming.clear()
+
+
+def streamed_shapes(
+    max_rows: int, first_chunk_frames: int, chunk_frames: int, conv_context: int
+) -> list[tuple[int, int, int]]:
+    """The (rows, window, conv) graph shapes batches of streamed chunks replay, rows up to
+    `max_rows` (at most the top row rung): first chunks without history (conv bucket of
+    `first_chunk_frames`, the smallest window), and every window with the conv bucket of a
+    later chunk (up to `chunk_frames` new frames plus `conv_context`) and the rung below
+    it (a second chunk, a short flush). Rarer shapes (the flush of an utterance a few
+    frames long) are captured on first use."""
+    rows = [r for r in ROW_BUCKETS if r <= max(1, max_rows)]
+    first = bucket(first_chunk_frames, CONV_BUCKETS)
+    later = bucket(chunk_frames + conv_context, CONV_BUCKETS)
+    convs = sorted({c for c in (later, _rung_below(later, CONV_BUCKETS)) if c is not None})
+    shapes = []
+    for r in rows:
+        if first is not None:
+            shapes.append((r, WINDOW_BUCKETS[0], first))
+        for conv in convs:
+            shapes.extend((r, w, conv) for w in WINDOW_BUCKETS if w >= conv)
+    return [s for s in shapes if s[1] <= GRAPH_MAX_WINDOW and s[0] * s[2] <= MAX_ROWS_FRAMES]
+
+
+def _rung_below(value: int | None, ladder: tuple[int, ...]) -> int | None:
+    if value is None or value not in ladder or ladder.index(value) == 0:
+        return None
+    return ladder[ladder.index(value) - 1]
 
 
 def bucket(value: int, ladder: tuple[int, ...]) -> int | None:
@@ -172,8 +220,16 @@ def batch_graph(
         return state.graphs[key]
     device = next(decoder.parameters()).device
     try:
+        t0 = time.perf_counter()
         graph = BatchGraph(decode, *key, device, state.pool, books)
         state.captures += 1
+        log.log(
+            logging.DEBUG if _warming.is_set() else logging.INFO,
+            "codec graph captured: %d rows, window %d, conv %d, in %.0f ms (%d held)",
+            *key,
+            1000 * (time.perf_counter() - t0),
+            len(state.graphs) + 1,
+        )
     except Exception as exc:  # noqa: BLE001 - capture is an optimisation only
         log.warning("codec decode of shape %s runs eagerly: capture failed (%r)", key, exc)
         graph = None
