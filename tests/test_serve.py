@@ -329,3 +329,22 @@ def test_say_writes_a_wav(tmp_path, monkeypatch, tiny_model):
     audio, sr = sf.read(out)
     assert sr == 24000 and audio.ndim == 1
     assert len(audio) >= int(say.PAUSE_S * sr) + 2 * 1920
+
+
+def test_a_request_without_max_new_tokens_is_capped_from_its_text():
+    """Omitted, max_new_tokens follows the text's length (never above the default); given,
+    it is kept; a min_new_tokens above the cap raises the cap to it."""
+    from fastqwen.config import SamplingParams
+    from fastqwen.tools.defaults import token_cap
+    from fastqwen.tools.serve.schema import SpeechRequest, check_request
+
+    def params(**fields):
+        body = SpeechRequest(input="Say these five words now.", voice="aiden", **fields)
+        return check_request(body, "custom_voice", ("tiny",)).params
+
+    assert params().max_new_tokens == token_cap("Say these five words now.", 2048) == 85
+    assert params(max_new_tokens=600).max_new_tokens == 600
+    assert params(min_new_tokens=300).max_new_tokens == 300
+    long = SpeechRequest(input="word " * 400, voice="aiden")
+    capped = check_request(long, "custom_voice", ("tiny",)).params.max_new_tokens
+    assert capped == SamplingParams().max_new_tokens

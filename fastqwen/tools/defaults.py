@@ -8,6 +8,8 @@ checks use these unless told otherwise; every other generation setting is the
 
 from __future__ import annotations
 
+import re
+
 from fastqwen.config import SamplingParams
 
 SEED_PROMPTS = (
@@ -36,3 +38,17 @@ __all__ = [
     "SEED_PROMPTS",
     "demo_sampling",
 ]
+
+
+FRAMES_PER_WORD = 12  # about 1 s of audio per word: generous for any speaking rate
+FRAMES_MARGIN = 25  # plus 2 s, for pauses and very short sentences
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+def token_cap(text: str, limit: int) -> int:
+    """max_new_tokens for a text nobody gave one for: ~FRAMES_PER_WORD per word (a CJK
+    character counts as a word) plus a margin, never above `limit`. Random weights, or a
+    real model that misses its EOS, then stop after seconds, not minutes; and a short text
+    runs on a short cache window, which a batch's every frame reads."""
+    words = len(_CJK.sub(" ", text).split()) + len(_CJK.findall(text))
+    return max(2, min(limit, FRAMES_PER_WORD * words + FRAMES_MARGIN))

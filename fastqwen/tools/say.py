@@ -23,29 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from fastqwen.config import SamplingParams
+from fastqwen.tools.defaults import token_cap
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "auto:Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 DEFAULT_VOICE = "aiden"
-FRAMES_PER_WORD = 12  # about 1 s of audio per word: generous for any speaking rate
-FRAMES_MARGIN = 25  # plus 2 s, for pauses and very short sentences
 PAUSE_S = 0.2  # silence between sentences
 # A sentence ends at . ! ? or … (followed by space), or at CJK full stops (no space needed).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def split_sentences(text: str) -> list[str]:
     """The text's sentences, whitespace-trimmed, empty ones dropped."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-
-
-def token_cap(sentence: str, limit: int) -> int:
-    """max_new_tokens for one sentence: ~FRAMES_PER_WORD per word (a CJK character
-    counts as a word) plus a margin, never above `limit`."""
-    words = len(_CJK.sub(" ", sentence).split()) + len(_CJK.findall(sentence))
-    return max(2, min(limit, FRAMES_PER_WORD * words + FRAMES_MARGIN))
 
 
 def read_text(args: argparse.Namespace) -> str:

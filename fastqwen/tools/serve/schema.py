@@ -13,12 +13,13 @@ never silently dropped; unknown field names are rejected by pydantic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from pydantic import BaseModel, ConfigDict, create_model
 
 from fastqwen.config import SamplingParams
 from fastqwen.prompts.builder import VoiceRequest
+from fastqwen.tools.defaults import token_cap
 from fastqwen.tools.serve.audio import FORMATS, STREAM_FORMATS
 from fastqwen.tools.serve.voices import DEFAULT_VOICE, MODES, TASK_TYPES
 
@@ -115,11 +116,15 @@ def check_request(body, model_kind: str, served_names: tuple[str, ...]) -> Plan:
             f"use task_type {served_task!r} or omit it",
         )
     mode = MODES[model_kind]
+    params = _sampling(body)
+    if body.max_new_tokens is None:  # capped from the text (`defaults.token_cap`)
+        cap = max(token_cap(body.input, params.max_new_tokens), params.min_new_tokens)
+        params = replace(params, max_new_tokens=cap)
     plan = Plan(
         mode=mode,
         response_format=fmt,
         stream=body.stream,
-        params=_sampling(body),
+        params=params,
         language=(body.language or "auto").lower(),
         non_streaming_mode=body.non_streaming_mode,
     )
