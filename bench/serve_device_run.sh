@@ -34,9 +34,14 @@
 # serve_device_run.log and nothing else. Unpacked into bench/results/<date>_<gpu>_<commit>_serving/
 # they are a serving run for notebooks/serving.ipynb.
 #
+# Compiled kernels: a fresh machine compiles every batch bucket (~5 minutes at 64). With
+# SERVE_COMPILE_CACHE=FILE.tgz (carried), that archive of an earlier run's
+# $FASTQWEN_CACHE/compile is unpacked first, so the server starts warm on the same GPU kind;
+# SERVE_SAVE_COMPILE_CACHE=1 writes this run's as OUT/compile_cache.tgz.
+#
 # Each phase has a time limit inside SERVE_BUDGET_S (default 520 s of work; with ~30 s of
 # on-device.sh before it the call ends inside the 600 s device limit): the checkpoint 150 s,
-# the wait for /health SERVE_HEALTH_TIMEOUT_S (default 300 s), then each rate its window
+# the wait for /health SERVE_HEALTH_TIMEOUT_S (default: the budget less 100 s), then each rate its window
 # plus SERVE_TIMEOUT_S to drain; a rate with under 20 s left is skipped (the summary says so).
 set -uo pipefail
 
@@ -51,7 +56,9 @@ WARMUP_S=${SERVE_WARMUP_S:-3}
 DURATION_S=${SERVE_DURATION_S:-20}
 TIMEOUT_S=${SERVE_TIMEOUT_S:-10}
 MAX_REQUESTS=${SERVE_MAX_REQUESTS:-2500}
-HEALTH_TIMEOUT_S=${SERVE_HEALTH_TIMEOUT_S:-300}
+# The warm-up compiles each batch bucket's frame graph (30-54 s each on a fresh H200, seven
+# buckets at 64): leave it all of the budget but two rates' worth.
+HEALTH_TIMEOUT_S=${SERVE_HEALTH_TIMEOUT_S:-$((BUDGET_S - 100))}
 export FASTQWEN_CACHE=${FASTQWEN_CACHE:-/tmp/fq-cache}
 export PYTHONUNBUFFERED=1 SERVE_DEVICE=$DEVICE
 URL="http://127.0.0.1:$PORT"
@@ -145,6 +152,10 @@ if sys.argv[1].startswith('random:'):
   fi
   echo "### prompts: ${prompts[*]:-the shipped set}"
 
+  if [[ -n ${SERVE_COMPILE_CACHE:-} ]]; then
+    mkdir -p "$FASTQWEN_CACHE" && tar xzf "$SERVE_COMPILE_CACHE" -C "$FASTQWEN_CACHE" &&
+      echo "### compile cache: unpacked $SERVE_COMPILE_CACHE ($(du -sh "$FASTQWEN_CACHE/compile" | cut -f1))"
+  fi
   echo "### server: start at ${SECONDS} s"
   START_NS=$(date +%s%N)
   "${PY[@]}" -m fastqwen serve --model "$MODEL" --device "$DEVICE" --max-batch-size "$MAX_BATCH" \
@@ -194,6 +205,10 @@ if sys.argv[1].startswith('random:'):
 exec > >(tee "$OUT/serve_device_run.log") 2>&1
 main
 stop_server
+if [[ ${SERVE_SAVE_COMPILE_CACHE:-0} == 1 && -d $FASTQWEN_CACHE/compile ]]; then
+  tar czf "$OUT/compile_cache.tgz" -C "$FASTQWEN_CACHE" compile &&
+    echo "### compile cache: $(du -h "$OUT/compile_cache.tgz" | cut -f1) in OUT/compile_cache.tgz"
+fi
 if [[ ${SERVE_PACK:-1} == 1 ]]; then
   (cd "$OUT" && tar czf serving_records.tgz loadtest-*.json serve-health.json serve.log 2>/dev/null &&
     rm -f loadtest-*.json serve-health.json serve.log)
