@@ -123,6 +123,12 @@ class EngineConfig:
         first compile of each shape, and was 17 of a 57 s cold start on an H200 (1.7B, 8 of
         35 s with Inductor's on-disk cache warm). False skips it: the kernels keep
         Inductor's heuristic settings.
+    dynamic_windows: when compiling, compile the frame functions once for every talker
+        cache window, its length a symbol (`torch._dynamo.mark_dynamic`), instead of once
+        per window: a batch whose longest request needs a longer window (256, 512, 1024,
+        ... positions) then costs a graph capture, not a compile, which on an H200 took
+        30-54 s per shape and stalls every request meanwhile. Checked on the CPU; off
+        until measured on a GPU.
     """
 
     max_seq_len: int = 2048 + 512
@@ -137,6 +143,7 @@ class EngineConfig:
     codec_stream: str = "shared"
     autotune: bool = True
     admit_in_block: bool = True
+    dynamic_windows: bool = False
 
     def __post_init__(self) -> None:
         if self.codec_stream not in CODEC_STREAMS:

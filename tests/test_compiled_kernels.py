@@ -82,3 +82,35 @@ def test_top_k_by_counting_equals_top_k_by_sort():
         assert torch.equal(counted(scores, torch.tensor(k)), eager), k
         masks.add(tuple(eager[0].tolist()))
     assert len(masks) >= 5  # the test really moves the threshold through the ties
+
+
+@pytest.mark.slow
+def test_dynamic_windows_compile_once_for_every_shorter_window(tiny_model, compiled):
+    """`dynamic_windows`: a request that needs a longer talker cache window (512 positions
+    after 256) compiles nothing new, and its codes are the reference's; without it (the
+    default), the new window recompiles, so the check can fail. (Dynamo keeps compiled
+    graphs per function, whichever engine compiled them: each part starts from a reset.)"""
+    greedy = dict(do_sample=False, subtalker_dosample=False)
+
+    def new_graphs(eng, tokens: int):
+        before = counters["stats"]["unique_graphs"]
+        result = eng.generate(REQUEST, SamplingParams(max_new_tokens=tokens, **greedy), seed=3)
+        return result, counters["stats"]["unique_graphs"] - before
+
+    torch._dynamo.reset()
+    new_graphs(compiled, 20)
+    _, static_longer = new_graphs(compiled, 300)  # the default: one compile per window
+    assert static_longer > 0
+    torch._dynamo.reset()
+    tts = tiny_model("custom_voice").tts
+    config = EngineConfig(compile=True, max_seq_len=1024, dynamic_windows=True)
+    engine = FastQwen3TTS(tts, config)
+    try:
+        _, first = new_graphs(engine, 20)  # window 256: compiles
+        long, longer = new_graphs(engine, 300)  # window 512
+        assert first > 0 and longer == 0, (first, longer)
+        assert engine.runner.views.keys() >= {(1, 256), (1, 512)}
+        expected = run_reference(tts, REQUEST, SamplingParams(max_new_tokens=300, **greedy), 3)
+        assert torch.equal(long.codes, expected.codes)
+    finally:
+        torch._dynamo.reset()

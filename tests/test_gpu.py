@@ -388,3 +388,24 @@ def test_batch_graph_warm_up_captures_what_a_batch_of_streams_replays(cuda_tts):
     spans += [warm_span(16, 2, conv_context)] * 2  # 2 first chunks
     decode_spans(decoder, spans)
     assert graphs.graph_counts(decoder)["captures"] == before
+
+
+def test_dynamic_windows_replay_a_longer_window_without_a_compile(cuda_tts):
+    """`EngineConfig.dynamic_windows` on CUDA (graphed, compiled, Triton ops): a request
+    needing the 512-position window after one on 256 compiles nothing, and fp32 greedy
+    codes stay the reference's."""
+    from torch._dynamo.utils import counters
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch._dynamo.reset()
+    engine = FastQwen3TTS(cuda_tts, EngineConfig(max_seq_len=1024, dynamic_windows=True))
+    params = SamplingParams(max_new_tokens=20, do_sample=False, subtalker_dosample=False)
+    engine.generate(REQUEST, params, seed=1)
+    before = counters["stats"]["unique_graphs"]
+    longer = SamplingParams(max_new_tokens=300, do_sample=False, subtalker_dosample=False)
+    static = engine.generate(REQUEST, longer, seed=1)
+    assert counters["stats"]["unique_graphs"] == before
+    assert (1, 512) in engine.runner.views
+    parity = compare_codes(static, run_reference(cuda_tts, REQUEST, longer, seed=1))
+    assert parity.identical, parity.describe()
+    torch._dynamo.reset()

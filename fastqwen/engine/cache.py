@@ -37,11 +37,28 @@ class StaticKVCache:
         shape = (num_layers, 2, batch, num_kv_heads, max_len, head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.arange(max_len, device=device)  # (S,)
+        self.symbolic_length = False
 
     def _view(self, kv: torch.Tensor, positions: torch.Tensor) -> StaticKVCache:
         view = object.__new__(StaticKVCache)
         view.kv, view.positions = kv, positions
+        view.symbolic_length = self.symbolic_length
         return view
+
+    def symbolic(self) -> StaticKVCache:
+        """This cache (a view), whose length compiled functions take as a symbol: the layer
+        buffers and masks it hands out are marked dynamic in their length dimension, so one
+        compile serves every window (`EngineConfig.dynamic_windows`)."""
+        view = self._view(self.kv, self.positions)
+        view.symbolic_length = True
+        return view
+
+    def mark_length(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """`t`, its dimension `dim` (this cache's length) marked dynamic if the cache is
+        `symbolic`."""
+        if self.symbolic_length:
+            torch._dynamo.mark_dynamic(t, dim)
+        return t
 
     def window(self, length: int) -> StaticKVCache:
         """The first `length` positions as a cache of their own (views, no copy).
@@ -74,7 +91,7 @@ class StaticKVCache:
 
     def layer(self, i: int) -> torch.Tensor:
         """Layer i's (2, B, H_kv, S, D) buffer: keys at [0], values at [1]."""
-        return self.kv[i]
+        return self.mark_length(self.kv[i], 3)
 
     def causal_mask(self, pos: torch.Tensor) -> torch.Tensor:
         """(P, 1, T, S) boolean mask from (P, T) positions: the query at pos[p, t] sees keys

@@ -70,7 +70,7 @@ class Positions(NamedTuple):
         """Positions (P, T), or (T,) shared by every row."""
         pos = pos if pos.dim() == 2 else pos.view(1, -1)
         cos, sin = rope.at(pos)
-        return cls(pos, cos, sin, cache.causal_mask(pos).repeat(1, 1, rep, 1))
+        return cls(pos, cos, sin, cache.mark_length(cache.causal_mask(pos).repeat(1, 1, rep, 1), 3))
 
 
 def project(

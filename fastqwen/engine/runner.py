@@ -279,7 +279,10 @@ class FrameRunner:
         utterances run faster on a short one."""
         key = (bucket, window_length(needed, self.config.max_seq_len))
         if key not in self.views:
-            self.views[key] = self.model.window(key[1]).rows(bucket)
+            view = self.model.window(key[1]).rows(bucket)
+            if self.config.dynamic_windows and self.execution.compiled:
+                view = view.with_talker_cache(view.talker_cache.symbolic())
+            self.views[key] = view
         return self.views[key]
 
     # ---- admitting requests -----------------------------------------------------------
