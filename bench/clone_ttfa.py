@@ -38,6 +38,7 @@ import torch
 
 from fastqwen import EngineConfig, FastQwen3TTS
 from fastqwen.codec.decoder import StreamingDecoder
+from fastqwen.config import parse_engine_options
 from fastqwen.device import synchronize
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
 from fastqwen.prompts.reference_audio import load_reference_audio
@@ -52,7 +53,7 @@ from fastqwen.tools.bench.clone import (
     Reference,
     clone_ttfa_ms,
 )
-from fastqwen.tools.bench.run import BenchConfig, _parse_options, environment
+from fastqwen.tools.bench.run import BenchConfig, environment
 from fastqwen.tools.defaults import demo_sampling
 
 SCHEMA = "fastqwen-clone-ttfa/1"
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference
         else Reference.synthetic(args.reference_seconds)
     )
-    config = EngineConfig(**_parse_options(args.engine_option))
+    config = EngineConfig(**parse_engine_options(args.engine_option))
     t0 = time.perf_counter()
     fast = FastQwen3TTS.from_pretrained(args.model, device=args.device, dtype=dtype, config=config)
     load_s = time.perf_counter() - t0

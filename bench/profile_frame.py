@@ -1,11 +1,12 @@
 """Where a frame's time goes: kernels per frame and GPU time by kernel, on the device.
 
-Runs the static engine (compiled frame kernels) eagerly under torch.profiler for a few
-frames (kernel times equal those inside the CUDA graph; launch gaps do not), then times
-graph replays with CUDA events. Prints and writes JSON.
+Runs the static engine's frame (compiled frame functions, or with --no-compile the
+uncompiled kernel op set `ops.KERNELS`) eagerly under torch.profiler for a few frames
+(kernel times equal those inside the CUDA graph; launch gaps do not), then times graph
+replays with CUDA events. Prints and writes JSON.
 
 usage: python bench/profile_frame.py OUT.json [--size 1.7b] [--frames 6]
-       [--batches 1,8,64] [--modes greedy,sampled] [--invariant]
+       [--batches 1,8,64] [--modes greedy,sampled] [--invariant] [--no-compile]
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1", help="comma-separated batch sizes (one engine)")
     ap.add_argument("--modes", default="sampled", help=f"comma-separated: {','.join(MODES)}")
     ap.add_argument("--invariant", action="store_true", help="EngineConfig(batch_invariant=True)")
+    ap.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="EngineConfig(compile=False)"
+    )
     args = ap.parse_args()
     from qwen_tts import Qwen3TTSModel
 
@@ -123,15 +127,18 @@ def main() -> None:
         build_random_checkpoint(args.size, "custom_voice", f"{tmp}/ck", device="cuda")
         tts = Qwen3TTSModel.from_pretrained(f"{tmp}/ck", dtype=torch.bfloat16, device_map="cuda")
     config = EngineConfig(
-        compile=True, max_batch_size=max(batches), batch_buckets=tuple(batches),
+        compile=args.compile, max_batch_size=max(batches), batch_buckets=tuple(batches),
         max_seq_len=512, batch_invariant=args.invariant,
     )  # fmt: skip
     eng = FastQwen3TTS(tts, config)
     params = SamplingParams(max_new_tokens=40)
+    t0 = time.perf_counter()
     for B in batches:
         for _ in range(2):  # compile + capture, then warm
             for h in eng.submit_many([REQUEST] * B, params, list(range(B)), streaming=False):
                 h.result()
+    setup_s = time.perf_counter() - t0  # compiles and captures of every batch size
+    print(f"{eng.runner.execution.name} ({eng.runner.ops.name} ops): set up in {setup_s:.1f} s")
     reports = []
     with eng.scheduler.exclusive(), torch.inference_mode():
         for B in batches:
@@ -146,6 +153,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "size": args.size,
         "ops": eng.runner.ops.name,
+        "execution": eng.runner.execution.name,
+        "setup_s": setup_s,
         "runs": reports,
     }
     with open(args.out, "w") as f:

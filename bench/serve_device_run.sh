@@ -38,6 +38,8 @@
 # SERVE_COMPILE_CACHE=FILE.tgz (carried), that archive of an earlier run's
 # $FASTQWEN_CACHE/compile is unpacked first, so the server starts warm on the same GPU kind;
 # SERVE_SAVE_COMPILE_CACHE=1 writes this run's as OUT/compile_cache.tgz.
+# SERVE_ENGINE_OPTIONS="KEY=VALUE ..." passes each as `fastqwen serve --engine-option`
+# (e.g. compile=true).
 #
 # Each phase has a time limit inside SERVE_BUDGET_S (default 520 s of work; with ~30 s of
 # on-device.sh before it the call ends inside the 600 s device limit): the checkpoint 150 s,
@@ -158,8 +160,11 @@ if sys.argv[1].startswith('random:'):
   fi
   echo "### server: start at ${SECONDS} s"
   START_NS=$(date +%s%N)
+  local options=()
+  for option in ${SERVE_ENGINE_OPTIONS:-}; do options+=(--engine-option "$option"); done
+  echo "### engine options: ${SERVE_ENGINE_OPTIONS:-(defaults)}"
   "${PY[@]}" -m fastqwen serve --model "$MODEL" --device "$DEVICE" --max-batch-size "$MAX_BATCH" \
-    --host 127.0.0.1 --port "$PORT" >"$OUT/serve.log" 2>&1 &
+    "${options[@]}" --host 127.0.0.1 --port "$PORT" >"$OUT/serve.log" 2>&1 &
   SERVER_PID=$!
   local limit=$HEALTH_TIMEOUT_S left=$((BUDGET_S - SECONDS))
   ((limit > left)) && limit=$left

@@ -3,6 +3,7 @@ reference runner, the notebooks and the bench) and `EngineConfig` (how the engin
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 
 
@@ -180,3 +181,25 @@ class EngineConfig:
             sizes.append(b)
             b *= 2
         return (*sizes, self.max_batch_size)
+
+
+def parse_engine_options(items: list[str]) -> dict:
+    """`EngineConfig` fields from command-line `KEY=VALUE` strings (`--engine-option`): each
+    value read as JSON where it parses (numbers, true / false, null, lists), else as text.
+    Raises naming an item without "=" or a key that is no field."""
+    known = {f.name for f in fields(EngineConfig)}
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--engine-option needs KEY=VALUE, got {item!r}")
+        if key not in known:
+            raise ValueError(
+                f"--engine-option {item!r}: {key!r} is no EngineConfig field; "
+                f"choose from: {', '.join(sorted(known))}"
+            )
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from fastqwen import EngineConfig, FastQwen3TTS, GenerationStopped
-from fastqwen.config import SamplingParams
+from fastqwen.config import SamplingParams, parse_engine_options
 from fastqwen.prompts.builder import VoiceRequest
 from fastqwen.verify.reference import run_reference
 from tests.test_engine_behaviour import eos_favouring
@@ -228,6 +228,15 @@ def test_buckets_and_memory_settings(tiny_model):
         EngineConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="codec_stream must be one of shared, separate, got 'own'"):
         EngineConfig(codec_stream="own")
+    options = parse_engine_options(
+        ["compile=false", "batch_buckets=[1, 4]", "codec_stream=separate"]
+    )
+    assert options == {"compile": False, "batch_buckets": [1, 4], "codec_stream": "separate"}
+    assert EngineConfig(max_batch_size=4, **options).buckets == (1, 4)
+    with pytest.raises(ValueError, match="'compiled' is no EngineConfig field; choose from: "):
+        parse_engine_options(["compiled=false"])
+    with pytest.raises(ValueError, match="needs KEY=VALUE, got 'compile'"):
+        parse_engine_options(["compile"])
     engine = FastQwen3TTS(
         tiny_model("custom_voice").tts, EngineConfig(max_batch_size=3, max_seq_len=128)
     )

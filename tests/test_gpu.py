@@ -409,3 +409,44 @@ def test_dynamic_windows_replay_a_longer_window_without_a_compile(cuda_tts):
     parity = compare_codes(static, run_reference(cuda_tts, REQUEST, longer, seed=1))
     assert parity.identical, parity.describe()
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_uncompiled_kernel_frames_give_the_reference_codes(cuda_tts, do_sample):
+    """`ops.KERNELS` (what graphed bfloat16 frames run with compile=False), forced here in
+    float32 so the codes can be held to qwen-tts': three requests in one batch (the
+    library's products at three rows, `matvec` at one), each frame a graph replay, every
+    token sampled by the one-launch kernel."""
+    from fastqwen.engine.model import StaticModel
+    from fastqwen.engine.ops import KERNELS
+    from fastqwen.engine.runner import FrameRunner
+    from fastqwen.engine.scheduler import Scheduler
+    from fastqwen.prompts.builder import build_talker_prompt
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = EngineConfig(compile=False, max_batch_size=3, max_seq_len=512)
+    runner = FrameRunner(
+        StaticModel.from_qwen_tts(cuda_tts.model, 512, batch=3), config, ops=KERNELS
+    )
+    assert runner.execution.name == "graphed" and runner.ops is KERNELS
+    params = SamplingParams(max_new_tokens=41, do_sample=do_sample, subtalker_dosample=do_sample)
+    requests = [
+        REQUEST,
+        VoiceRequest("custom_voice", "A second voice speaks.", "english", speaker="ryan"),
+        VoiceRequest("custom_voice", "And a third, longer still.", "english", speaker="aiden"),
+    ]
+    scheduler = Scheduler(runner)
+    try:
+        handles = [
+            scheduler.submit(build_talker_prompt(cuda_tts, r), params, 3 + i)
+            for i, r in enumerate(requests)
+        ]
+        codes = [torch.cat(list(h.blocks())).cpu() for h in handles]
+    finally:
+        scheduler.close()
+    assert runner.frame_graphs, "no frame was replayed from a graph"
+    for i, (request, got) in enumerate(zip(requests, codes, strict=True)):
+        expected = run_reference(cuda_tts, request, params, seed=3 + i).codes.cpu()
+        assert got.shape == expected.shape, (i, got.shape, expected.shape)
+        diff = (got != expected).nonzero()
+        assert not len(diff), f"request {i}: first difference at frame, codebook {diff[0].tolist()}"

@@ -146,9 +146,14 @@ def test_the_cache_lives_under_fastqwen_cache_unless_the_user_chose(monkeypatch,
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # Inductor's own pick
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     assert compile_cache_dir() == tmp_path / "compile"
     assert use_compile_cache() == tmp_path / "compile"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "compile" / "triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "my-triton"))  # the user's, kept
+    use_compile_cache()
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "my-triton")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's
     assert compile_cache_dir() == tmp_path / "mine"
 

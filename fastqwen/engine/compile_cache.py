@@ -26,7 +26,8 @@ from fastqwen.models.sources import cache_dir
 
 log = logging.getLogger(__name__)
 
-ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor keeps Triton's cache under it too
+ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor keeps the Triton kernels it compiles under it
+TRITON_ENV = "TRITON_CACHE_DIR"  # where Triton keeps every kernel it compiles
 
 
 def _inductor_default() -> str | None:
@@ -48,11 +49,17 @@ def compile_cache_dir() -> Path:
 
 
 def use_compile_cache() -> Path:
-    """Point Inductor's (and so Triton's) on-disk caches at `compile_cache_dir()`; call it
-    before the first compile. Returns the directory."""
+    """Point Inductor's and Triton's on-disk caches at `compile_cache_dir()` (Triton's at its
+    `triton/` unless `$TRITON_CACHE_DIR` is set); call it before the first compile or
+    kernel launch. Returns the directory.
+
+    Triton's own cache matters without Inductor too: the hand-written kernels (the frames'
+    with compile off, the codec's) are compiled by Triton at their first launch, about a
+    second each, and otherwise kept in ~/.triton."""
     path = compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     if os.environ.get(ENV) != str(path):
         os.environ[ENV] = str(path)
         log.info("compiled kernels are cached in %s", path)
+    os.environ.setdefault(TRITON_ENV, str(path / "triton"))
     return path

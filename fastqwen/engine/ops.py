@@ -20,6 +20,11 @@ it (`layer_product`), the attention with its cache write (`attention`) and the t
   (`triton.decode_attention`) and the top-k mask (`triton.top_k`). Compiled CUDA runs use
   it; None where Triton is missing. The kernels also run on the CPU under Triton's
   interpreter (TRITON_INTERPRET=1), which is how the tests check them.
+- `KERNELS`: for CUDA frames that are replayed from graphs but not compiled, in bfloat16
+  or float16: the same three kernels, `matvec` for the one- or two-row heads too, the
+  library's fused RMSNorm and GEMMs for larger batches, and each token's sampling as one
+  kernel (`triton.sample`). Nothing is left for a compiler to fuse, so a frame launches
+  about as many kernels as a compiled one and costs no compile time.
 
 - `PROMPT`: for a whole prompt at once (a prefill), in bfloat16 or float16: the library's
   kernels for whole-prompt work (`F.rms_norm`, `F.scaled_dot_product_attention`, a GEMM
@@ -52,10 +57,11 @@ if TYPE_CHECKING:
 try:  # Triton comes with CUDA builds of torch
     from fastqwen.engine.triton.decode_attention import decode_attention
     from fastqwen.engine.triton.matvec import matvec
+    from fastqwen.engine.triton.sample import sample_rows
     from fastqwen.engine.triton.tiled_product import tiled_product
     from fastqwen.engine.triton.top_k import top_k_mask
 except ImportError:  # pragma: no cover
-    decode_attention = matvec = tiled_product = top_k_mask = None
+    decode_attention = matvec = sample_rows = tiled_product = top_k_mask = None
 
 MATVEC_ROWS = frozenset({1, 2})  # token counts whose layer products use the matvec kernel
 FOLD_MAX_WEIGHT = 2**23  # elements; see `fused_norm_linear`
@@ -74,6 +80,10 @@ class Ops:
     # Whether a row's numbers are the same whatever the number of rows: then the frame
     # also routes the products outside the compiled functions through `linear`.
     invariant: bool = False
+    # A token's warp and pick in one call, for sampling without top-p:
+    # (scores (B, V), temperature (B, 1), top_k (B, 1), noise (B, V), sampled (B,)) -> (B,).
+    # None: `sampling.warp_scores` and `sampling.pick_token`, op by op (compiled, fused).
+    sample: Callable | None = None
 
 
 # ---- reference ---------------------------------------------------------------------------
@@ -301,6 +311,46 @@ def tiled_layer_product(
     return tiled_product(x, w, norm, residual, eps, swiglu)
 
 
+# ---- uncompiled frames: the kernels alone ---------------------------------------------------
+def kernel_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`: one or two token rows as one `triton.matvec` launch (the library's GEMV
+    rounds alike, but is slower at these shapes), more as the library's GEMM."""
+    n = rows(x)
+    if n not in MATVEC_ROWS:
+        return F.linear(x, w, b)
+    y = matvec(x.reshape(1, n, x.shape[-1]), w, None, None, 0.0, False)
+    y = y.view(*x.shape[:-1], w.shape[0])
+    return y if b is None else y + b
+
+
+def kernel_norm_linear(
+    x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`norm_linear`: the norm inside the `triton.matvec` launch for one or two token rows,
+    else the library's fused RMSNorm and GEMM."""
+    n = rows(x)
+    if n not in MATVEC_ROWS:
+        return F.linear(prompt_rms_norm(x, norm, eps), w)
+    y = matvec(x.reshape(1, n, x.shape[-1]), w, norm, None, eps, False)
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
+def kernel_layer_product(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """`layer_product`: one `triton.matvec` launch for one or two token rows (norm, residual
+    and SwiGLU folded in), else the library's norm, GEMM and residual epilogue
+    (`prompt_layer_product`)."""
+    if rows(x) in MATVEC_ROWS:
+        return matvec_layer_product(x, w, norm, residual, eps, swiglu)
+    return prompt_layer_product(x, w, norm, residual, eps, swiglu)
+
+
 # ---- whole prompts ----------------------------------------------------------------------------
 def prompt_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as one library kernel (CUDA has a fused one); the weight is applied in
@@ -389,6 +439,24 @@ PROMPT = Ops(
     layer_product=prompt_layer_product,
     attention=prompt_attention,
     top_k=in_top_k,  # a prefill picks no token
+)
+# Frames replayed from CUDA graphs with no compile: every product, the attention and the
+# sampling of a token are each one launch of a hand-written kernel or of the library's, so
+# a frame launches about as many kernels as a compiled one, and a cold start compiles
+# nothing (`EngineConfig.compile`). bfloat16 / float16: its norms and residuals round as
+# `PROMPT`'s do, so float32 keeps `REFERENCE`.
+KERNELS = (
+    None
+    if matvec is None
+    else Ops(
+        name="kernels",
+        linear=kernel_linear,
+        norm_linear=kernel_norm_linear,
+        layer_product=kernel_layer_product,
+        attention=kernel_attention,
+        top_k=top_k_mask,
+        sample=sample_rows,
+    )
 )
 # `TRITON` with every product (the single row included) through the tiled kernel, and the
 # attention and top-k kernels, which work row by row: a row's numbers do not depend on the

@@ -37,7 +37,7 @@ from fastqwen.engine.cache import StaticKVCache
 from fastqwen.engine.compile_cache import use_compile_cache
 from fastqwen.engine.loop import check_fits
 from fastqwen.engine.model import StaticModel
-from fastqwen.engine.ops import FUSED, REFERENCE, TRITON, TRITON_INVARIANT, Ops
+from fastqwen.engine.ops import FUSED, KERNELS, REFERENCE, TRITON, TRITON_INVARIANT, Ops
 from fastqwen.engine.sampling import (
     RowStreams,
     SamplingMode,
@@ -48,9 +48,9 @@ from fastqwen.engine.sampling import (
     talker_values,
 )
 from fastqwen.engine.step import (
-    FrameFunctions,
     FrameState,
     eager_prefill,
+    frame_functions,
     frame_step,
     pad_prompts,
     prefill,
@@ -91,10 +91,19 @@ class Execution:
         return "compiled" if self.compiled else "eager"
 
 
-def default_ops(execution: Execution, device: torch.device, invariant: bool = False) -> Ops:
-    """The reference ops when not compiled; compiled, the fused forms, with the Triton
-    kernels on CUDA (the batch-invariant set with `invariant`)."""
+def default_ops(
+    execution: Execution,
+    device: torch.device,
+    invariant: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Ops:
+    """Compiled: the fused forms, with the Triton kernels on CUDA (the batch-invariant set
+    with `invariant`). Not compiled: on CUDA graphs in bfloat16 or float16, the kernels
+    alone (`ops.KERNELS`; the invariant set with `invariant`); otherwise the reference
+    ops, so float32 and the CPU keep the reference's numbers."""
     if not execution.compiled:
+        if execution.graphed and dtype != torch.float32 and KERNELS is not None:
+            return TRITON_INVARIANT if invariant else KERNELS
         return REFERENCE
     if device.type == "cuda" and TRITON is not None:
         return TRITON_INVARIANT if invariant else TRITON
@@ -203,11 +212,11 @@ class FrameRunner:
         self.ops = (
             ops
             if ops is not None
-            else default_ops(self.execution, self.device, config.batch_invariant)
+            else default_ops(self.execution, self.device, config.batch_invariant, model.dtype)
         )
-        if self.execution.compiled:
+        if self.execution.compiled or self.device.type == "cuda":
             use_compile_cache()  # a later process reuses the kernels compiled here
-        functions = FrameFunctions.of(self.ops)
+        functions = frame_functions(self.ops)
         windows = len(range(MIN_WINDOW.bit_length(), config.max_seq_len.bit_length() + 1))
         limit = recompile_limit(len(config.buckets), windows)
         self.functions = (

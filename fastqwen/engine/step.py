@@ -36,7 +36,7 @@ from fastqwen.engine.layers import (
     rms_norm,
 )
 from fastqwen.engine.model import DecoderWeights, StaticModel
-from fastqwen.engine.ops import PROMPT, REFERENCE, Ops, prompt_rms_norm
+from fastqwen.engine.ops import KERNELS, PROMPT, REFERENCE, Ops, prompt_rms_norm
 from fastqwen.engine.sampling import (
     RowStreams,
     SamplingMode,
@@ -76,12 +76,27 @@ def talker_token(
     scores = apply_penalties(
         logits, s, presence=presence, blocked=blocked, eos_id=eos_id, step=step
     )
+    tok = _pick(scores, s, noise, do_sample, top_p, ops)
+    presence.scatter_(1, tok.view(-1, 1), True)
+    return tok
+
+
+def _pick(
+    scores: torch.Tensor,
+    s: SamplingTensors,
+    noise: torch.Tensor | None,
+    do_sample: bool,
+    top_p: bool,
+    ops: Ops,
+) -> torch.Tensor:
+    """Warp and pick each row's token from its (B, V) float32 scores: in one call where the
+    op set has one (`Ops.sample`, not for top-p), else op by op."""
+    if do_sample and not top_p and ops.sample is not None:
+        return ops.sample(scores, s.temperature, s.top_k, noise, s.do_sample)
     greedy = scores
     if do_sample:
         scores = warp_scores(scores, s, top_p, ops.top_k)
-    tok = pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
-    presence.scatter_(1, tok.view(-1, 1), True)
-    return tok
+    return pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
 
 
 def predictor_token(
@@ -98,10 +113,7 @@ def predictor_token(
     """One of codebooks 1..15 of each row from the predictor's (B, Hp) hidden state before
     its final norm (folded into the head's product)."""
     scores = ops.norm_linear(hidden.unsqueeze(1), final_norm, head, eps)[:, -1].float()
-    greedy = scores
-    if do_sample:
-        scores = warp_scores(scores, s, top_p, ops.top_k)
-    return pick_token(scores, do_sample, noise, greedy_scores=greedy, sampled=s.do_sample)
+    return _pick(scores, s, noise, do_sample, top_p, ops)
 
 
 def embed_code(
@@ -193,6 +205,14 @@ def _compiled(fn: Callable, exact_division: bool = False, autotune: bool = True)
 
 REFERENCE_FUNCTIONS = FrameFunctions.of(REFERENCE)
 PROMPT_FUNCTIONS = replace(FrameFunctions.of(PROMPT), final_norm=prompt_rms_norm)
+
+
+def frame_functions(ops: Ops) -> FrameFunctions:
+    """The functions frames run with `ops`, uncompiled: with `ops.KERNELS` the final norm is
+    the library's fused one as well (the reference's is six elementwise kernels)."""
+    if ops is KERNELS:
+        return replace(FrameFunctions.of(ops), final_norm=prompt_rms_norm)
+    return FrameFunctions.of(ops)
 
 
 def prompt_functions(frame_ops: Ops, dtype: torch.dtype) -> FrameFunctions:

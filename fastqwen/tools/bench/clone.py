@@ -42,7 +42,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from fastqwen.config import SamplingParams
+from fastqwen.config import SamplingParams, parse_engine_options
 from fastqwen.constants import SAMPLE_RATE
 from fastqwen.device import synchronize
 from fastqwen.tools.bench.records import FIELDS, MODES, SCHEMA
@@ -396,7 +396,7 @@ def reference_from_args(args: argparse.Namespace) -> Reference:
 def run_clone_cli(args: argparse.Namespace, dtype: str, settings: dict, emit) -> int:
     """The clone modes of `args.modes` (static engine), each record to `emit` when made;
     `settings` are the `BenchConfig` fields. Returns the exit code."""
-    from fastqwen.tools.bench.run import _parse_options, error_record, sampling_from_args
+    from fastqwen.tools.bench.run import error_record, sampling_from_args
 
     modes = tuple(m for m in args.modes if m in CLONE_MODES)
     if list(args.engine) != ["static"]:
@@ -415,7 +415,7 @@ def run_clone_cli(args: argparse.Namespace, dtype: str, settings: dict, emit) ->
             args.references,
             device=args.device,
             dtype=dtype,
-            engine_options=_parse_options(args.engine_option),
+            engine_options=parse_engine_options(args.engine_option),
             sampling=sampling_from_args(args),
             reference=reference_from_args(args),
             on_record=emit,

@@ -53,7 +53,7 @@ import torch
 
 import fastqwen
 from fastqwen.codec.graphs import graph_counts
-from fastqwen.config import SamplingParams
+from fastqwen.config import SamplingParams, parse_engine_options
 from fastqwen.constants import FRAME_RATE_HZ
 from fastqwen.device import synchronize
 from fastqwen.tools.bench import clone as clone_bench
@@ -719,19 +719,6 @@ def output_path(out: str, record: dict) -> Path:
     return path / ("".join(c if c.isalnum() or c in "._" else "-" for c in name) + ".json")
 
 
-def _parse_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--engine-option needs KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)  # numbers, true/false, null
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
 def argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
     """An argparse `type` from a parser whose ValueError names the problem: argparse then
     prints that message instead of a generic "invalid value"."""
@@ -849,7 +836,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if getattr(args, "batch_sizes", None):
         return _run_batch_cli(args, dtype)
     if getattr(args, "cold_start", False):
-        return cold_start.run_cli(args, dtype, _parse_options(args.engine_option))
+        return cold_start.run_cli(args, dtype, parse_engine_options(args.engine_option))
     status = 0
     modes = getattr(args, "modes", ("custom_voice",))
     if set(modes) & set(clone_bench.CLONE_MODES):
@@ -863,7 +850,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 args.model,
                 device=args.device,
                 dtype=dtype,
-                engine_options=_parse_options(args.engine_option),
+                engine_options=parse_engine_options(args.engine_option),
                 sampling=sampling_from_args(args),
                 on_partial=(lambda r: _write(args.out, r)) if args.out else None,
                 **settings,
@@ -907,7 +894,7 @@ def _run_batch_cli(args: argparse.Namespace, dtype: str) -> int:
             args.batch_sizes,
             device=args.device,
             dtype=dtype,
-            engine_options=_parse_options(args.engine_option),
+            engine_options=parse_engine_options(args.engine_option),
             sampling=sampling_from_args(args),
             rounds=args.batch_rounds,
             steady_waves=args.steady_waves,

@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults.clone_cache_size,
         help=f"voice-clone prompts kept (default {defaults.clone_cache_size})",
     )
+    p.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an EngineConfig field, e.g. compile=true (repeatable)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="report healthy without a warm-up")
     p.set_defaults(func=main)
 
@@ -78,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from fastqwen.api import FastQwen3TTS
-    from fastqwen.config import EngineConfig
+    from fastqwen.config import EngineConfig, parse_engine_options
 
     settings = ServeSettings(
         model_name=args.served_model_name or args.model,
@@ -91,7 +98,10 @@ def main(args: argparse.Namespace) -> int:
     if args.ref_audio_dir is not None and not args.ref_audio_dir.is_dir():
         raise ValueError(f"--ref-audio-dir {args.ref_audio_dir} is not a directory")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = EngineConfig(max_batch_size=args.max_batch_size)
+    options = parse_engine_options(args.engine_option)
+    if "max_batch_size" in options:
+        raise ValueError("set the batch size with --max-batch-size, not --engine-option")
+    config = EngineConfig(max_batch_size=args.max_batch_size, **options)
     log.info("loading %s on %s", args.model, device)
     engine = FastQwen3TTS.from_pretrained(
         args.model, device=device, dtype=args.dtype, config=config
