@@ -245,8 +245,9 @@ class FastQwen3TTS:
     ) -> FastQwen3TTS:
         """Load a model string (HF id, directory, `random:<size>-<kind>`, `auto:<HF id>`).
 
-        dtype defaults to float32 on CPU and bfloat16 on CUDA. `warmup=True` compiles and
-        captures every batch bucket before returning (`warmup()`).
+        dtype defaults to float32 on CPU and bfloat16 on CUDA. `warmup=True` captures
+        (and with `EngineConfig(compile=True)` compiles) every batch bucket before
+        returning (`warmup()`).
         """
         from fastqwen.models.sources import load_model
 

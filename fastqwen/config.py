@@ -110,8 +110,14 @@ class EngineConfig:
         (bench/results/2026-12-03_h200_04f1f3c, 2026-12-03_h200_6b270e2; two calls).
     compile: `torch.compile` the frame functions with the fused ops (`engine.ops`; on CUDA
         with the Triton kernels), with or without CUDA graphs, on CUDA or the CPU. The
-        first generation then compiles and autotunes, which takes a while at full size.
-        None: on exactly when frames are replayed from CUDA graphs.
+        first generation of each batch bucket then compiles and autotunes: 30-54 s a
+        bucket at 1.7B on an H200. False (default; None too): no compile. Graphed CUDA
+        frames then run the kernel op set (`ops.KERNELS`: every product, attention and
+        token draw one hand-written or library kernel) in bfloat16 and float16, which was
+        as fast as the compiled frames on an H200 (1.7B, one call: 3.37 against 3.45
+        ms/frame at batch 1, a 6.0 against 6.1 ms step at batch 64 sampled), and cut a
+        cold start from 57 s to 27 s (bench/results/2026-12-04_h200_61f2482); float32
+        frames run the reference ops, which keep the reference's numbers exactly.
     admit_in_block: while a slot is free, end a block of frames at the first frame after a
         request arrives, so it joins a frame or two later instead of up to `sync_every`
         frames later (its time to first audio under load); end it too after a request in it
@@ -135,7 +141,7 @@ class EngineConfig:
     max_seq_len: int = 2048 + 512
     sync_every: int | None = None
     cuda_graph: bool = True
-    compile: bool | None = None
+    compile: bool | None = False
     max_batch_size: int = 8
     batch_buckets: tuple[int, ...] | None = None
     max_prefill_batch: int = 64

@@ -35,7 +35,8 @@ needs_triton = pytest.mark.skipif(TRITON is None, reason="needs triton")
         (EngineConfig(), CPU, "eager"),
         (EngineConfig(compile=True), CPU, "compiled"),  # cuda_graph is ignored on the CPU
         (EngineConfig(compile=True, cuda_graph=False), CPU, "compiled"),
-        (EngineConfig(), CUDA, "graphed+compiled"),
+        (EngineConfig(), CUDA, "graphed"),
+        (EngineConfig(compile=True), CUDA, "graphed+compiled"),
         (EngineConfig(compile=False), CUDA, "graphed"),
         (EngineConfig(cuda_graph=False), CUDA, "eager"),
         (EngineConfig(compile=True, cuda_graph=False), CUDA, "compiled"),

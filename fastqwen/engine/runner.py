@@ -6,12 +6,13 @@ cache views, the frame functions and the CUDA graphs, and decides once, from
 
 - eager: the reference ops (`ops.REFERENCE`), plain Python; the CPU default, bit-identical
   to `qwen_tts`;
-- compiled: the fused ops (`ops.TRITON` on CUDA, `ops.FUSED` elsewhere) in
-  `torch.compile`d frame functions, called once per frame (CPU included, through
-  Inductor's C++ backend);
-- graphed: each frame replayed as one captured CUDA graph (per batch bucket, cache window
-  and `SamplingMode`), of the compiled functions or of the eager ones, and each group of
-  joining prompts as a graph per (count, padded length) (`step.PREFILL_BUCKET`).
+- graphed (the CUDA default): each frame replayed as one captured CUDA graph (per batch
+  bucket, cache window and `SamplingMode`) of the uncompiled functions, on the kernel ops
+  (`ops.KERNELS`) in bfloat16 and float16, on the reference ops in float32; and each group
+  of joining prompts as a graph per (count, padded length) (`step.PREFILL_BUCKET`);
+- compiled (`EngineConfig(compile=True)`): the fused ops (`ops.TRITON` on CUDA, `ops.FUSED`
+  elsewhere) in `torch.compile`d frame functions, called once per frame (CPU included,
+  through Inductor's C++ backend), graphed or not.
 
 Graph lifecycle: warm up on a side stream, capture, then every frame is one `replay()`.
 Capture happens before a generation's prefill, so the garbage the warm-up writes into the
@@ -78,10 +79,10 @@ class Execution:
 
     @classmethod
     def choose(cls, config: EngineConfig, device: torch.device) -> Execution:
-        """CUDA graphs only on CUDA (`cuda_graph` is ignored elsewhere); `compile=None`
-        compiles exactly when graphing."""
+        """CUDA graphs only on CUDA (`cuda_graph` is ignored elsewhere); compiled only when
+        `compile` is True (None: not compiled; see `EngineConfig.compile`)."""
         graphed = device.type == "cuda" and config.cuda_graph
-        compiled = graphed if config.compile is None else config.compile
+        compiled = bool(config.compile)
         return cls(compiled=compiled, graphed=graphed)
 
     @property

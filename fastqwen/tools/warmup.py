@@ -1,9 +1,10 @@
-"""`fastqwen warmup --model M`: pay the compile and capture costs once, ahead of time.
+"""`fastqwen warmup --model M`: pay the kernel builds and graph captures once, ahead of time.
 
-It loads the model, compiles the frame functions for every batch bucket (their kernels
-land in the on-disk compile cache, `engine.compile_cache`) and runs each bucket once, so
-the next process on this machine, or a container image built with this step, starts
-from the cache instead of compiling. Prints what it did as one JSON line with `--json`.
+It loads the model and runs every batch bucket once: Triton builds each hand-written
+kernel at its first launch, and with `--compile` Inductor compiles the frame functions;
+both land in the on-disk compile cache (`engine.compile_cache`), so the next process on
+this machine, or a container image built with this step, starts from the cache. Prints
+what it did as one JSON line with `--json`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         "load_s": round(loaded_s, 2),
         "bucket_s": {str(k): round(v, 2) for k, v in buckets.items()},
         "total_s": round(time.perf_counter() - t0, 2),
-        "compile_cache": str(compile_cache_dir()) if engine.runner.execution.compiled else None,
+        "compile_cache": str(compile_cache_dir())
+        if engine.device.type == "cuda" or engine.runner.execution.compiled
+        else None,
         "fx_graph_cache_hits": int(inductor.get("fxgraph_cache_hit", 0)),
         "fx_graph_cache_misses": int(inductor.get("fxgraph_cache_miss", 0)),
         "cuda_graphs": len(engine.runner.frame_graphs) + len(engine.runner.prefill_graphs),
@@ -91,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compile the frame functions (default: on exactly where CUDA graphs are)",
+        help="compile the frame functions with torch.compile (default: off, EngineConfig)",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=run)

@@ -144,8 +144,11 @@ def config_text(record: Mapping) -> str:
     """The engine's settings in a few words: `graph+compile`, `eager`, `torch/sdpa`, ..."""
     config = record.get("engine_config") or {}
     if record.get("engine") == "static":
-        parts = ["graph" if config.get("cuda_graph", True) else "eager"]
-        return "+".join(parts + (["compile"] if config.get("compile") else []))
+        graphed = config.get("cuda_graph", True)
+        # records written before compile became opt-in say null where they compiled
+        compiled = config.get("compile") or (config.get("compile", False) is None and graphed)
+        parts = ["graph" if graphed else "eager"]
+        return "+".join(parts + (["compile"] if compiled else []))
     if record.get("engine") == "anchor":
         return "/".join(str(config[k]) for k in ("backend", "attn_implementation") if k in config)
     return ""
