@@ -39,7 +39,8 @@
 # $FASTQWEN_CACHE/compile is unpacked first, so the server starts warm on the same GPU kind;
 # SERVE_SAVE_COMPILE_CACHE=1 writes this run's as OUT/compile_cache.tgz.
 # SERVE_ENGINE_OPTIONS="KEY=VALUE ..." passes each as `fastqwen serve --engine-option`
-# (e.g. compile=true).
+# (e.g. compile=true). SERVE_RESTARTS="64 256" then starts a fresh server per batch size on
+# the caches the run left and records its time to healthy in OUT/serve-health-restart-<size>.json.
 #
 # Each phase has a time limit inside SERVE_BUDGET_S (default 520 s of work; with ~30 s of
 # on-device.sh before it the call ends inside the 600 s device limit): the checkpoint 150 s,
@@ -90,9 +91,10 @@ trap 'stop_server; exit 130' INT TERM
 # rate_file RATE: the result file name of one rate (5 -> loadtest-5.json, 0.5 -> loadtest-0.5.json).
 rate_file() { echo "$OUT/loadtest-$1.json"; }
 
-# wait_healthy PID LIMIT: poll /health until 200; writes OUT/serve-health.json either way.
+# wait_healthy PID LIMIT [FILE] [MAX_BATCH]: poll /health until 200; writes FILE (default
+# OUT/serve-health.json) either way.
 wait_healthy() {
-  "${PY[@]}" - "$1" "$2" "$URL" "$OUT/serve-health.json" "$MODEL" "$MAX_BATCH" "$START_NS" <<'EOF'
+  "${PY[@]}" - "$1" "$2" "$URL" "${3:-$OUT/serve-health.json}" "$MODEL" "${4:-$MAX_BATCH}" "$START_NS" <<'EOF'
 import json, os, subprocess, sys, time, urllib.error, urllib.request
 pid, limit, url, path, model, max_batch, start_ns = sys.argv[1:8]
 start = int(start_ns) / 1e9
@@ -200,6 +202,25 @@ if sys.argv[1].startswith('random:'):
   done
   stop_server
 
+  # Restarts on the caches this run left: how long a replica takes to be ready once its
+  # kernels are on disk (SERVE_RESTARTS="64 256": one fresh server per batch size).
+  local size
+  for size in ${SERVE_RESTARTS:-}; do
+    left=$((BUDGET_S - SECONDS))
+    if ((left < 30)); then
+      echo "### restart at max batch ${size}: skipped (${left} s left)"
+      continue
+    fi
+    echo "### restart at max batch ${size}: start at ${SECONDS} s"
+    START_NS=$(date +%s%N)
+    "${PY[@]}" -m fastqwen serve --model "$MODEL" --device "$DEVICE" --max-batch-size "$size" \
+      "${options[@]}" --host 127.0.0.1 --port "$PORT" >"$OUT/serve-restart-$size.log" 2>&1 &
+    SERVER_PID=$!
+    wait_healthy "$SERVER_PID" "$((left - 5))" "$OUT/serve-health-restart-$size.json" "$size" ||
+      tail -n 20 "$OUT/serve-restart-$size.log"
+    stop_server
+  done
+
   echo "### summary"
   "${PY[@]}" -m fastqwen.tools.bench.serving "$OUT"
   echo "### done at ${SECONDS} s"
@@ -215,6 +236,7 @@ if [[ ${SERVE_SAVE_COMPILE_CACHE:-0} == 1 && -d $FASTQWEN_CACHE/compile ]]; then
     echo "### compile cache: $(du -h "$OUT/compile_cache.tgz" | cut -f1) in OUT/compile_cache.tgz"
 fi
 if [[ ${SERVE_PACK:-1} == 1 ]]; then
-  (cd "$OUT" && tar czf serving_records.tgz loadtest-*.json serve-health.json serve.log 2>/dev/null &&
-    rm -f loadtest-*.json serve-health.json serve.log)
+  (cd "$OUT" && tar czf serving_records.tgz --exclude serve_device_run.log loadtest-*.json \
+    serve-health*.json serve*.log 2>/dev/null &&
+    rm -f loadtest-*.json serve-health*.json serve.log serve-restart-*.log)
 fi

@@ -335,6 +335,7 @@ def test_script_runs_on_cpu_and_stops_its_server(tmp_path):
         "SERVE_MAX_REQUESTS": "4",
         "SERVE_PORT": str(_free_port()),
         "SERVE_BUDGET_S": "150",
+        "SERVE_RESTARTS": "2",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     done = subprocess.run(
@@ -343,15 +344,23 @@ def test_script_runs_on_cpu_and_stops_its_server(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["serve_device_run.log", "serving_records.tgz"]
     with tarfile.open(out / "serving_records.tgz") as tar:
         names = sorted(tar.getnames())
-        assert names == ["loadtest-2.json", "serve-health.json", "serve.log"]
+        assert names == [
+            "loadtest-2.json",
+            "serve-health-restart-2.json",
+            "serve-health.json",
+            "serve-restart-2.log",
+            "serve.log",
+        ]
         health = json.load(io.TextIOWrapper(tar.extractfile("serve-health.json")))
+        restart = json.load(io.TextIOWrapper(tar.extractfile("serve-health-restart-2.json")))
         loaded = json.load(io.TextIOWrapper(tar.extractfile("loadtest-2.json")))
+    assert restart["time_to_healthy_s"] > 0 and restart["max_batch_size"] == 2
     assert health["time_to_healthy_s"] > 0 and health["device"] == "cpu"
     assert loaded["summary"]["completed"] >= 1
     log = (out / "serve_device_run.log").read_text()
