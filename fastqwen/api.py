@@ -10,6 +10,7 @@ they differ only in the voice arguments that make the `VoiceRequest`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import numbers
@@ -29,6 +30,7 @@ from fastqwen.config import EngineConfig, SamplingParams
 from fastqwen.engine.model import StaticModel, kv_bytes_per_slot
 from fastqwen.engine.runner import FrameRunner
 from fastqwen.engine.scheduler import Scheduler
+from fastqwen.engine.step import PREFILL_BUCKET
 from fastqwen.handle import RequestHandle
 from fastqwen.locking import serialized
 from fastqwen.prompts.builder import VoiceRequest, build_talker_prompt
@@ -109,6 +111,17 @@ _YIELDS = "Yields:\n    `AudioChunk`s, as `stream()` does (one text at a time)."
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+# Lone prompts up to this many tokens get their prefill graph at warm-up: custom voice and
+# design prompts of a few sentences, a clone's with a 10-20 s reference (12.5 codes a second).
+WARM_PROMPT_TOKENS = 512
+
+
+def warm_prompt_lengths(max_seq_len: int) -> list[int]:
+    """The padded prompt lengths `FastQwen3TTS.warmup` captures a prefill graph for: every
+    multiple of `PREFILL_BUCKET` up to `WARM_PROMPT_TOKENS`, and at most half the cache (a
+    prompt leaves room for its frames)."""
+    top = min(WARM_PROMPT_TOKENS, max_seq_len // 2)
+    return list(range(PREFILL_BUCKET, top + 1, PREFILL_BUCKET))
 
 
 def _check_seed(seed: Any) -> None:
@@ -277,9 +290,12 @@ class FastQwen3TTS:
         For each batch bucket b (default: all of `config.buckets`), b short requests at
         once, so the frame graph of that bucket (default sampling, shortest cache window)
         and the prefill graphs of the joining groups it makes (1, 2, 4, ... prompts) exist
-        before any traffic; a server reports healthy after this. Then, on CUDA, the codec
-        graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`) and of batches
-        of streams' chunks up to `max_batch_size` (`codec.batch.warm_batch_graphs`), so that
+        before any traffic; a server reports healthy after this. Then the prefill graph of
+        a lone prompt at each padded length up to `WARM_PROMPT_TOKENS` (a request joining
+        an idle engine is the one whose first audio a capture would hold up). Then, on
+        CUDA, the codec graphs of a single stream's chunks (`codec.batch.warm_stream_graphs`)
+        and of batches of streams' chunks up to `max_batch_size`
+        (`codec.batch.warm_batch_graphs`), so that
         no chunk waits for a capture. Longer utterances (a longer cache window) and other
         sampling modes still capture on first use. A Base model also captures the reference
         encoder's graphs for references up to `reference_seconds` long (0: none), so a new
@@ -294,6 +310,16 @@ class FastQwen3TTS:
                 handle.result()
             took[size] = time.perf_counter() - t0
             log.info("warm-up: batch %d in %.1f s", size, took[size])
+        t0 = time.perf_counter()
+        on_stream = (
+            torch.cuda.stream(self.scheduler.stream)
+            if self.scheduler.stream is not None
+            else contextlib.nullcontext()
+        )
+        with self.scheduler.exclusive(), torch.inference_mode(), on_stream:
+            prefills = self.runner.warm_prefills(warm_prompt_lengths(self.config.max_seq_len))
+        if prefills:
+            log.info("warm-up: %d prefill graphs in %.1f s", prefills, time.perf_counter() - t0)
         t0 = time.perf_counter()
         held = warm_stream_graphs(self.codec.decoder, decode=self.codec.decode)
         if self.config.max_batch_size > 1:

@@ -450,3 +450,21 @@ def test_uncompiled_kernel_frames_give_the_reference_codes(cuda_tts, do_sample):
         assert got.shape == expected.shape, (i, got.shape, expected.shape)
         diff = (got != expected).nonzero()
         assert not len(diff), f"request {i}: first difference at frame, codebook {diff[0].tolist()}"
+
+
+def test_warm_up_captures_every_lone_prompt_prefill(cuda_tts):
+    """After `warmup()`, a lone request with a longer prompt than the warm-up's replays a
+    prefill graph captured at warm-up instead of capturing one while its listener waits."""
+    from fastqwen.api import warm_prompt_lengths
+
+    engine = FastQwen3TTS(cuda_tts, EngineConfig(max_batch_size=2, max_seq_len=1024))
+    try:
+        engine.warmup(frames=2)
+        captured = set(engine.runner.prefill_graphs)
+        assert {(1, n) for n in warm_prompt_lengths(1024)} <= captured
+        text = " ".join(["We met at the corner cafe after work and talked for a while."] * 6)
+        request = VoiceRequest("custom_voice", text, "english", speaker="aiden")
+        engine.generate(request, SamplingParams(max_new_tokens=5), seed=0)
+        assert set(engine.runner.prefill_graphs) == captured
+    finally:
+        engine.close()

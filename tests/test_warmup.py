@@ -166,3 +166,11 @@ def test_bad_buckets_are_named():
     assert (
         done.returncode == 2 and "--batch-buckets must be comma-separated integers" in done.stderr
     )
+
+
+def test_warm_up_prefills_every_lone_prompt_length_up_to_half_the_cache():
+    from fastqwen.api import WARM_PROMPT_TOKENS, warm_prompt_lengths
+
+    assert warm_prompt_lengths(2560) == list(range(64, WARM_PROMPT_TOKENS + 1, 64))
+    assert warm_prompt_lengths(256) == [64, 128]
+    assert warm_prompt_lengths(100) == []

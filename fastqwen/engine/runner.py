@@ -349,7 +349,29 @@ class FrameRunner:
             for slot, prompt in zip(slots, prompts, strict=True):
                 self.prefill([slot], [prompt])
             return
-        embeds = [p.inputs_embeds for p in prompts]
+        self._prefill_embeds(slots, [p.inputs_embeds for p in prompts], capture)
+
+    def warm_prefills(self, lengths: list[int]) -> int:
+        """Capture the prefill graph of one prompt at each padded length of `lengths`
+        (multiples of `step.PREFILL_BUCKET`), so a lone request joining an idle engine never
+        waits for a capture: on an H200 a capture for a length not seen before held a
+        request's first audio up by 0.4-0.9 s. Zeros run through slot 0, so call it while
+        no request runs (`Scheduler.exclusive`). Returns the graphs captured (0 without
+        CUDA graphs)."""
+        if not self.execution.graphed:
+            return 0
+        hidden = self.state.hidden.shape[-1]
+        captured = 0
+        for length in lengths:
+            if (1, length) in self.prefill_graphs:
+                continue
+            embeds = torch.zeros((1, length, hidden), dtype=self.model.dtype, device=self.device)
+            self._prefill_embeds([0], [embeds], capture=True)
+            captured += 1
+        return captured
+
+    def _prefill_embeds(self, slots: list[int], embeds: list[torch.Tensor], capture: bool) -> None:
+        """`prefill` of prompt embeddings (1, P_j, H) into `slots`."""
         if not self.execution.graphed:
             eager_prefill(
                 self.model, self.state, embeds, slots, self.scratch, self.prompt_functions
@@ -358,8 +380,9 @@ class FrameRunner:
         # A graph per prompt count would mean max_prefill_batch captures per length: the
         # group is padded to a power of two by repeating its last prompt into its slot
         # (the copies compute the same rows, so which one lands last does not matter).
-        group = prefill_group(len(prompts), self.scratch.talker_cache.batch)
-        embeds += [embeds[-1]] * (group - len(prompts))
+        count = len(embeds)
+        group = prefill_group(count, self.scratch.talker_cache.batch)
+        embeds = embeds + [embeds[-1]] * (group - count)
         slots = list(slots) + [slots[-1]] * (group - len(slots))
         padded, last = pad_prompts(self.model, embeds)
         key = (group, padded.shape[1])
