@@ -101,10 +101,17 @@ def _decode_rows(
     decoder, codes: torch.Tensor, first: torch.Tensor, count: torch.Tensor, conv_width: int
 ) -> torch.Tensor:
     """(R, 16, W) codes -> (R, 1, conv_width * 1920): row r's conv stage takes its latents
-    `first[r] .. first[r] + count[r]`, left-aligned, zeros after them (one gather for every
-    row). Device ops only, so a CUDA graph can capture it (`codec.graphs`)."""
-    latents = _latents(decoder, codes)  # (R, latent, W)
-    column = torch.arange(conv_width, device=codes.device)
+    `first[r] .. first[r] + count[r]`, left-aligned, zeros after them (`_conv_rows`)."""
+    return _conv_rows(decoder, _latents(decoder, codes), first, count, conv_width)
+
+
+def _conv_rows(
+    decoder, latents: torch.Tensor, first: torch.Tensor, count: torch.Tensor, conv_width: int
+) -> torch.Tensor:
+    """(R, latent, W) latents -> (R, 1, conv_width * 1920): the conv stage of each row's
+    latents `first[r] .. first[r] + count[r]`, left-aligned, zeros after them (one gather for
+    every row). Device ops only, so a CUDA graph can capture it (`codec.graphs`)."""
+    column = torch.arange(conv_width, device=latents.device)
     keep = column < count[:, None]  # (R, conv_width)
     index = torch.where(keep, first[:, None] + column, 0)
     rows = latents.gather(2, index[:, None, :].expand(-1, latents.shape[1], -1))
@@ -136,25 +143,23 @@ def _decode_graphed(decoder, spans: list[Span], device: torch.device) -> list[to
         [s.codes.shape[0] for s in spans], [s.conv_frames for s in spans], MAX_BATCH_FRAMES
     )
     out: list[torch.Tensor | None] = [None] * len(spans)
-    books = spans[0].codes.shape[1]
+    latents = partial(_latents, decoder)
+    convs = partial(_conv_rows, decoder)
     for group in groups:
         members = [spans[i] for i in group.members]
-
-        def decode(codes, first, count, conv=group.conv):
-            return _decode_rows(decoder, codes, first, count, conv)
-
-        graph = codec_graphs.batch_graph(decoder, group, decode, books)
-        if graph is None:
-            eager.extend(group.members)
-            continue
-        wav = graph(
-            pad_sequence([s.codes for s in members], batch_first=True),
-            [s.context - s.conv_context for s in members],
-            [s.conv_frames for s in members],
-        )
-        codec_graphs.note_replay(decoder)
-        # copied out now: the next replay of this shape (a later group) reuses its buffer
-        new = torch.cat([_new_samples(wav[r, 0], s) for r, s in enumerate(members)])
+        with codec_graphs.lock(decoder):
+            graph = codec_graphs.batch_graph(decoder, group, latents, convs)
+            if graph is None:
+                eager.extend(group.members)
+                continue
+            wav = graph(
+                pad_sequence([s.codes for s in members], batch_first=True),
+                [s.context - s.conv_context for s in members],
+                [s.conv_frames for s in members],
+            )
+            codec_graphs.note_replay(decoder)
+            # copied out now: the next replay of this shape (a later group) reuses its buffer
+            new = torch.cat([_new_samples(wav[r, 0], s) for r, s in enumerate(members)])
         offsets = 0
         for i, s in zip(group.members, members, strict=True):
             n = s.frames * SAMPLES_PER_FRAME

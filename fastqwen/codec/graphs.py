@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastqwen.constants import NUM_CODEBOOKS
+
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -138,105 +140,217 @@ def plan_groups(
     return groups, eager
 
 
-class BatchGraph:
-    """One captured decode of (rows, 16, window) codes into (rows, 1, conv * 1920) samples.
+MAX_ROWS = ROW_BUCKETS[-1]
+MAX_WINDOW = WINDOW_BUCKETS[-1]
 
-    `decode(codes, first, count)` is the decode to capture: row r's conv stage takes the
-    latents at `first[r] .. first[r] + count[r]`, left-aligned, zeros after them. The inputs
-    live in one packed device buffer, filled from a pinned host buffer by one copy."""
 
-    def __init__(
-        self,
-        decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-        rows: int,
-        window: int,
-        conv: int,
-        device: torch.device,
-        pool,
-        books: int,
-    ):
-        self.rows, self.window, self.conv, self.books = rows, window, conv, books
-        width = books * window + 2  # codes, then first and count
-        self.host = torch.zeros((rows, width), dtype=torch.long, pin_memory=True)
-        self.packed = torch.zeros((rows, width), dtype=torch.long, device=device)
-        codes = self.packed[:, : books * window].view(rows, books, window)
-        first, count = self.packed[:, -2], self.packed[:, -1]
+class _Inputs:
+    """The graphs' inputs, one packed device buffer per decoder: each row's first latent
+    and conv frame count (`MAX_ROWS` each), then the codes (rows, 16, window) of the group
+    being decoded, filled from a pinned host twin by one copy. Every graph reads its inputs
+    from here, whatever its shape."""
+
+    def __init__(self, device: torch.device, books: int):
+        self.books = books
+        size = 2 * MAX_ROWS + MAX_ROWS * books * MAX_WINDOW
+        self.host = torch.zeros(size, dtype=torch.long, pin_memory=True)
+        self.packed = torch.zeros(size, dtype=torch.long, device=device)
         self.copied: torch.cuda.Event | None = None  # the last host-to-device copy
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):  # compile Triton kernels, pick cuDNN algorithms
-                decode(codes, first, count)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the frame loop goes on in its own thread meanwhile (see
-        # `engine.runner.capture_graph`)
-        capture = torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local")
-        with capture, torch.inference_mode():
-            self.out = decode(codes, first, count)
 
-    def __call__(self, codes: torch.Tensor, first: list[int], count: list[int]):
-        """codes: (n, W, 16) windows, right-padded (n <= rows, W <= window). Returns the
-        graph's output buffer, valid until the next replay of this graph. A few host ops in
-        all, whatever n: each one waits its turn for the GIL."""
-        host = self.host
+    def first(self, rows: int) -> torch.Tensor:
+        return self.packed[:rows]
+
+    def count(self, rows: int) -> torch.Tensor:
+        return self.packed[MAX_ROWS : MAX_ROWS + rows]
+
+    def codes(self, rows: int, window: int) -> torch.Tensor:
+        start = 2 * MAX_ROWS
+        return self.packed[start : start + rows * self.books * window].view(
+            rows, self.books, window
+        )
+
+    def load(
+        self, codes: torch.Tensor, first: list[int], count: list[int], rows: int, window: int
+    ) -> None:
+        """codes: (n, W, 16) windows, right-padded (n <= rows, W <= window); padding rows get
+        no conv frames. A few host ops in all, whatever n: each waits its turn for the GIL."""
         if self.copied is not None:
             self.copied.synchronize()  # the previous call's copy has read the host buffer
+        used = 2 * MAX_ROWS + rows * self.books * window
+        host = self.host[:used]
         host.zero_()
-        view = host[:, : self.books * self.window].view(self.rows, self.books, self.window)
+        host[: len(first)] = torch.tensor(first)
+        host[MAX_ROWS : MAX_ROWS + len(count)] = torch.tensor(count)
+        view = host[2 * MAX_ROWS :].view(rows, self.books, window)
         view[: codes.shape[0], :, : codes.shape[1]] = codes.transpose(1, 2)
-        host[: len(first), -2] = torch.tensor(first)
-        host[: len(count), -1] = torch.tensor(count)  # padding rows: no conv frames, zeros
-        self.packed.copy_(host, non_blocking=True)
+        self.packed[:used].copy_(host, non_blocking=True)
         self.copied = torch.cuda.Event()
         self.copied.record()
-        self.graph.replay()
-        return self.out
+
+
+def _captured(
+    run: Callable[[], torch.Tensor | None], pool, device: torch.device
+) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Warm `run` up twice on a side stream (Triton builds, cuDNN algorithm choices), then
+    capture it into a graph of `pool`; returns the graph and what the captured call returned."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: the frame loop goes on in its own thread meanwhile (see
+    # `engine.runner.capture_graph`)
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        with torch.inference_mode():
+            out = run()
+    return graph, out
 
 
 class _DecoderGraphs:
-    """A decoder's graphs by shape, in one memory pool; a failed shape maps to None."""
+    """A decoder's graphs by shape, in one memory pool; a failed shape maps to None.
 
-    def __init__(self):
+    A decode is two graphs: the codes' latents (quantizer, pre-conv, transformer) for a
+    (rows, window) shape, written into `stage`, and the conv stage (upsampling, vocoder) for
+    a (rows, conv) shape, reading from `stage`. Split so, a batch of streams needs a graph
+    per rows x window and one per rows x conv, not one per rows x window x conv: the conv
+    stage's cuDNN convolutions make a capture slow (~0.2 s on an H200), and a warm-up at 64
+    rows made 141 of them (29 s of a server's 35 s warm start)."""
+
+    def __init__(self, device: torch.device, books: int):
         self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: OrderedDict[tuple[int, int, int], BatchGraph | None] = OrderedDict()
+        self.inputs = _Inputs(device, books)
+        self.stage: torch.Tensor | None = None  # (MAX_ROWS, latent, MAX_WINDOW) latents
+        self.graphs: OrderedDict[tuple, torch.cuda.CUDAGraph | None] = OrderedDict()
+        self.outputs: dict[tuple, torch.Tensor] = {}  # conv graphs' output buffers
+        self.lock = threading.Lock()  # one decode at a time: the inputs are shared
         self.captures = 0
         self.replays = 0
+
+    def latents_graph(self, latents: Callable, rows: int, window: int):
+        key = ("latents", rows, window)
+        if key not in self.graphs:
+            codes = self.inputs.codes(rows, window)
+
+            def run():
+                out = latents(codes)
+                if self.stage is None:  # shaped by the first decode: latent size, dtype
+                    self.stage = torch.zeros(
+                        (MAX_ROWS, out.shape[1], MAX_WINDOW), dtype=out.dtype, device=out.device
+                    )
+                self.stage[:rows, :, :window].copy_(out)
+
+            self._capture(key, run)
+        return self._use(key)
+
+    def conv_graph(self, convs: Callable, rows: int, conv: int):
+        key = ("convs", rows, conv)
+        if key not in self.graphs:
+            first, count = self.inputs.first(rows), self.inputs.count(rows)
+
+            def run():
+                return convs(self.stage[:rows], first, count, conv)
+
+            self._capture(key, run)
+        return self._use(key)
+
+    def _capture(self, key: tuple, run: Callable) -> None:
+        try:
+            t0 = time.perf_counter()
+            graph, out = _captured(run, self.pool, self.inputs.packed.device)
+            if out is not None:
+                self.outputs[key] = out
+            self.captures += 1
+            log.log(
+                logging.DEBUG if _warming.is_set() else logging.INFO,
+                "codec graph captured: %s %d rows, %s %d, in %.0f ms (%d held)",
+                key[0],
+                key[1],
+                "window" if key[0] == "latents" else "conv",
+                key[2],
+                1000 * (time.perf_counter() - t0),
+                len(self.graphs) + 1,
+            )
+        except Exception as exc:  # noqa: BLE001 - capture is an optimisation only
+            log.warning("codec decode of shape %s runs eagerly: capture failed (%r)", key, exc)
+            graph = None
+        self.graphs[key] = graph
+        while len(self.graphs) > MAX_GRAPHS:
+            old, _ = self.graphs.popitem(last=False)
+            self.outputs.pop(old, None)
+
+    def _use(self, key: tuple):
+        self.graphs.move_to_end(key)
+        return self.graphs[key]
+
+
+class BatchGraph:
+    """One decode of (rows, 16, window) codes into (rows, 1, conv * 1920) samples, as the
+    replay of a latents graph and a conv graph (`_DecoderGraphs`).
+
+    `latents(codes)` is the first half of the decode: (rows, 16, window) codes to (rows,
+    latent, window) latents; `convs(latents, first, count, conv)` the second: row r's conv
+    stage takes its latents `first[r] .. first[r] + count[r]`, left-aligned, zeros after."""
+
+    def __init__(self, state: _DecoderGraphs, latents: Callable, convs: Callable, key):
+        self.state = state
+        self.rows, self.window, self.conv = key
+        self.latents = state.latents_graph(latents, self.rows, self.window)
+        self.convs = state.conv_graph(convs, self.rows, self.conv) if self.latents else None
+        self.out = state.outputs.get(("convs", self.rows, self.conv))
+
+    @property
+    def ok(self) -> bool:
+        return self.latents is not None and self.convs is not None
+
+    def __call__(self, codes: torch.Tensor, first: list[int], count: list[int]):
+        """codes: (n, W, 16) windows, right-padded (n <= rows, W <= window). Returns the conv
+        graph's output buffer, valid until its next replay (hold `lock(decoder)`)."""
+        self.state.inputs.load(codes, first, count, self.rows, self.window)
+        self.latents.replay()
+        self.convs.replay()
+        return self.out
 
 
 def batch_graph(
     decoder: torch.nn.Module,
     group: Group,
-    decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    books: int,
+    latents: Callable[[torch.Tensor], torch.Tensor],
+    convs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
 ) -> BatchGraph | None:
-    """The graph for `group`'s shape, captured on first use; None if it cannot be."""
+    """The graphs for `group`'s shape, each captured on first use; None if one cannot be."""
+    graph = BatchGraph(_state(decoder), latents, convs, (group.rows, group.window, group.conv))
+    return graph if graph.ok else None
+
+
+_states_lock = threading.Lock()
+
+
+def _state(decoder: torch.nn.Module) -> _DecoderGraphs:
+    with _states_lock:
+        state = _graphs.get(decoder)
+        if state is None:
+            device = next(decoder.parameters()).device
+            state = _graphs[decoder] = _DecoderGraphs(device, NUM_CODEBOOKS)
+        return state
+
+
+def lock(decoder: torch.nn.Module) -> threading.Lock:
+    """The lock a decode through `decoder`'s graphs (CUDA) holds from its inputs' copy to its
+    audio's copy out: the inputs and each graph's output buffer are shared."""
+    return _state(decoder).lock
+
+
+def holds(decoder: torch.nn.Module, rows: int, window: int, conv: int) -> bool:
+    """Whether both graphs of a (rows, window, conv) decode are captured."""
     state = _graphs.get(decoder)
     if state is None:
-        state = _graphs[decoder] = _DecoderGraphs()
-    key = (group.rows, group.window, group.conv)
-    if key in state.graphs:
-        state.graphs.move_to_end(key)
-        return state.graphs[key]
-    device = next(decoder.parameters()).device
-    try:
-        t0 = time.perf_counter()
-        graph = BatchGraph(decode, *key, device, state.pool, books)
-        state.captures += 1
-        log.log(
-            logging.DEBUG if _warming.is_set() else logging.INFO,
-            "codec graph captured: %d rows, window %d, conv %d, in %.0f ms (%d held)",
-            *key,
-            1000 * (time.perf_counter() - t0),
-            len(state.graphs) + 1,
-        )
-    except Exception as exc:  # noqa: BLE001 - capture is an optimisation only
-        log.warning("codec decode of shape %s runs eagerly: capture failed (%r)", key, exc)
-        graph = None
-    state.graphs[key] = graph
-    while len(state.graphs) > MAX_GRAPHS:
-        state.graphs.popitem(last=False)
-    return graph
+        return False
+    return all(
+        state.graphs.get(key) is not None
+        for key in (("latents", rows, window), ("convs", rows, conv))
+    )
 
 
 def drop_graphs(decoder: torch.nn.Module) -> None:
@@ -275,6 +389,8 @@ __all__ = [
     "BatchGraph",
     "Group",
     "batch_graph",
+    "holds",
+    "lock",
     "bucket",
     "drop_graphs",
     "graph_counts",

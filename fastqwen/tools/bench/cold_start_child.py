@@ -132,7 +132,7 @@ class Probes:
       function compiles during the capture's warm-up calls);
     - `FrameRunner.prefill`: the first call (eager, or capture plus replay) and every call
       that captures a prefill graph;
-    - `BatchGraph.__init__`: each captured codec graph (CUDA only).
+    - `codec.graphs._DecoderGraphs._capture`: each captured codec graph (CUDA only).
     """
 
     def __init__(self):
@@ -142,10 +142,10 @@ class Probes:
         self._restore: list[tuple[object, str, object]] = []
 
     def __enter__(self) -> Probes:
-        from fastqwen.codec.graphs import BatchGraph
+        from fastqwen.codec.graphs import _DecoderGraphs
         from fastqwen.engine.runner import FrameRunner
 
-        step, prefill, graph_init = FrameRunner.step, FrameRunner.prefill, BatchGraph.__init__
+        step, prefill, capture = FrameRunner.step, FrameRunner.prefill, _DecoderGraphs._capture
         probes = self
 
         def timed_step(runner, m, mode):
@@ -165,15 +165,16 @@ class Probes:
                 probes.prefill_calls.append(_took(t0, c0, prompts=len(prompts), captured=captured))
             return out
 
-        def timed_graph_init(graph, decode, rows, window, conv, *args):
+        def timed_capture(graphs, key, run):
             t0, c0 = time.perf_counter(), _dynamo_s()
-            graph_init(graph, decode, rows, window, conv, *args)
-            probes.codec_captures.append(_took(t0, c0, rows=rows, window=window, conv=conv))
+            capture(graphs, key, run)
+            kind, rows, size = key  # ("latents", rows, window) or ("convs", rows, conv)
+            probes.codec_captures.append(_took(t0, c0, kind=kind, rows=rows, size=size))
 
         for owner, name, wrapper in (
             (FrameRunner, "step", timed_step),
             (FrameRunner, "prefill", timed_prefill),
-            (BatchGraph, "__init__", timed_graph_init),
+            (_DecoderGraphs, "_capture", timed_capture),
         ):
             self._restore.append((owner, name, getattr(owner, name)))
             setattr(owner, name, wrapper)
