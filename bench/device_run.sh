@@ -83,7 +83,7 @@ for size in ('1.7b', '0.6b'):
   ls -la "$ck17" "$ck06"
 
   local bench=(-m fastqwen bench --device cuda --dtype bfloat16)
-  local static_opts=(--engine-option "compile=${BENCH_COMPILE:-true}")
+  local static_opts=(--engine-option "compile=${BENCH_COMPILE:-false}")
   step static-1.7b 260 "$OUT/static-1.7b.json" static random:1.7b-custom_voice -- \
     "${REF[@]}" "${bench[@]}" --engine static --model random:1.7b-custom_voice --runs "$RUNS" \
     "${static_opts[@]}" --out "$OUT/static-1.7b.json"

@@ -33,7 +33,7 @@ class BenchSettings:
     live_engines: tuple[str, ...] = ("static", "dynamic")
     runs: int = BENCH_RUNS
     max_new_tokens: int = DEMO_MAX_NEW_TOKENS
-    static_compile: bool = True  # as bench/device_run.sh, whose results are committed
+    static_compile: bool = False  # True: torch.compile the frame functions (as BENCH_COMPILE=true)
     live_out: str | None = None
 
     @property
