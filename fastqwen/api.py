@@ -10,12 +10,14 @@ they differ only in the voice arguments that make the `VoiceRequest`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import logging
 import numbers
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,6 +116,22 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 # Lone prompts up to this many tokens get their prefill graph at warm-up: custom voice and
 # design prompts of a few sentences, a clone's with a 10-20 s reference (12.5 codes a second).
 WARM_PROMPT_TOKENS = 512
+
+
+_open_engines: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    """At interpreter exit, stop the threads of every engine not closed yet. A frame loop
+    still inside a torch op while the interpreter tears torch down aborts the process
+    ("terminate called without an active exception", exit status 134): that happened
+    whenever a program ended right after dropping a stream mid-way."""
+    for engine in list(_open_engines):
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; the others still get closed
+            log.debug("closing an engine at exit failed", exc_info=True)
 
 
 def warm_prompt_lengths(max_seq_len: int) -> list[int]:
@@ -223,6 +241,7 @@ class FastQwen3TTS:
         )
         self.runner = FrameRunner(model, self.config)  # state, graphs: how frames run
         self.scheduler = Scheduler(self.runner)  # the frame loop, in a thread of its own
+        _open_engines.add(self)  # closed at exit if the caller did not
         # Every stream's chunks and every result's audio go through one codec thread,
         # which decodes what has queued up together (`codec.batch`).
         decoder = codec_decoder(self.tts.model.speech_tokenizer)

@@ -316,3 +316,37 @@ def test_asyncio_to_thread(custom):
 
     for got, want in zip(asyncio.run(asyncio.wait_for(main(), TIMEOUT_S)), solo, strict=True):
         assert_same(Out(got[0][0]), Out(want), "asyncio.to_thread")
+
+
+EXIT_AFTER_A_DROPPED_STREAM = """
+from fastqwen import FastQwen3TTS
+from fastqwen.config import SamplingParams
+from fastqwen.prompts.builder import VoiceRequest
+
+engine = FastQwen3TTS.from_pretrained("random:tiny-custom_voice", device="cpu")
+request = VoiceRequest("custom_voice", "A longer text, dropped after its first chunk.", "english",
+                       speaker="aiden")
+chunks = engine.stream(request, SamplingParams(max_new_tokens=60), seed=1)
+next(chunks)
+chunks.close()  # the engine is never closed: the interpreter exits with its loop running
+print("exiting")
+"""
+
+
+def test_a_program_exits_cleanly_right_after_dropping_a_stream():
+    """The interpreter's exit closes engines the program left open: their frame loop was
+    still inside a torch op when torch was torn down, and the process aborted (status 134,
+    "terminate called without an active exception") after printing everything."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_AFTER_A_DROPPED_STREAM],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
+    assert done.stdout.strip().endswith("exiting"), done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
