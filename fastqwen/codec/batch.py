@@ -160,7 +160,6 @@ def _decode_graphed(decoder, spans: list[Span], device: torch.device) -> list[to
             codec_graphs.note_replay(decoder)
             # copied out now: the next replay of this shape (a later group) reuses its buffer
             new = torch.cat([_new_samples(wav[r, 0], s) for r, s in enumerate(members)])
-            codec_graphs.release(decoder)
         offsets = 0
         for i, s in zip(group.members, members, strict=True):
             n = s.frames * SAMPLES_PER_FRAME

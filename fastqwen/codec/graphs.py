@@ -156,7 +156,6 @@ class _Inputs:
         self.host = torch.zeros(size, dtype=torch.long, pin_memory=True)
         self.packed = torch.zeros(size, dtype=torch.long, device=device)
         self.copied: torch.cuda.Event | None = None  # the last host-to-device copy
-        self.released: torch.cuda.Event | None = None  # the last decode's outputs copied out
 
     def first(self, rows: int) -> torch.Tensor:
         return self.packed[:rows]
@@ -177,8 +176,6 @@ class _Inputs:
         no conv frames. A few host ops in all, whatever n: each waits its turn for the GIL."""
         if self.copied is not None:
             self.copied.synchronize()  # the previous call's copy has read the host buffer
-        if self.released is not None:  # a decode on another stream may still read them
-            torch.cuda.current_stream(self.packed.device).wait_event(self.released)
         used = 2 * MAX_ROWS + rows * self.books * window
         host = self.host[:used]
         host.zero_()
@@ -345,15 +342,6 @@ def lock(decoder: torch.nn.Module) -> threading.Lock:
     return _state(decoder).lock
 
 
-def release(decoder: torch.nn.Module) -> None:
-    """Mark, on the current stream, that the last decode's audio has been copied out of its
-    graph's buffers: the next decode, on whatever stream, waits for that before it overwrites
-    the shared inputs and latents. Call it under `lock(decoder)`."""
-    inputs = _state(decoder).inputs
-    inputs.released = torch.cuda.Event()
-    inputs.released.record()
-
-
 def holds(decoder: torch.nn.Module, rows: int, window: int, conv: int) -> bool:
     """Whether both graphs of a (rows, window, conv) decode are captured."""
     state = _graphs.get(decoder)
@@ -403,7 +391,6 @@ __all__ = [
     "batch_graph",
     "holds",
     "lock",
-    "release",
     "bucket",
     "drop_graphs",
     "graph_counts",
