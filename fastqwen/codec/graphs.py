@@ -338,7 +338,10 @@ def _state(decoder: torch.nn.Module) -> _DecoderGraphs:
 
 def lock(decoder: torch.nn.Module) -> threading.Lock:
     """The lock a decode through `decoder`'s graphs (CUDA) holds from its inputs' copy to its
-    audio's copy out: the inputs and each graph's output buffer are shared."""
+    audio's copy out: the inputs, the latents and each graph's output buffer are shared.
+    The lock orders the host calls only: two threads decoding on different streams would
+    also need the second to wait for the first's GPU work. The engine decodes on one codec
+    thread, whose every call ends with a host copy of its audio (`batch.decode_spans`)."""
     return _state(decoder).lock
 
 
