@@ -24,6 +24,7 @@ from fastqwen.tools.loadtest import (  # noqa: E402
     percentiles,
     poisson_schedule,
     run_loadtest,
+    stalls,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,18 @@ def test_one_gap_is_one_underrun_of_its_length():
     arrivals = _chunks([0.0, 0.1, 0.2, 2.0, 2.1], seconds=0.5)
     events, stalled = count_underruns(arrivals, first_sample=0)
     assert events == 1 and stalled == pytest.approx(0.5)
+
+
+def test_stalls_say_where_in_the_audio_each_underrun_fell():
+    # 0.16 s first chunk, then the second one 0.3 s later: playback ran dry at 0.16 s; the
+    # third chunk comes in time, the fourth 3 s late, after 2.3 s of audio
+    arrivals = [(0.0, int(0.16 * SR)), (0.3, int(2.16 * SR)), (0.4, int(2.3 * SR))]
+    arrivals.append((5.44, int(3.0 * SR)))
+    found = stalls(arrivals, first_sample=0)
+    assert [round(p, 3) for p, _ in found] == [0.16, 2.3]
+    assert [round(s, 3) for _, s in found] == [0.14, 3.0]
+    assert count_underruns(arrivals, first_sample=0) == (2, pytest.approx(3.14, abs=1e-3))
+    assert stalls(_chunks([0.0, 0.1], seconds=0.5), first_sample=0) == []
 
 
 def test_playback_starts_at_the_first_audible_sample():

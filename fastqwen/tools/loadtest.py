@@ -122,6 +122,9 @@ class RequestRecord:
     rtf: float | None = None  # e2e_s / audio_s: wall seconds per second of audio
     underruns: int | None = None
     stall_s: float | None = None
+    # where the first underrun fell, in seconds of audio after the first audible sample:
+    # at the first chunk's length, the second chunk came too late
+    first_underrun_audio_s: float | None = None
     ended_s: float | None = None  # offset of the last byte
     error: str | None = None
 
@@ -159,6 +162,7 @@ class LoadtestSummary:
     underrun_requests: int
     stall_s: float
     max_late_s: float | None
+    first_underrun_audio_s: Percentiles  # over the requests that had one
     ttfb_s: Percentiles
     ttfa_s: Percentiles
     e2e_s: Percentiles
@@ -206,29 +210,40 @@ def percentiles(values: list[float]) -> Percentiles:
     return Percentiles(len(a), p50, p95, p99, float(a.mean()), float(a.max()))
 
 
-def count_underruns(
+def stalls(
     arrivals: list[tuple[float, int]], first_sample: int, sample_rate: int = SAMPLE_RATE
-) -> tuple[int, float]:
-    """(underrun events, stalled seconds) of a stream played from its first audible sample.
+) -> list[tuple[float, float]]:
+    """Each underrun of a stream played from its first audible sample: (where in the audio
+    it happened, in seconds from that sample; how long playback stalled, in seconds).
 
     arrivals: (time, samples received so far) after each chunk, in order. Playback starts
     when the chunk holding `first_sample` arrives and plays from that sample in real time.
     Before each later chunk, the audio already received runs out at
     start + stalled + (received - first_sample) / sample_rate; if the chunk arrives after
-    that, playback has stalled for the difference (one event).
+    that, playback has stalled for the difference (one underrun, at that audio position).
     """
     start = next((i for i, (_, n) in enumerate(arrivals) if n > first_sample), None)
     if start is None:
-        return 0, 0.0
+        return []
     started_at = arrivals[start][0]
-    events, stalled = 0, 0.0
+    found, stalled = [], 0.0
     for i in range(start + 1, len(arrivals)):
-        runs_out = started_at + stalled + (arrivals[i - 1][1] - first_sample) / sample_rate
+        position = (arrivals[i - 1][1] - first_sample) / sample_rate
+        runs_out = started_at + stalled + position
         arrived = arrivals[i][0]
         if arrived > runs_out:
-            events += 1
+            found.append((position, arrived - runs_out))
             stalled += arrived - runs_out
-    return events, stalled
+    return found
+
+
+def count_underruns(
+    arrivals: list[tuple[float, int]], first_sample: int, sample_rate: int = SAMPLE_RATE
+) -> tuple[int, float]:
+    """(underrun events, stalled seconds) of a stream played from its first audible sample
+    (`stalls`)."""
+    found = stalls(arrivals, first_sample, sample_rate)
+    return len(found), sum(s for _, s in found)
 
 
 def load_prompts(path: Path | str | None = None) -> list[dict]:
@@ -346,7 +361,9 @@ async def _one(client, record: RequestRecord, body: dict, settings: LoadtestSett
     record.audio_s = stream.samples / SAMPLE_RATE
     record.rtf = record.e2e_s / record.audio_s if record.audio_s > 0 else None
     if stream.first_audible is not None:
-        record.underruns, record.stall_s = count_underruns(stream.arrivals, stream.first_audible)
+        found = stalls(stream.arrivals, stream.first_audible)
+        record.underruns, record.stall_s = len(found), sum(s for _, s in found)
+        record.first_underrun_audio_s = found[0][0] if found else None
 
 
 async def run_loadtest_async(settings: LoadtestSettings, transport=None) -> LoadtestResult:
@@ -457,6 +474,9 @@ def summarize(records: list[RequestRecord], settings: LoadtestSettings) -> Loadt
         underrun_requests=sum(r.underruns > 0 for r in played),
         stall_s=sum(r.stall_s for r in played),
         max_late_s=max(lates, default=None),
+        first_underrun_audio_s=percentiles(
+            [r.first_underrun_audio_s for r in played if r.first_underrun_audio_s is not None]
+        ),
         ttfb_s=percentiles([r.ttfb_s for r in ok if r.ttfb_s is not None]),
         ttfa_s=percentiles([r.ttfa_s for r in ok if r.ttfa_s is not None]),
         e2e_s=percentiles([r.e2e_s for r in ok if r.e2e_s is not None]),
