@@ -233,3 +233,46 @@ def test_the_anchor_script_reports_a_child_that_cannot_load_the_anchor(tmp_path,
     assert "No module named 'faster_qwen3_tts'" in empty["stderr_tail"]
     assert record["warm_cache_runs"] == [] and record["empty_cache_s"] is None
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
+
+
+def _cold_record(engine: str, execution: str | None, empty: float, warm: float, stamp: str):
+    child = {"breakdown": {"execution": execution}} if execution else {"breakdown": {}}
+    return {
+        "schema": cold_start.SCHEMA, "engine": engine, "size": "1.7b",
+        "device_name": "NVIDIA H200", "timestamp": stamp, "empty_cache_s": empty,
+        "warm_cache_s": warm, "empty_cache_runs": [child], "warm_cache_runs": [child],
+    }  # fmt: skip
+
+
+def test_the_notebook_table_keeps_the_newest_cold_start_of_each_engine(tmp_path):
+    runs = {
+        "2026-01-01_h200_aaa/records/cold-start-1.7b.json": _cold_record(
+            "static", "graphed+compiled", 57.3, 35.2, "2026-01-01T00:00:00Z"
+        ),
+        "2026-01-01_h200_aaa/records/cold-start-anchor-1.7b.json": _cold_record(
+            "anchor", None, 22.1, 15.2, "2026-01-01T00:01:00Z"
+        ),
+        "2026-01-02_h200_bbb/cold-start-1.7b.json": _cold_record(
+            "static", "graphed", 26.5, 15.2, "2026-01-02T00:00:00Z"
+        ),
+        "2026-01-03_h200_ccc/cold-start-1.7b.json": _cold_record(
+            "static", "graphed", 20.0, 9.0, "2026-01-03T00:00:00Z"
+        ),
+    }
+    for name, data in runs.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    (tmp_path / "2026-01-03_h200_ccc" / "cold-start-broken.json").write_text("{")
+    (tmp_path / "2026-01-03_h200_ccc" / "cold-start-other.json").write_text('{"schema": "x"}')
+    found = cold_start.load_cold_starts(tmp_path)
+    assert [r["run"] for r in found] == sorted(p.split("/")[0] for p in runs)
+    rows = cold_start.cold_start_rows(found)
+    assert [(r["engine"], r["empty_cache_s"], r["warm_cache_s"], r["run"]) for r in rows] == [
+        ("fastqwen (graphed)", 20.0, 9.0, "2026-01-03_h200_ccc"),
+        ("fastqwen (graphed+compiled)", 57.3, 35.2, "2026-01-01_h200_aaa"),
+        ("faster-qwen3-tts", 22.1, 15.2, "2026-01-01_h200_aaa"),
+    ]
+    table = cold_start.cold_start_markdown(rows)
+    assert "| fastqwen (graphed) | 1.7b | NVIDIA H200 | 20.0 s | 9.0 s |" in table
+    assert cold_start.cold_start_markdown([]).startswith("No cold-start records yet")

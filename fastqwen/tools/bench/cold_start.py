@@ -346,3 +346,84 @@ def run_cli(args: argparse.Namespace, dtype: str, engine_options: dict) -> int:
         write(record)
         log.info("wrote %s", path)
     return 1 if record["error"] else 0
+
+
+# ---------------------------------------------------------------- committed results
+
+
+def load_cold_starts(root: str | Path | None = None) -> list[dict]:
+    """Every cold-start record under `root` (default: the project's `bench/results`), in any
+    run directory or its subfolders, oldest first, each with `run` (its run directory) and
+    `file` added. Files that are not cold-start records are skipped."""
+    from fastqwen.tools.bench.records import results_root
+
+    base = results_root(root)
+    found = []
+    for path in sorted(base.glob("**/cold-start*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            continue
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            continue
+        run = path.relative_to(base).parts[0]
+        found.append({**data, "run": run, "file": str(path.relative_to(base))})
+    return sorted(found, key=lambda r: r.get("timestamp") or "")
+
+
+def execution_of(record: dict) -> str | None:
+    """How the record's frames ran ("graphed", "graphed+compiled", ...), as its first child
+    reported it; None for another engine's record."""
+    for child in (*record.get("empty_cache_runs", ()), *record.get("warm_cache_runs", ())):
+        execution = (child.get("breakdown") or {}).get("execution")
+        if execution:
+            return execution
+    return None
+
+
+def cold_start_rows(records: list[dict]) -> list[dict]:
+    """The newest record of each engine, frame execution, model size and device: one row
+    each, with the fresh process's seconds to the end of its first generation with empty
+    and with warm caches, and the run that measured it. Rows are ours first, then others'."""
+    newest: dict[tuple, dict] = {}
+    for record in records:  # oldest first: a later one replaces an earlier one
+        engine = record.get("engine")
+        execution = execution_of(record)
+        if engine == "static":
+            name = f"fastqwen ({execution})" if execution else "fastqwen"
+        else:
+            name = "faster-qwen3-tts" if engine == "anchor" else str(engine)
+        key = (name, record.get("size"), record.get("device_name"))
+        newest[key] = {
+            "engine": name,
+            "size": record.get("size"),
+            "device": record.get("device_name"),
+            "empty_cache_s": record.get("empty_cache_s"),
+            "warm_cache_s": record.get("warm_cache_s"),
+            "run": record["run"],
+        }
+    return sorted(
+        newest.values(),
+        key=lambda r: (not r["engine"].startswith("fastqwen"), r["engine"], r["size"] or ""),
+    )
+
+
+def cold_start_markdown(rows: list[dict]) -> str:
+    """`cold_start_rows` as a Markdown table (seconds, one decimal)."""
+    if not rows:
+        return "No cold-start records yet (`fastqwen bench --cold-start`)."
+
+    def s(value) -> str:
+        return "–" if value is None else f"{value:.1f} s"
+
+    lines = [
+        "| engine | size | device | empty caches | warm caches | run |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['engine']} | {r['size']} | {r['device']} | {s(r['empty_cache_s'])} "
+        f"| {s(r['warm_cache_s'])} | `{r['run']}` |"
+        for r in rows
+    ]
+    return "\n".join(lines)

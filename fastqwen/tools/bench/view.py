@@ -188,8 +188,25 @@ def show_serving_runs_list(shown: serving.ServingRun | None = None) -> None:
     )
 
 
+def show_cold_starts(root: str | Path | None = None) -> None:
+    """The newest cold start of each engine and frame execution under `root` (default
+    `bench/results`): a fresh process to the end of its first generation, with empty and
+    with warm compile caches (`fastqwen bench --cold-start`, `bench/anchor_cold_start.py`)."""
+    from IPython.display import Markdown
+
+    from fastqwen.tools.bench.cold_start import (
+        cold_start_markdown,
+        cold_start_rows,
+        load_cold_starts,
+    )
+
+    rows = cold_start_rows(load_cold_starts(root))
+    display.show(Markdown("**Cold starts** (newest of each)\n\n" + cold_start_markdown(rows)))
+
+
 __all__ = [
     "show_batch_run",
+    "show_cold_starts",
     "show_run",
     "show_runs_list",
     "show_serving_run",
