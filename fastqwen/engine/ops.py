@@ -315,11 +315,9 @@ def tiled_layer_product(
 def kernel_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`: one or two token rows as one `triton.matvec` launch (the library's GEMV
     rounds alike, but is slower at these shapes), more as the library's GEMM."""
-    n = rows(x)
-    if n not in MATVEC_ROWS:
+    if rows(x) not in MATVEC_ROWS:
         return F.linear(x, w, b)
-    y = matvec(x.reshape(1, n, x.shape[-1]), w, None, None, 0.0, False)
-    y = y.view(*x.shape[:-1], w.shape[0])
+    y = matvec_layer_product(x, w)
     return y if b is None else y + b
 
 
@@ -327,12 +325,8 @@ def kernel_norm_linear(
     x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """`norm_linear`: the norm inside the `triton.matvec` launch for one or two token rows,
-    else the library's fused RMSNorm and GEMM."""
-    n = rows(x)
-    if n not in MATVEC_ROWS:
-        return F.linear(prompt_rms_norm(x, norm, eps), w)
-    y = matvec(x.reshape(1, n, x.shape[-1]), w, norm, None, eps, False)
-    return y.view(*x.shape[:-1], w.shape[0])
+    else the library's fused RMSNorm and GEMM (`kernel_layer_product`)."""
+    return kernel_layer_product(x, w, norm=norm, eps=eps)
 
 
 def kernel_layer_product(
